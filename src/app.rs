@@ -1,0 +1,189 @@
+//! The CLI commands (`sync`, `status`, `demo`) as library functions that return exit codes.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use tokio::runtime::Runtime;
+
+use crate::config::Config;
+use crate::pipeline::{RunContext, RunReport, StopFlag, run_sync};
+use crate::simulator::{Simulator, VoicegainSim};
+use crate::state::State;
+
+/// Exit code: every source succeeded.
+pub const EXIT_OK: i32 = 0;
+/// Exit code: at least one source failed.
+pub const EXIT_FAILED: i32 = 1;
+/// Exit code: usage or config error.
+pub const EXIT_USAGE: i32 = 2;
+
+/// Runs one incremental pass over the named sources (all when `only` is empty), each
+/// independently and concurrently; prints one line per source.
+pub fn sync(cfg: &Config, only: &[String], rt: &Runtime, stop: &StopFlag, out: &mut dyn Write) -> anyhow::Result<i32> {
+    for name in only {
+        if !cfg.sources.contains_key(name) {
+            let known: Vec<&str> = cfg.sources.keys().map(String::as_str).collect();
+            writeln!(
+                out,
+                "error: no source named {name:?} in {} (configured: {})",
+                cfg.file.display(),
+                known.join(", ")
+            )?;
+            return Ok(EXIT_USAGE);
+        }
+    }
+    let ctx = RunContext {
+        warehouse: cfg.warehouse.clone(),
+        state_path: cfg.state.path.clone(),
+    };
+    let mut handles = Vec::new();
+    for (name, scfg) in &cfg.sources {
+        if !only.is_empty() && !only.contains(name) {
+            continue;
+        }
+        let (ctx, name, scfg, stop) = (ctx.clone(), name.clone(), scfg.clone(), stop.clone());
+        let handle = rt.handle().clone();
+        handles.push(rt.spawn_blocking(move || run_sync(&ctx, &name, &scfg, &handle, &stop)));
+    }
+    let mut reports: Vec<RunReport> = Vec::new();
+    for h in handles {
+        reports.push(rt.block_on(h).context("a source's run panicked")?);
+    }
+    let mut code = EXIT_OK;
+    for r in &reports {
+        let s = &r.summary;
+        match &r.error {
+            None => writeln!(
+                out,
+                "{}: ok: {} calls written, {} rejected, {} already exported, {} files",
+                r.source, s.rows, s.rejects, s.skipped, s.files
+            )?,
+            Some(e) => {
+                code = EXIT_FAILED;
+                writeln!(
+                    out,
+                    "{}: FAILED: {e} ({} calls written before the failure are kept)",
+                    r.source, s.rows
+                )?;
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// Prints per-source status from the state database.
+pub fn status(cfg: &Config, json: bool, out: &mut dyn Write) -> anyhow::Result<i32> {
+    let state = State::open(&cfg.state.path)
+        .with_context(|| format!("opening state {}", cfg.state.path.display()))?;
+    let rows = state.status()?;
+    if json {
+        writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
+        return Ok(EXIT_OK);
+    }
+    if rows.is_empty() {
+        writeln!(out, "no source has run yet (state: {})", cfg.state.path.display())?;
+    }
+    for s in rows {
+        let configured = if cfg.sources.contains_key(&s.name) { "" } else { " (not in config)" };
+        writeln!(out, "{} [{}]{configured}", s.name, s.kind)?;
+        writeln!(
+            out,
+            "  cursor: {}",
+            s.cursor.map(|c| c.to_string()).unwrap_or_else(|| "(none)".into())
+        )?;
+        writeln!(out, "  exported: {} calls, {} rejects in total", s.rows_total, s.rejects_total)?;
+        match s.last_run {
+            Some(r) => writeln!(
+                out,
+                "  last run: {} {} → {} {}: {} calls, {} rejects",
+                r.kind,
+                r.started_at,
+                r.ended_at.unwrap_or_else(|| "(running or interrupted)".into()),
+                r.outcome,
+                r.rows,
+                r.rejects
+            )?,
+            None => writeln!(out, "  last run: (none)")?,
+        }
+        if let Some(e) = s.last_error {
+            writeln!(out, "  last error: {e}")?;
+        }
+    }
+    Ok(EXIT_OK)
+}
+
+/// Starts the simulator with generated calls, writes a demo config under `dir`, runs a
+/// sync and prints what it wrote.
+pub fn demo(dir: &Path, calls: usize, rt: &Runtime, stop: &StopFlag, out: &mut dyn Write) -> anyhow::Result<i32> {
+    if calls == 0 {
+        bail!("--calls must be at least 1");
+    }
+    let mut data = VoicegainSim::new(42, 0).with_ratios(0.0, 0.002);
+    // Recent calls, about 90 s apart, ending now; the newest few are still being processed
+    // by the vendor, so the consecutive export stops before them (the next sync takes them).
+    data.now_secs = chrono::Utc::now().timestamp() - calls as i64 * 90;
+    let pending = (calls / 100).clamp(1, 5).min(calls);
+    data.add_calls(calls - pending);
+    data.pending_ratio = 1.0;
+    data.add_calls(pending);
+    let token = data.token.clone();
+    let sim = rt.block_on(Simulator::start(data)).context("starting the simulator")?;
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir.canonicalize()?;
+    let token_file = dir.join("voicegain.token");
+    std::fs::write(&token_file, format!("{token}\n"))?;
+    let config_path = dir.join("callsync.toml");
+    let warehouse = dir.join("warehouse");
+    let state_path = dir.join("state").join("callsync.db");
+    let text = format!(
+        r#"# Written by `callsync demo`: a Voicegain source pointed at the built-in simulator.
+[warehouse]
+root = {warehouse:?}
+
+[state]
+path = {state:?}
+
+[sources.voicegain_demo]
+kind = "voicegain"
+base_url = {base:?}
+token_file = {token:?}
+per_page = 1000
+schedule = "0 */15 * * * *"
+"#,
+        warehouse = warehouse.display().to_string(),
+        state = state_path.display().to_string(),
+        base = sim.voicegain_base_url(),
+        token = token_file.display().to_string(),
+    );
+    std::fs::write(&config_path, text)?;
+    let cfg = Config::load(&config_path)?;
+    writeln!(out, "simulator: {} ({calls} generated Voicegain calls)", sim.base_url())?;
+    writeln!(out, "config:    {}", config_path.display())?;
+    let code = sync(&cfg, &[], rt, stop, out)?;
+    let files = count_files(&warehouse.join("calls"), "parquet");
+    writeln!(out, "lake:      {} ({files} Parquet files)", warehouse.display())?;
+    writeln!(out, "\nTry it with DuckDB:")?;
+    writeln!(
+        out,
+        "  duckdb -c \"SELECT source, date, count(*) AS calls, round(avg(duration_ms)/1000) AS avg_secs FROM read_parquet('{}/calls/**/*.parquet', hive_partitioning=true) GROUP BY ALL ORDER BY date\"",
+        warehouse.display()
+    )?;
+    writeln!(out, "\nStatus:    callsync --config {} status", config_path.display())?;
+    Ok(code)
+}
+
+fn count_files(dir: &PathBuf, ext: &str) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                count_files(&p, ext)
+            } else {
+                usize::from(p.extension().is_some_and(|x| x == ext))
+            }
+        })
+        .sum()
+}

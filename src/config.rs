@@ -1,0 +1,411 @@
+//! TOML configuration: typed, defaulted, validated once, every problem named by file, table and key.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::sources::SourceConfig;
+
+/// The default config file, relative to the working directory.
+pub const DEFAULT_CONFIG_PATH: &str = "config/callsync.toml";
+
+/// The whole configuration file.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from (for messages).
+    pub file: PathBuf,
+    /// `[warehouse]`: where the lake lives.
+    pub warehouse: WarehouseConfig,
+    /// `[state]`: where the SQLite state lives.
+    pub state: StateConfig,
+    /// `[sources.<name>]`: one table per source, keyed by source name.
+    pub sources: BTreeMap<String, SourceConfig>,
+}
+
+/// `[warehouse]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WarehouseConfig {
+    /// Directory that holds `calls/`, `_rejects/`, `recordings/` and `_staging/`.
+    /// Relative paths are resolved against the working directory.
+    #[serde(default = "default_root")]
+    pub root: PathBuf,
+    /// Most rows one commit stages before it is committed and published; a run commits
+    /// each time this many rows are staged, and once more at its end.
+    #[serde(default = "default_max_rows_per_file")]
+    pub max_rows_per_file: usize,
+}
+
+fn default_root() -> PathBuf {
+    PathBuf::from("warehouse")
+}
+fn default_max_rows_per_file() -> usize {
+    250_000
+}
+
+impl Default for WarehouseConfig {
+    fn default() -> Self {
+        WarehouseConfig {
+            root: default_root(),
+            max_rows_per_file: default_max_rows_per_file(),
+        }
+    }
+}
+
+/// `[state]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// Path of the SQLite state database (cursors, file manifest, exported keys, runs).
+    #[serde(default = "default_state_path")]
+    pub path: PathBuf,
+}
+
+fn default_state_path() -> PathBuf {
+    PathBuf::from("state/callsync.db")
+}
+
+impl Default for StateConfig {
+    fn default() -> Self {
+        StateConfig {
+            path: default_state_path(),
+        }
+    }
+}
+
+/// `[sources.<name>.http]`: the HTTP behaviour of one source.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Seconds allowed to open a connection.
+    #[serde(default = "default_connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+    /// Seconds allowed for one whole request, body included.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Attempts per request (first try included) before the source fails.
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// First retry delay in milliseconds; doubles per attempt, with jitter.
+    #[serde(default = "default_backoff_initial_ms")]
+    pub backoff_initial_ms: u64,
+    /// Longest retry delay in milliseconds (also caps a vendor's `Retry-After`).
+    #[serde(default = "default_backoff_max_ms")]
+    pub backoff_max_ms: u64,
+}
+
+fn default_connect_timeout_secs() -> u64 {
+    10
+}
+fn default_timeout_secs() -> u64 {
+    60
+}
+fn default_max_attempts() -> u32 {
+    6
+}
+fn default_backoff_initial_ms() -> u64 {
+    500
+}
+fn default_backoff_max_ms() -> u64 {
+    60_000
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            connect_timeout_secs: default_connect_timeout_secs(),
+            timeout_secs: default_timeout_secs(),
+            max_attempts: default_max_attempts(),
+            backoff_initial_ms: default_backoff_initial_ms(),
+            backoff_max_ms: default_backoff_max_ms(),
+        }
+    }
+}
+
+impl HttpConfig {
+    /// Reports out-of-range values under `table`.
+    pub fn validate(&self, table: &str, problems: &mut Problems) {
+        let t = format!("{table}.http");
+        if self.connect_timeout_secs == 0 {
+            problems.push(&t, Some("connect_timeout_secs"), "must be at least 1");
+        }
+        if self.timeout_secs == 0 {
+            problems.push(&t, Some("timeout_secs"), "must be at least 1");
+        }
+        if !(1..=100).contains(&self.max_attempts) {
+            problems.push(&t, Some("max_attempts"), "must be between 1 and 100");
+        }
+        if self.backoff_max_ms < self.backoff_initial_ms {
+            problems.push(&t, Some("backoff_max_ms"), "must be at least backoff_initial_ms");
+        }
+    }
+
+    /// Connect timeout as a `Duration`.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_secs)
+    }
+
+    /// Request timeout as a `Duration`.
+    pub fn timeout(&self) -> Duration {
+        Duration::from_secs(self.timeout_secs)
+    }
+}
+
+/// One problem found in a config file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// The TOML table, e.g. `sources.voicegain`.
+    pub table: String,
+    /// The key inside the table, when the problem is about one key.
+    pub key: Option<String>,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// Every problem found while loading one file.
+#[derive(Debug, Default)]
+pub struct Problems(pub Vec<Problem>);
+
+impl Problems {
+    /// Records a problem.
+    pub fn push(&mut self, table: &str, key: Option<&str>, message: impl Into<String>) {
+        self.0.push(Problem {
+            table: table.to_string(),
+            key: key.map(str::to_string),
+            message: message.into(),
+        });
+    }
+}
+
+/// A config file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {file}: {source}")]
+    Read {
+        file: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}", render(file, problems))]
+    Invalid {
+        file: PathBuf,
+        problems: Vec<Problem>,
+    },
+}
+
+fn render(file: &Path, problems: &[Problem]) -> String {
+    let mut out = format!(
+        "config file {} has {} problem{}:",
+        file.display(),
+        problems.len(),
+        if problems.len() == 1 { "" } else { "s" }
+    );
+    for p in problems {
+        out.push_str(&format!("\n  {p}"));
+    }
+    out
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.key {
+            Some(k) => write!(f, "[{}] key `{}`: {}", self.table, k, self.message),
+            None => write!(f, "[{}]: {}", self.table, self.message),
+        }
+    }
+}
+
+/// Whether `name` is a valid source name: `[a-z0-9_-]{1,64}`. Source names become path
+/// segments, so nothing else is allowed.
+pub fn valid_source_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
+}
+
+impl Config {
+    /// Reads and validates a config file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(file).map_err(|source| ConfigError::Read {
+            file: file.to_path_buf(),
+            source,
+        })?;
+        Config::parse(file, &text)
+    }
+
+    /// Parses and validates config text; `file` is only used in messages.
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let mut problems = Problems::default();
+        let invalid = |problems: Vec<Problem>| ConfigError::Invalid {
+            file: file.to_path_buf(),
+            problems,
+        };
+        let doc: toml::Table = match toml::from_str(text) {
+            Ok(t) => t,
+            Err(e) => {
+                let mut p = Problems::default();
+                p.push("", None, format!("not valid TOML: {}", e.message()));
+                if let Some(span) = e.span() {
+                    let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+                    p.0[0].message.push_str(&format!(" (line {line})"));
+                }
+                return Err(invalid(p.0));
+            }
+        };
+        let mut warehouse = WarehouseConfig::default();
+        let mut state = StateConfig::default();
+        let mut sources = BTreeMap::new();
+        for (key, value) in doc {
+            match key.as_str() {
+                "warehouse" => {
+                    if let Some(w) = typed::<WarehouseConfig>("warehouse", value, &mut problems) {
+                        warehouse = w;
+                    }
+                }
+                "state" => {
+                    if let Some(s) = typed::<StateConfig>("state", value, &mut problems) {
+                        state = s;
+                    }
+                }
+                "sources" => {
+                    let toml::Value::Table(table) = value else {
+                        problems.push("sources", None, "must be a table of [sources.<name>] tables");
+                        continue;
+                    };
+                    for (name, value) in table {
+                        let t = format!("sources.{name}");
+                        if !valid_source_name(&name) {
+                            problems.push(
+                                &t,
+                                None,
+                                "source names must match [a-z0-9_-]{1,64} (they become path segments)",
+                            );
+                        }
+                        if let Some(s) = SourceConfig::from_toml(&t, value, &mut problems) {
+                            s.validate(&t, &mut problems);
+                            sources.insert(name, s);
+                        }
+                    }
+                }
+                other => problems.push(
+                    other,
+                    None,
+                    "unknown table (expected [warehouse], [state] or [sources.<name>])",
+                ),
+            }
+        }
+        if warehouse.max_rows_per_file == 0 {
+            problems.push("warehouse", Some("max_rows_per_file"), "must be at least 1");
+        }
+        if problems.0.is_empty() {
+            Ok(Config {
+                file: file.to_path_buf(),
+                warehouse,
+                state,
+                sources,
+            })
+        } else {
+            Err(invalid(problems.0))
+        }
+    }
+}
+
+/// Deserializes one table, turning a serde error into a problem that names the key.
+pub fn typed<T: serde::de::DeserializeOwned>(
+    table: &str,
+    value: toml::Value,
+    problems: &mut Problems,
+) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let path = e.path().to_string();
+            let inner = e.into_inner().to_string();
+            let inner = inner.trim().to_string();
+            // Unknown/missing keys name themselves in the message; the path then points at
+            // the table that holds them.
+            let named = between_backticks(&inner);
+            let mut segments: Vec<&str> = if path == "." || path.is_empty() {
+                Vec::new()
+            } else {
+                path.split('.').collect()
+            };
+            let key = if inner.starts_with("unknown field") || inner.starts_with("missing field") {
+                // The message names the key; the path may or may not end with it.
+                if segments.last().copied() == named.as_deref() {
+                    segments.pop();
+                }
+                named
+            } else {
+                segments.pop().map(str::to_string)
+            };
+            let table = std::iter::once(table).chain(segments).collect::<Vec<_>>().join(".");
+            problems.push(&table, key.as_deref(), inner);
+            None
+        }
+    }
+}
+
+fn between_backticks(s: &str) -> Option<String> {
+    let start = s.find('`')? + 1;
+    let len = s[start..].find('`')?;
+    Some(s[start..start + len].to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(text: &str) -> Vec<Problem> {
+        match Config::parse(Path::new("x.toml"), text) {
+            Err(ConfigError::Invalid { problems, .. }) => problems,
+            other => panic!("expected problems, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_misspelt_key_is_named_with_its_table() {
+        let p = problems(
+            "[warehouse]\nroot='w'\n[sources.vg]\nkind='voicegain'\ntoken_env='T'\nper_pge=10\n",
+        );
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert_eq!(p[0].table, "sources.vg");
+        assert_eq!(p[0].key.as_deref(), Some("per_pge"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let p = problems(
+            "[warehouse]\nroots='w'\n[sources.Bad]\nkind='voicegain'\ntoken_env='T'\nper_page=0\n[sources.x]\nkind='nope'\n[sources.y]\nkind='voicegain'\nschedule='whenever'\n",
+        );
+        let text: Vec<String> = p.iter().map(|p| p.to_string()).collect();
+        let all = text.join("\n");
+        assert!(all.contains("[warehouse] key `roots`"), "{all}");
+        assert!(all.contains("[sources.Bad]: source names"), "{all}");
+        assert!(all.contains("[sources.Bad] key `per_page`"), "{all}");
+        assert!(all.contains("[sources.x] key `kind`"), "{all}");
+        assert!(all.contains("[sources.y] key `schedule`"), "{all}");
+        assert!(all.contains("[sources.y] key `token_env`"), "{all}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_key() {
+        let p = problems("[sources.vg]\nkind='voicegain'\ntoken_env='T'\nper_page='many'\n");
+        assert_eq!(p[0].key.as_deref(), Some("per_page"), "{p:?}");
+        let p = problems("[sources.vg]\nkind='voicegain'\ntoken_env='T'\n[sources.vg.http]\nmax_attempts='x'\n");
+        assert_eq!(p[0].table, "sources.vg.http", "{p:?}");
+        assert_eq!(p[0].key.as_deref(), Some("max_attempts"), "{p:?}");
+    }
+
+    #[test]
+    fn source_names_are_path_safe() {
+        assert!(valid_source_name("voicegain_eu-1"));
+        assert!(!valid_source_name("../etc"));
+        assert!(!valid_source_name(""));
+        assert!(!valid_source_name("UPPER"));
+    }
+}

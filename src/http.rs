@@ -1,0 +1,330 @@
+//! The one HTTP client every source uses: timeouts, retries with backoff and jitter,
+//! `Retry-After`, and errors that name the source and status but never a secret.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
+use reqwest::{StatusCode, Url};
+use tracing::{debug, warn};
+
+use crate::config::HttpConfig;
+use crate::secret::Secret;
+
+/// A failed request, after retries where retrying made sense.
+#[derive(Debug, thiserror::Error)]
+pub enum HttpError {
+    #[error("source {source_name}: the vendor rejected the credential (HTTP {status}){detail}")]
+    Auth {
+        source_name: String,
+        status: u16,
+        /// A short excerpt of the vendor's answer, prefixed with ": ", or empty.
+        detail: String,
+    },
+    #[error("source {source_name}: HTTP {status} from {url}{detail}")]
+    Status {
+        source_name: String,
+        status: u16,
+        url: String,
+        detail: String,
+    },
+    #[error("source {source_name}: giving up after {attempts} attempts on {url}: {last}")]
+    Exhausted {
+        source_name: String,
+        attempts: u32,
+        url: String,
+        last: String,
+    },
+    #[error("source {source_name}: invalid URL {url}: {reason}")]
+    Url {
+        source_name: String,
+        url: String,
+        reason: String,
+    },
+}
+
+impl HttpError {
+    /// The HTTP status, when the vendor answered with one.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            HttpError::Auth { status, .. } | HttpError::Status { status, .. } => Some(*status),
+            _ => None,
+        }
+    }
+}
+
+/// A complete response: the body is read whole (pages are bounded by the page size).
+#[derive(Debug)]
+pub struct Response {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+/// A client bound to one source: its name goes into every error and log line.
+#[derive(Clone)]
+pub struct HttpClient {
+    inner: reqwest::Client,
+    source_name: String,
+    policy: HttpConfig,
+    auth: Option<(HeaderName, HeaderValue)>,
+}
+
+impl std::fmt::Debug for HttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HttpClient")
+            .field("source_name", &self.source_name)
+            .field("auth", &self.auth.as_ref().map(|(n, _)| (n.as_str(), "***")))
+            .finish()
+    }
+}
+
+/// What to do with one attempt's outcome.
+enum Outcome {
+    Done(Response),
+    Retry { reason: String, retry_after: Option<Duration> },
+}
+
+impl HttpClient {
+    /// Builds a client for `source_name` that sends `auth` (header name and secret value,
+    /// e.g. `Authorization` and `Bearer <JWT>`) on every request.
+    pub fn new(
+        source_name: &str,
+        policy: &HttpConfig,
+        auth: Option<(HeaderName, Secret)>,
+    ) -> Result<HttpClient, HttpError> {
+        let inner = reqwest::Client::builder()
+            .connect_timeout(policy.connect_timeout())
+            .timeout(policy.timeout())
+            .user_agent(concat!("callsync/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| HttpError::Url {
+                source_name: source_name.to_string(),
+                url: String::new(),
+                reason: e.to_string(),
+            })?;
+        let auth = match auth {
+            Some((name, secret)) => {
+                let mut v = HeaderValue::from_str(secret.expose()).map_err(|_| HttpError::Url {
+                    source_name: source_name.to_string(),
+                    url: String::new(),
+                    reason: "the credential contains characters not allowed in a header".into(),
+                })?;
+                v.set_sensitive(true);
+                Some((name, v))
+            }
+            None => None,
+        };
+        Ok(HttpClient {
+            inner,
+            source_name: source_name.to_string(),
+            policy: policy.clone(),
+            auth,
+        })
+    }
+
+    /// The source this client belongs to.
+    pub fn source_name(&self) -> &str {
+        &self.source_name
+    }
+
+    /// Parses `base` joined with `path` (base path kept, e.g. `https://h/v1` + `/sa/call`).
+    pub fn url(&self, base: &str, path: &str) -> Result<Url, HttpError> {
+        let joined = format!("{}{}", base.trim_end_matches('/'), path);
+        Url::parse(&joined).map_err(|e| HttpError::Url {
+            source_name: self.source_name.clone(),
+            url: joined,
+            reason: e.to_string(),
+        })
+    }
+
+    /// GET with retries. 2xx and non-retryable statuses other than 401/403 come back as a
+    /// `Response` (the caller decides what a 404 means); 401/403 fail at once; 429, 5xx,
+    /// timeouts and dropped connections are retried until `max_attempts`.
+    pub async fn get(&self, url: &Url) -> Result<Response, HttpError> {
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let outcome = self.attempt(url).await?;
+            match outcome {
+                Outcome::Done(r) => return Ok(r),
+                Outcome::Retry { reason, retry_after } => {
+                    if attempt >= self.policy.max_attempts {
+                        return Err(HttpError::Exhausted {
+                            source_name: self.source_name.clone(),
+                            attempts: attempt,
+                            url: redact_url(url),
+                            last: reason,
+                        });
+                    }
+                    let delay = self.delay(attempt, retry_after);
+                    warn!(
+                        source = %self.source_name,
+                        attempt,
+                        delay_ms = delay.as_millis() as u64,
+                        reason = %reason,
+                        "Request failed, retrying."
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// GET that also treats any non-2xx answer as an error.
+    pub async fn get_ok(&self, url: &Url) -> Result<Response, HttpError> {
+        let r = self.get(url).await?;
+        if r.status.is_success() {
+            Ok(r)
+        } else {
+            Err(HttpError::Status {
+                source_name: self.source_name.clone(),
+                status: r.status.as_u16(),
+                url: redact_url(url),
+                detail: excerpt(&r.body),
+            })
+        }
+    }
+
+    async fn attempt(&self, url: &Url) -> Result<Outcome, HttpError> {
+        let mut req = self.inner.get(url.clone());
+        if let Some((name, value)) = &self.auth {
+            req = req.header(name.clone(), value.clone());
+        }
+        debug!(source = %self.source_name, url = %redact_url(url), "GET");
+        let resp = match req.send().await {
+            Ok(r) => r,
+            Err(e) => {
+                return Ok(Outcome::Retry {
+                    reason: describe(&e),
+                    retry_after: None,
+                });
+            }
+        };
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+            let body = resp.bytes().await.unwrap_or_default();
+            return Err(HttpError::Auth {
+                source_name: self.source_name.clone(),
+                status: status.as_u16(),
+                detail: excerpt(&body),
+            });
+        }
+        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+            let retry_after = headers
+                .get(RETRY_AFTER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_retry_after);
+            return Ok(Outcome::Retry {
+                reason: format!("HTTP {}", status.as_u16()),
+                retry_after,
+            });
+        }
+        match resp.bytes().await {
+            Ok(body) => Ok(Outcome::Done(Response {
+                status,
+                headers,
+                body,
+            })),
+            Err(e) => Ok(Outcome::Retry {
+                reason: format!("reading the body: {}", describe(&e)),
+                retry_after: None,
+            }),
+        }
+    }
+
+    /// Exponential backoff with full jitter, or the vendor's `Retry-After` (capped).
+    fn delay(&self, attempt: u32, retry_after: Option<Duration>) -> Duration {
+        let cap = Duration::from_millis(self.policy.backoff_max_ms);
+        if let Some(ra) = retry_after {
+            return ra.min(cap);
+        }
+        let base = self
+            .policy
+            .backoff_initial_ms
+            .saturating_mul(1u64 << (attempt - 1).min(20));
+        let ceiling = base.min(self.policy.backoff_max_ms);
+        // Half fixed, half random: never zero, never in lock step with other clients.
+        let half = ceiling / 2;
+        Duration::from_millis(half + fastrand::u64(0..=half.max(1)))
+    }
+}
+
+/// `Retry-After` as seconds; HTTP-date forms are ignored (backoff applies instead).
+fn parse_retry_after(v: &str) -> Option<Duration> {
+    v.trim().parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// The URL without its query string: queries may carry vendor parameters that users
+/// consider sensitive, and they make log lines long.
+pub fn redact_url(url: &Url) -> String {
+    let mut u = url.clone();
+    u.set_query(None);
+    u.to_string()
+}
+
+fn describe(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "connection dropped"
+    } else {
+        "request failed"
+    };
+    // The error's URL is stripped: the source error text is enough.
+    let mut msg = kind.to_string();
+    let mut src: Option<&dyn std::error::Error> = std::error::Error::source(e);
+    if let Some(s) = src.take() {
+        msg.push_str(&format!(": {s}"));
+    }
+    msg
+}
+
+/// At most 200 characters of a vendor's answer, for error messages.
+pub fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(body);
+    let text = text.trim();
+    if text.is_empty() {
+        return String::new();
+    }
+    let short: String = text.chars().take(200).collect();
+    format!(": {short}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_honours_retry_after_with_a_cap() {
+        let policy = HttpConfig {
+            backoff_initial_ms: 100,
+            backoff_max_ms: 1000,
+            ..HttpConfig::default()
+        };
+        let c = HttpClient::new("s", &policy, None).unwrap();
+        for _ in 0..50 {
+            let d1 = c.delay(1, None).as_millis();
+            assert!((50..=100).contains(&d1), "{d1}");
+            let d8 = c.delay(8, None).as_millis();
+            assert!((500..=1000).contains(&d8), "{d8}");
+        }
+        assert_eq!(c.delay(1, Some(Duration::from_secs(3))), Duration::from_secs(1));
+        assert_eq!(parse_retry_after(" 2 "), Some(Duration::from_secs(2)));
+        assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
+    }
+
+    #[test]
+    fn debug_output_hides_the_credential() {
+        let c = HttpClient::new(
+            "s",
+            &HttpConfig::default(),
+            Some((reqwest::header::AUTHORIZATION, Secret::new("Bearer sekrit"))),
+        )
+        .unwrap();
+        assert!(!format!("{c:?}").contains("sekrit"));
+    }
+}

@@ -1,0 +1,109 @@
+//! The storage seam under the lake: stage a file durably, publish it, list, delete.
+//! `LocalStorage` is a directory; object storage becomes a second implementation.
+
+use std::fs::{self, File};
+use std::io;
+use std::path::{Path, PathBuf};
+
+/// Where the lake's bytes live. Paths are relative to the warehouse root, `/`-separated.
+pub trait Storage: Send + Sync {
+    /// Creates a new staged file for writing (its directories are created).
+    fn create_staged(&self, rel: &str) -> io::Result<File>;
+    /// Makes a finished staged file durable (file and directory synced); returns its size.
+    fn seal_staged(&self, rel: &str, file: File) -> io::Result<u64>;
+    /// Moves a staged file to its final path atomically and makes the move durable.
+    fn publish(&self, staged_rel: &str, final_rel: &str) -> io::Result<()>;
+    /// Whether a file exists.
+    fn exists(&self, rel: &str) -> io::Result<bool>;
+    /// File names directly inside a directory (empty when it does not exist).
+    fn list(&self, rel_dir: &str) -> io::Result<Vec<String>>;
+    /// Deletes a file; a missing file is not an error.
+    fn delete(&self, rel: &str) -> io::Result<()>;
+}
+
+/// A warehouse in a local directory. Rename within one filesystem is atomic.
+#[derive(Debug, Clone)]
+pub struct LocalStorage {
+    root: PathBuf,
+}
+
+impl LocalStorage {
+    /// A warehouse rooted at `root` (created when missing).
+    pub fn new(root: &Path) -> io::Result<LocalStorage> {
+        fs::create_dir_all(root)?;
+        Ok(LocalStorage {
+            root: root.to_path_buf(),
+        })
+    }
+
+    /// The absolute path of a lake-relative path.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl Storage for LocalStorage {
+    fn create_staged(&self, rel: &str) -> io::Result<File> {
+        let p = self.path(rel);
+        if let Some(parent) = p.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        File::options().write(true).create_new(true).open(p)
+    }
+
+    fn seal_staged(&self, rel: &str, file: File) -> io::Result<u64> {
+        file.sync_all()?;
+        let len = file.metadata()?.len();
+        drop(file);
+        if let Some(parent) = self.path(rel).parent() {
+            sync_dir(parent)?;
+        }
+        Ok(len)
+    }
+
+    fn publish(&self, staged_rel: &str, final_rel: &str) -> io::Result<()> {
+        let to = self.path(final_rel);
+        let parent = to.parent().map(Path::to_path_buf);
+        if let Some(parent) = &parent {
+            fs::create_dir_all(parent)?;
+        }
+        fs::rename(self.path(staged_rel), &to)?;
+        if let Some(parent) = &parent {
+            sync_dir(parent)?;
+        }
+        Ok(())
+    }
+
+    fn exists(&self, rel: &str) -> io::Result<bool> {
+        self.path(rel).try_exists()
+    }
+
+    fn list(&self, rel_dir: &str) -> io::Result<Vec<String>> {
+        let dir = self.path(rel_dir);
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut names = Vec::new();
+        for e in entries {
+            let e = e?;
+            if e.file_type()?.is_file() {
+                names.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
+    fn delete(&self, rel: &str) -> io::Result<()> {
+        match fs::remove_file(self.path(rel)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+}

@@ -1,0 +1,245 @@
+//! Stages one commit's files: a Parquet file per partition date and a JSONL rejects file,
+//! all under `_staging/<source>/`, named by commit id, with bounded memory.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+
+use parquet::arrow::ArrowWriter;
+use parquet::basic::{Compression, ZstdLevel};
+use parquet::file::metadata::KeyValue;
+use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::schema::types::ColumnPath;
+
+use super::LakeError;
+use super::batch::build_batch;
+use super::storage::Storage;
+use crate::record::{CallRecord, Reject, utc_day};
+use crate::schema::{SCHEMA_VERSION, SCHEMA_VERSION_KEY, call_schema};
+
+/// Rows buffered as records before they become one Arrow batch.
+const BATCH_ROWS: usize = 8192;
+/// Rows per Parquet row group.
+const ROW_GROUP_ROWS: usize = 65_536;
+/// Encoded bytes a row group may hold in memory before it is flushed early.
+const ROW_GROUP_MAX_BYTES: usize = 32 << 20;
+
+/// A staged file and where it goes when its commit is published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedFile {
+    /// Lake-relative staged path (`_staging/<source>/<commit>-<n>.tmp`).
+    pub staged: String,
+    /// Lake-relative final path.
+    pub final_path: String,
+    /// Rows (calls or rejects) in the file.
+    pub rows: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+}
+
+/// Parquet writer settings for the calls table: zstd, no dictionary or min/max statistics on
+/// near-unique long text, bounded row groups, the schema version in the metadata.
+pub fn writer_properties() -> WriterProperties {
+    let mut b = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
+        .set_created_by(concat!("callsync ", env!("CARGO_PKG_VERSION")).to_string())
+        .set_key_value_metadata(Some(vec![KeyValue::new(
+            SCHEMA_VERSION_KEY.to_string(),
+            SCHEMA_VERSION.to_string(),
+        )]));
+    for col in ["raw", "summary", "call_id", "recording_ref"] {
+        b = b.set_column_dictionary_enabled(ColumnPath::from(col), false);
+    }
+    for col in ["raw", "summary", "recording_ref"] {
+        b = b.set_column_statistics_enabled(ColumnPath::from(col), EnabledStatistics::None);
+    }
+    for col in ["text"] {
+        let path = ColumnPath::new(vec!["transcript".into(), "list".into(), "item".into(), col.into()]);
+        b = b
+            .set_column_dictionary_enabled(path.clone(), false)
+            .set_column_statistics_enabled(path, EnabledStatistics::None);
+    }
+    b.build()
+}
+
+struct Partition {
+    staged: String,
+    final_path: String,
+    writer: ArrowWriter<File>,
+    pending: Vec<CallRecord>,
+    rows: u64,
+}
+
+struct RejectFile {
+    staged: String,
+    final_path: String,
+    out: BufWriter<File>,
+    rows: u64,
+}
+
+/// Stages the files of one commit.
+pub struct CommitWriter<'a> {
+    storage: &'a dyn Storage,
+    source: String,
+    commit_id: String,
+    next_n: u32,
+    extracted_at: i64,
+    partitions: BTreeMap<String, Partition>,
+    rejects: Option<RejectFile>,
+    calls: u64,
+    rejected: u64,
+}
+
+impl<'a> CommitWriter<'a> {
+    /// Starts a commit; `extracted_at` (µs) is stamped on every row.
+    pub fn new(storage: &'a dyn Storage, source: &str, commit_id: &str, extracted_at: i64) -> Self {
+        CommitWriter {
+            storage,
+            source: source.to_string(),
+            commit_id: commit_id.to_string(),
+            next_n: 0,
+            extracted_at,
+            partitions: BTreeMap::new(),
+            rejects: None,
+            calls: 0,
+            rejected: 0,
+        }
+    }
+
+    /// The commit id (also in every file name).
+    pub fn commit_id(&self) -> &str {
+        &self.commit_id
+    }
+
+    /// Calls staged so far.
+    pub fn calls(&self) -> u64 {
+        self.calls
+    }
+
+    /// Rejects staged so far.
+    pub fn rejected(&self) -> u64 {
+        self.rejected
+    }
+
+    /// Partition files open right now.
+    pub fn open_partitions(&self) -> usize {
+        self.partitions.len()
+    }
+
+    fn next_names(&mut self, dir: &str, ext: &str, date: &str) -> (String, String) {
+        self.next_n += 1;
+        let n = self.next_n;
+        (
+            format!("_staging/{}/{}-{n}.tmp", self.source, self.commit_id),
+            format!("{dir}/source={}/date={date}/part-{}-{n}.{ext}", self.source, self.commit_id),
+        )
+    }
+
+    /// Adds a call to the partition of its UTC start day.
+    pub fn add_call(&mut self, rec: CallRecord) -> Result<(), LakeError> {
+        let date = utc_day(rec.started_at.unwrap_or(0));
+        if !self.partitions.contains_key(&date) {
+            let (staged, final_path) = self.next_names("calls", "parquet", &date);
+            let file = self.storage.create_staged(&staged)?;
+            let writer = ArrowWriter::try_new(file, call_schema(), Some(writer_properties()))?;
+            self.partitions.insert(
+                date.clone(),
+                Partition {
+                    staged,
+                    final_path,
+                    writer,
+                    pending: Vec::with_capacity(BATCH_ROWS),
+                    rows: 0,
+                },
+            );
+        }
+        let p = self.partitions.get_mut(&date).expect("inserted above");
+        p.pending.push(rec);
+        p.rows += 1;
+        self.calls += 1;
+        if p.pending.len() >= BATCH_ROWS {
+            flush_pending(p, self.extracted_at)?;
+        }
+        Ok(())
+    }
+
+    /// Adds a reject to the rejects file of the extraction day.
+    pub fn add_reject(&mut self, r: &Reject) -> Result<(), LakeError> {
+        if self.rejects.is_none() {
+            let day = utc_day(self.extracted_at);
+            let (staged, final_path) = self.next_names("_rejects", "jsonl", &day);
+            let file = self.storage.create_staged(&staged)?;
+            self.rejects = Some(RejectFile {
+                staged,
+                final_path,
+                out: BufWriter::new(file),
+                rows: 0,
+            });
+        }
+        let rf = self.rejects.as_mut().expect("created above");
+        let line = serde_json::json!({
+            "source": self.source,
+            "call_id": r.call_id,
+            "error": r.error,
+            "raw": r.raw,
+        });
+        serde_json::to_writer(&mut rf.out, &line).map_err(std::io::Error::other)?;
+        rf.out.write_all(b"\n")?;
+        rf.rows += 1;
+        self.rejected += 1;
+        Ok(())
+    }
+
+    /// Finishes every file and makes it durable; returns what the commit must record.
+    pub fn finish(mut self) -> Result<Vec<StagedFile>, LakeError> {
+        let mut out = Vec::new();
+        for (_, mut p) in std::mem::take(&mut self.partitions) {
+            flush_pending(&mut p, self.extracted_at)?;
+            let file = p.writer.into_inner()?;
+            let bytes = self.storage.seal_staged(&p.staged, file)?;
+            out.push(StagedFile {
+                staged: p.staged,
+                final_path: p.final_path,
+                rows: p.rows,
+                bytes,
+            });
+        }
+        if let Some(rf) = self.rejects.take() {
+            let file = rf.out.into_inner().map_err(|e| e.into_error())?;
+            let bytes = self.storage.seal_staged(&rf.staged, file)?;
+            out.push(StagedFile {
+                staged: rf.staged,
+                final_path: rf.final_path,
+                rows: rf.rows,
+                bytes,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Drops the commit and deletes its staged files (best effort: recovery deletes any
+    /// that remain, since no manifest row names them).
+    pub fn abort(mut self) {
+        let mut names: Vec<String> = self.partitions.values().map(|p| p.staged.clone()).collect();
+        names.extend(self.rejects.as_ref().map(|r| r.staged.clone()));
+        self.partitions.clear();
+        self.rejects = None;
+        for n in names {
+            let _ = self.storage.delete(&n);
+        }
+    }
+}
+
+fn flush_pending(p: &mut Partition, extracted_at: i64) -> Result<(), LakeError> {
+    if p.pending.is_empty() {
+        return Ok(());
+    }
+    let batch = build_batch(&p.pending, extracted_at)?;
+    p.pending.clear();
+    p.writer.write(&batch)?;
+    if p.writer.in_progress_size() > ROW_GROUP_MAX_BYTES {
+        p.writer.flush()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,14 @@
+//! callsync: exports call records from voice and contact-center platforms into a
+//! Hive-partitioned Parquet lake, exactly once, with its state in SQLite.
+
+pub mod app;
+pub mod config;
+pub mod http;
+pub mod lake;
+pub mod pipeline;
+pub mod record;
+pub mod schema;
+pub mod secret;
+pub mod simulator;
+pub mod sources;
+pub mod state;

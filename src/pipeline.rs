@@ -1,0 +1,328 @@
+//! Runs one source: pages → exported-key skip → staged files → one commit → publish.
+//! The only place that ties sources to the lake and the state.
+
+use std::collections::HashSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::runtime::Handle;
+use tracing::{debug, info, warn};
+
+use crate::config::WarehouseConfig;
+use crate::lake::storage::{LocalStorage, Storage};
+use crate::lake::writer::CommitWriter;
+use crate::lake::{self, LakeError};
+use crate::record::Item;
+use crate::sources::{Cursor, Page, SourceConfig, SourceError};
+use crate::state::lock::{LockError, SourceLock};
+use crate::state::{Commit, ManifestRow, State, StateError};
+
+/// A batch is committed at least this often, so a long run keeps its progress.
+const COMMIT_INTERVAL: Duration = Duration::from_secs(60);
+/// A batch is committed when it has this many partition files open (bounds memory).
+const MAX_OPEN_PARTITIONS: usize = 16;
+
+/// Where runs write: the warehouse and the state database.
+#[derive(Debug, Clone)]
+pub struct RunContext {
+    pub warehouse: WarehouseConfig,
+    pub state_path: PathBuf,
+}
+
+/// Set when the process is asked to stop: runs commit what they have and end.
+#[derive(Debug, Clone, Default)]
+pub struct StopFlag(Arc<AtomicBool>);
+
+impl StopFlag {
+    /// Asks every run to stop after its current page.
+    pub fn stop(&self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+    /// Whether a stop was asked for.
+    pub fn is_stopped(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Why a run failed. Work committed before the failure stays committed.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Lock(#[from] LockError),
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error(transparent)]
+    Lake(#[from] LakeError),
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error("source {0}: the page fetcher stopped unexpectedly")]
+    FetcherGone(String),
+}
+
+/// What one run did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct RunSummary {
+    /// Calls written to the lake.
+    pub rows: u64,
+    /// Records written to the rejects area.
+    pub rejects: u64,
+    /// Calls skipped because they were already exported.
+    pub skipped: u64,
+    /// Commits made.
+    pub commits: u64,
+    /// Files published.
+    pub files: u64,
+}
+
+/// A run's summary and, when it failed, why.
+#[derive(Debug)]
+pub struct RunReport {
+    pub source: String,
+    pub summary: RunSummary,
+    pub error: Option<PipelineError>,
+}
+
+/// Test hook: `CALLSYNC_FAILPOINT=after_stage|after_commit` aborts the process at that point
+/// of the commit protocol, the way a crash or kill -9 would.
+fn failpoint(name: &str) {
+    static POINT: std::sync::LazyLock<Option<String>> =
+        std::sync::LazyLock::new(|| std::env::var("CALLSYNC_FAILPOINT").ok());
+    if POINT.as_deref() == Some(name) {
+        eprintln!("callsync: failpoint {name} reached, aborting");
+        std::process::abort();
+    }
+}
+
+/// Runs one incremental sync of one source. Blocking: call it from a blocking thread; the
+/// source's HTTP runs on `rt`.
+pub fn run_sync(ctx: &RunContext, name: &str, cfg: &SourceConfig, rt: &Handle, stop: &StopFlag) -> RunReport {
+    let mut summary = RunSummary::default();
+    let error = sync_inner(ctx, name, cfg, rt, stop, &mut summary).err();
+    RunReport {
+        source: name.to_string(),
+        summary,
+        error,
+    }
+}
+
+fn sync_inner(
+    ctx: &RunContext,
+    name: &str,
+    cfg: &SourceConfig,
+    rt: &Handle,
+    stop: &StopFlag,
+    summary: &mut RunSummary,
+) -> Result<(), PipelineError> {
+    let _lock = SourceLock::try_acquire(&ctx.state_path, name)?;
+    let mut state = State::open(&ctx.state_path)?;
+    let row = state.source(name, cfg.kind())?;
+    let storage = LocalStorage::new(&ctx.warehouse.root).map_err(LakeError::from)?;
+    lake::recover(&storage, &state, row.id, name)?;
+    let run_id = state.start_run(row.id, "sync")?;
+    info!(source = %name, kind = cfg.kind(), "Sync started.");
+    let result = match cfg.open(name, row.cursor.as_ref()) {
+        Ok(source) => {
+            let mut exporter = Exporter {
+                storage: &storage,
+                state: &mut state,
+                source: name,
+                source_id: row.id,
+                run_id,
+                max_rows: ctx.warehouse.max_rows_per_file,
+                summary,
+            };
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Page, SourceError>>(2);
+            let fetcher = rt.spawn(async move {
+                let mut source = source;
+                loop {
+                    let next = source.next_page().await;
+                    let last = !matches!(next, Ok(Some(_)));
+                    if let Some(msg) = next.transpose() {
+                        if tx.send(msg).await.is_err() {
+                            break;
+                        }
+                    }
+                    if last {
+                        break;
+                    }
+                }
+            });
+            let r = exporter.export(&mut rx, stop);
+            fetcher.abort();
+            r
+        }
+        Err(e) => Err(e.into()),
+    };
+    let err_text = result.as_ref().err().map(|e| e.to_string());
+    state.finish_run(
+        run_id,
+        if result.is_ok() { "ok" } else { "failed" },
+        err_text.as_deref(),
+    )?;
+    match &result {
+        Ok(()) => info!(
+            source = %name,
+            rows = summary.rows,
+            rejects = summary.rejects,
+            skipped = summary.skipped,
+            commits = summary.commits,
+            "Sync finished."
+        ),
+        Err(e) => warn!(source = %name, rows = summary.rows, error = %e, "Sync failed."),
+    }
+    result
+}
+
+/// The records of one commit being staged.
+struct Batch<'a> {
+    writer: CommitWriter<'a>,
+    keys: HashSet<String>,
+    cursor: Option<Cursor>,
+    started: Instant,
+}
+
+struct Exporter<'a> {
+    storage: &'a dyn Storage,
+    state: &'a mut State,
+    source: &'a str,
+    source_id: i64,
+    run_id: i64,
+    max_rows: usize,
+    summary: &'a mut RunSummary,
+}
+
+impl<'a> Exporter<'a> {
+    fn new_batch(&self) -> Batch<'a> {
+        let commit_id = uuid::Uuid::now_v7().simple().to_string();
+        Batch {
+            writer: CommitWriter::new(
+                self.storage,
+                self.source,
+                &commit_id,
+                chrono::Utc::now().timestamp_micros(),
+            ),
+            keys: HashSet::new(),
+            cursor: None,
+            started: Instant::now(),
+        }
+    }
+
+    /// Consumes pages until the source ends, a stop is asked, or an error; commits every
+    /// page received before an error, so its progress is kept.
+    fn export(
+        &mut self,
+        rx: &mut tokio::sync::mpsc::Receiver<Result<Page, SourceError>>,
+        stop: &StopFlag,
+    ) -> Result<(), PipelineError> {
+        let mut batch = self.new_batch();
+        let mut failure = None;
+        while let Some(msg) = rx.blocking_recv() {
+            let page = match msg {
+                Ok(p) => p,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            if let Err(e) = self.add_page(&mut batch, page) {
+                batch.writer.abort();
+                return Err(e);
+            }
+            let rows = (batch.writer.calls() + batch.writer.rejected()) as usize;
+            if rows >= self.max_rows
+                || batch.writer.open_partitions() > MAX_OPEN_PARTITIONS
+                || (rows > 0 && batch.started.elapsed() >= COMMIT_INTERVAL)
+            {
+                let full = std::mem::replace(&mut batch, self.new_batch());
+                self.commit(full)?;
+            }
+            if stop.is_stopped() {
+                info!(source = %self.source, "Stop requested; committing what was read.");
+                break;
+            }
+        }
+        self.commit(batch)?;
+        match failure {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+
+    fn add_page(&mut self, batch: &mut Batch<'a>, page: Page) -> Result<(), PipelineError> {
+        for item in page.items {
+            match item {
+                Item::Call(rec) => {
+                    if batch.keys.contains(&rec.call_id)
+                        || self.state.is_exported(self.source_id, &rec.call_id)?
+                    {
+                        self.summary.skipped += 1;
+                        continue;
+                    }
+                    batch.keys.insert(rec.call_id.clone());
+                    batch.writer.add_call(*rec)?;
+                }
+                Item::Reject(r) => {
+                    debug!(source = %self.source, call_id = ?r.call_id, error = %r.error, "Record rejected.");
+                    batch.writer.add_reject(&r)?;
+                }
+            }
+        }
+        if page.cursor.is_some() {
+            batch.cursor = page.cursor;
+        }
+        Ok(())
+    }
+
+    /// Stage → commit → publish, in that order.
+    fn commit(&mut self, batch: Batch<'a>) -> Result<(), PipelineError> {
+        let (rows, rejects) = (batch.writer.calls(), batch.writer.rejected());
+        if rows == 0 && rejects == 0 && batch.cursor.is_none() {
+            batch.writer.abort();
+            return Ok(());
+        }
+        let commit_id = batch.writer.commit_id().to_string();
+        let files = batch.writer.finish()?;
+        failpoint("after_stage");
+        let keys: Vec<String> = batch.keys.into_iter().collect();
+        let commit = Commit {
+            commit_id: &commit_id,
+            source_id: self.source_id,
+            run_id: self.run_id,
+            files: &files,
+            keys: &keys,
+            cursor: batch.cursor.as_ref(),
+            rows,
+            rejects,
+        };
+        if let Err(e) = self.state.commit(&commit) {
+            for f in &files {
+                let _ = self.storage.delete(&f.staged);
+            }
+            return Err(e.into());
+        }
+        failpoint("after_commit");
+        let manifest: Vec<ManifestRow> = files
+            .iter()
+            .map(|f| ManifestRow {
+                staged: f.staged.clone(),
+                final_path: f.final_path.clone(),
+            })
+            .collect();
+        lake::publish(self.storage, self.state, &manifest)?;
+        self.summary.rows += rows;
+        self.summary.rejects += rejects;
+        self.summary.commits += 1;
+        self.summary.files += files.len() as u64;
+        info!(
+            source = %self.source,
+            commit = %commit_id,
+            rows,
+            rejects,
+            files = files.len(),
+            "Committed."
+        );
+        Ok(())
+    }
+}

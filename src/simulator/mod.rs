@@ -1,0 +1,95 @@
+//! In-project vendor simulator (axum on loopback) for `demo` and the tests: faithful to the
+//! vendor docs, with injectable faults and a ground truth to compare the lake against.
+
+pub mod faults;
+pub mod voicegain;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use axum::Router;
+use tokio::sync::oneshot;
+
+pub use faults::{FaultKind, FaultPlan};
+pub use voicegain::{VgCall, VoicegainSim};
+
+/// State shared by the simulator's handlers.
+#[derive(Default)]
+pub struct Shared {
+    pub voicegain: Mutex<VoicegainSim>,
+    pub faults: Mutex<FaultPlan>,
+    /// Requests answered (faults included).
+    pub requests: AtomicU64,
+}
+
+/// Locks a mutex, recovering from a poisoned one (a panicked handler must not wedge a test).
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A running simulator. Dropping it stops the server.
+pub struct Simulator {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: Option<oneshot::Sender<()>>,
+}
+
+impl Simulator {
+    /// Starts the simulator on `127.0.0.1:0` with the given Voicegain data.
+    pub async fn start(voicegain: VoicegainSim) -> std::io::Result<Simulator> {
+        let shared = Arc::new(Shared {
+            voicegain: Mutex::new(voicegain),
+            ..Shared::default()
+        });
+        let app: Router = voicegain::routes().with_state(shared.clone());
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = oneshot::channel::<()>();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await;
+        });
+        Ok(Simulator {
+            addr,
+            shared,
+            shutdown: Some(tx),
+        })
+    }
+
+    /// `http://127.0.0.1:<port>`
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The `base_url` for a Voicegain source.
+    pub fn voicegain_base_url(&self) -> String {
+        format!("{}/voicegain/v1", self.base_url())
+    }
+
+    /// The Voicegain data (to inspect the ground truth or change it between runs).
+    pub fn voicegain(&self) -> MutexGuard<'_, VoicegainSim> {
+        lock(&self.shared.voicegain)
+    }
+
+    /// Replaces the fault plan.
+    pub fn set_faults(&self, plan: FaultPlan) {
+        *lock(&self.shared.faults) = plan;
+    }
+
+    /// Requests answered so far.
+    pub fn requests(&self) -> u64 {
+        self.shared.requests.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Simulator {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}

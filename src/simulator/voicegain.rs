@@ -1,0 +1,354 @@
+//! Simulated Voicegain `GET /v1/sa/call`: consecutive export, CSV with quoted new lines,
+//! Bearer auth, 400 for sorting with `consecutive=true`, time-range queries for backfill.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+
+use super::Shared;
+use super::faults::{Injected, dropped_body, inject};
+
+/// One simulated call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VgCall {
+    pub id: u64,
+    /// Start, seconds since the epoch (UTC).
+    pub start_secs: i64,
+    pub duration_secs: u32,
+    pub direction: String,
+    pub external: String,
+    pub internal: String,
+    pub agent_id: String,
+    pub agent_name: String,
+    pub queue_name: String,
+    pub sentiment: f64,
+    /// Multi-line, with quotes and commas.
+    pub notes: String,
+    pub tags: Vec<String>,
+    pub topics: Vec<String>,
+    /// DONE, ERROR, or an unfinished phase (TRANSCRIBING, ANALYZING).
+    pub phase: String,
+    pub language: String,
+    pub recording: String,
+    /// A row whose startTime is not a time: must land in rejects.
+    pub malformed: bool,
+}
+
+impl VgCall {
+    /// Whether the call is finished (DONE or ERROR).
+    pub fn is_final(&self) -> bool {
+        self.phase == "DONE" || self.phase == "ERROR"
+    }
+}
+
+/// The simulated account: its calls and its token.
+pub struct VoicegainSim {
+    /// The JWT the simulator accepts.
+    pub token: String,
+    calls: BTreeMap<u64, VgCall>,
+    next_id: u64,
+    rng: fastrand::Rng,
+    /// Fraction (0..1) of new calls that start unfinished.
+    pub pending_ratio: f64,
+    /// Fraction (0..1) of new calls whose row is malformed.
+    pub malformed_ratio: f64,
+    /// Newest start time of generated calls (seconds); calls go back from here.
+    pub now_secs: i64,
+}
+
+impl Default for VoicegainSim {
+    fn default() -> Self {
+        VoicegainSim::new(1, 0)
+    }
+}
+
+const AGENTS: &[(&str, &str)] = &[
+    ("436828", "Joe Shmoe"),
+    ("436829", "Ana Lima"),
+    ("436830", "Wei Zhang"),
+    ("436831", "Priya Nair"),
+];
+const QUEUES: &[&str] = &["Q-English-Member-Services", "Q-Spanish-Billing", "Q-Claims"];
+const TAGS: &[&str] = &["C_Member", "NEW_TAG", "V_Verified", "R_Coverage", "Escalated"];
+const TOPICS: &[&str] = &["billing", "claim status", "address change", "cancel"];
+const NOTES: &[&str] = &[
+    "Caller asked about a claim.\nAgent verified identity and said \"it is approved\".",
+    "Billing question, resolved.",
+    "Customer upset, said: \"I've called three times, twice today\".\n\nEscalated to supervisor, callback promised.",
+    "Address change, done in one call, no follow-up",
+];
+
+impl VoicegainSim {
+    /// `n` calls with a fixed seed, ending at `now_secs`.
+    pub fn new(seed: u64, n: usize) -> VoicegainSim {
+        let mut sim = VoicegainSim {
+            token: "sim-voicegain-token".to_string(),
+            calls: BTreeMap::new(),
+            next_id: 10_000,
+            rng: fastrand::Rng::with_seed(seed),
+            pending_ratio: 0.0,
+            malformed_ratio: 0.0,
+            now_secs: 1_735_689_600, // 2025-01-01T00:00:00Z
+        };
+        sim.add_calls(n);
+        sim
+    }
+
+    /// Sets the fractions of unfinished and malformed calls for calls added from now on.
+    pub fn with_ratios(mut self, pending: f64, malformed: f64) -> Self {
+        self.pending_ratio = pending;
+        self.malformed_ratio = malformed;
+        self
+    }
+
+    /// Adds `n` calls with increasing ids, about 90 s apart, spread over recent days.
+    pub fn add_calls(&mut self, n: usize) -> Vec<u64> {
+        let mut ids = Vec::with_capacity(n);
+        for _ in 0..n {
+            self.next_id += 1 + self.rng.u64(0..3);
+            let id = self.next_id;
+            self.now_secs += 30 + self.rng.i64(0..120);
+            let (agent_id, agent_name) = AGENTS[self.rng.usize(0..AGENTS.len())];
+            let mut tags: Vec<String> = Vec::new();
+            for t in TAGS {
+                if self.rng.u8(0..3) == 0 {
+                    tags.push(t.to_string());
+                }
+            }
+            let phase = if self.rng.f64() < self.pending_ratio {
+                "TRANSCRIBING"
+            } else if self.rng.u8(0..20) == 0 {
+                "ERROR"
+            } else {
+                "DONE"
+            };
+            let call = VgCall {
+                id,
+                start_secs: self.now_secs,
+                duration_secs: 5 + self.rng.u32(0..900),
+                direction: if self.rng.bool() { "inbound" } else { "outbound" }.to_string(),
+                external: format!("+1469{:07}", self.rng.u32(0..10_000_000)),
+                internal: format!("1469333{:04}", self.rng.u32(0..10_000)),
+                agent_id: agent_id.to_string(),
+                agent_name: agent_name.to_string(),
+                queue_name: QUEUES[self.rng.usize(0..QUEUES.len())].to_string(),
+                sentiment: (self.rng.i32(-100..=100) as f64) / 100.0,
+                notes: NOTES[self.rng.usize(0..NOTES.len())].to_string(),
+                tags,
+                topics: vec![TOPICS[self.rng.usize(0..TOPICS.len())].to_string()],
+                phase: phase.to_string(),
+                language: if self.rng.u8(0..4) == 0 { "es" } else { "en" }.to_string(),
+                recording: format!("{:08x}-1f2a-4e5b-a8c8-9e301c5a749d", self.rng.u32(..)),
+                malformed: self.rng.f64() < self.malformed_ratio,
+            };
+            self.calls.insert(id, call);
+            ids.push(id);
+        }
+        ids
+    }
+
+    /// Finishes every unfinished call (DONE); returns their ids.
+    pub fn finish_pending(&mut self) -> Vec<u64> {
+        let mut ids = Vec::new();
+        for c in self.calls.values_mut() {
+            if !c.is_final() {
+                c.phase = "DONE".to_string();
+                ids.push(c.id);
+            }
+        }
+        ids
+    }
+
+    /// Every call.
+    pub fn calls(&self) -> impl Iterator<Item = &VgCall> {
+        self.calls.values()
+    }
+
+    /// Ground truth of a consecutive export: final calls before the first unfinished one,
+    /// well-formed only (malformed ones go to rejects).
+    pub fn expected_exported(&self) -> Vec<&VgCall> {
+        self.consecutive_prefix().filter(|c| !c.malformed).collect()
+    }
+
+    /// Ids a consecutive export must reject.
+    pub fn expected_rejected(&self) -> Vec<u64> {
+        self.consecutive_prefix().filter(|c| c.malformed).map(|c| c.id).collect()
+    }
+
+    fn consecutive_prefix(&self) -> impl Iterator<Item = &VgCall> {
+        self.calls.values().take_while(|c| c.is_final())
+    }
+
+    /// Renders rows as the vendor's CSV.
+    pub fn csv<'a>(rows: impl Iterator<Item = &'a VgCall>) -> String {
+        let mut w = csv::WriterBuilder::new().from_writer(Vec::new());
+        let _ = w.write_record(HEADER);
+        for c in rows {
+            let start = fmt_time(c.start_secs);
+            let end = fmt_time(c.start_secs + c.duration_secs as i64);
+            let start_field = if c.malformed { "not-a-time".to_string() } else { start };
+            let _ = w.write_record([
+                "f9f32f4b-845d-4110-8b9a-4f8eef06cfe5",
+                "17396f85-57b1-446c-874b-e40037998113",
+                &c.id.to_string(),
+                &start_field,
+                &end,
+                &c.duration_secs.to_string(),
+                &c.direction,
+                &c.external,
+                &c.internal,
+                &c.recording,
+                "USDVDArvLUwoDZFzCLDs",
+                &c.agent_id,
+                &format!("{}@example.com", c.agent_name.split(' ').next().unwrap_or("agent").to_lowercase()),
+                &c.agent_name,
+                "873490",
+                &c.queue_name,
+                &format!("{}", c.sentiment),
+                &c.notes,
+                &c.tags.join("|"),
+                "claim,coverage",
+                &c.topics.join("|"),
+                &c.phase,
+                &c.language,
+                "2",
+            ]);
+        }
+        String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
+    }
+}
+
+const HEADER: [&str; 24] = [
+    "accountId",
+    "contextId",
+    "callId",
+    "startTime",
+    "endTime",
+    "duration",
+    "direction",
+    "externalEndpoint",
+    "internalEndpoint",
+    "recording",
+    "saSessionId",
+    "agent.id",
+    "agent.email",
+    "agent.name",
+    "queue.id",
+    "queue.name",
+    "sentiment",
+    "notes",
+    "tags",
+    "keywords",
+    "topics",
+    "progressPhase",
+    "language",
+    "version",
+];
+
+/// `MM-DD-YYYY h:mm:ss AM/PM`, UTC.
+pub fn fmt_time(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map(|t| t.format("%m-%d-%Y %-I:%M:%S %p").to_string())
+        .unwrap_or_default()
+}
+
+/// The Voicegain routes, under `/voicegain/v1`.
+pub fn routes() -> Router<Arc<Shared>> {
+    Router::new().route("/voicegain/v1/sa/call", get(sa_call))
+}
+
+fn bad_request(msg: &str) -> Response {
+    (StatusCode::BAD_REQUEST, format!("{{\"status\":400,\"message\":\"{msg}\"}}")).into_response()
+}
+
+async fn sa_call(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let fault = inject(&shared);
+    match fault {
+        Injected::Respond(r) => return r,
+        Injected::Delay(d) => tokio::time::sleep(d).await,
+        _ => {}
+    }
+    let body = {
+        let sim = super::lock(&shared.voicegain);
+        let expected = format!("Bearer {}", sim.token);
+        if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
+            return (StatusCode::UNAUTHORIZED, "{\"status\":401,\"message\":\"Unauthorized\"}").into_response();
+        }
+        match answer(&sim, &q) {
+            Ok(b) => b,
+            Err(r) => return r,
+        }
+    };
+    if matches!(fault, Injected::DropBody) {
+        return dropped_body("text/csv", body);
+    }
+    ([(header::CONTENT_TYPE, "text/csv")], body).into_response()
+}
+
+fn answer(sim: &VoicegainSim, q: &HashMap<String, String>) -> Result<String, Response> {
+    if q.get("format").map(String::as_str) != Some("csv") {
+        return Err(bad_request("the simulator only serves format=csv"));
+    }
+    let consecutive = q.get("consecutive").map(String::as_str) == Some("true");
+    let page: usize = match q.get("page").map(|p| p.parse::<usize>()) {
+        None => 1,
+        Some(Ok(p)) if p >= 1 => p,
+        _ => return Err(bad_request("page must be an integer >= 1")),
+    };
+    let per_page: usize = match q.get("per_page").map(|p| p.parse::<usize>()) {
+        None => 50,
+        Some(Ok(p)) if (1..=10_000).contains(&p) => p,
+        _ => return Err(bad_request("per_page must be between 1 and 10000")),
+    };
+    let skip = (page - 1) * per_page;
+    if consecutive {
+        if q.contains_key("sort_by") || q.contains_key("sort_dir") {
+            return Err(bad_request("sort_by/sort_dir cannot be used with consecutive=true"));
+        }
+        let after: u64 = match q.get("afterCallId").map(|a| a.parse::<u64>()) {
+            None => 0,
+            Some(Ok(a)) => a,
+            Some(Err(_)) => return Err(bad_request("afterCallId must be an integer >= 0")),
+        };
+        let rows = sim
+            .calls
+            .range(after + 1..)
+            .map(|(_, c)| c)
+            .take_while(|c| c.is_final())
+            .skip(skip)
+            .take(per_page);
+        return Ok(VoicegainSim::csv(rows));
+    }
+    let parse = |k: &str| -> Result<Option<i64>, Response> {
+        match q.get(k) {
+            None => Ok(None),
+            Some(v) => chrono::DateTime::parse_from_rfc3339(v)
+                .map(|t| Some(t.timestamp()))
+                .map_err(|_| bad_request(&format!("{k} must be RFC 3339"))),
+        }
+    };
+    let from = parse("fromTime")?.unwrap_or(i64::MIN);
+    let to = parse("toTime")?.unwrap_or(i64::MAX);
+    let desc = q.get("sort_dir").map(String::as_str) == Some("desc");
+    let mut rows: Vec<&VgCall> = sim
+        .calls
+        .values()
+        .filter(|c| c.start_secs >= from && c.start_secs <= to)
+        .collect();
+    if q.get("sort_by").map(String::as_str) == Some("time") {
+        rows.sort_by_key(|c| (c.start_secs, c.id));
+    }
+    if desc {
+        rows.reverse();
+    }
+    Ok(VoicegainSim::csv(rows.into_iter().skip(skip).take(per_page)))
+}

@@ -1,0 +1,215 @@
+//! The `Source` trait every vendor extractor implements, and the config enum with one
+//! variant per kind. A source knows nothing of Parquet or SQLite: it yields pages of
+//! normalized records and the opaque cursor they advance to.
+
+pub mod voicegain;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::str::FromStr;
+
+use crate::config::{Problems, typed};
+use crate::http::HttpError;
+use crate::record::Item;
+use crate::secret::{Secret, SecretError, SecretRef};
+
+/// A source's position, stored opaquely by the state (each source has its own serde type).
+pub type Cursor = serde_json::Value;
+
+/// A boxed future, so `Source` can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One page of records and the cursor that is safe to store once they are committed.
+#[derive(Debug)]
+pub struct Page {
+    pub items: Vec<Item>,
+    /// The cursor after this page; `None` leaves the stored cursor as it is.
+    pub cursor: Option<Cursor>,
+}
+
+/// A vendor extractor. `next_page` is called until it returns `Ok(None)`.
+pub trait Source: Send {
+    /// The next page, or `None` when the vendor has nothing more for now.
+    fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>, SourceError>>;
+}
+
+/// Why a source could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Http(#[from] HttpError),
+    #[error("source {source_name}: cannot read its credential: {error}")]
+    Secret {
+        source_name: String,
+        #[source]
+        error: SecretError,
+    },
+    #[error("source {source_name}: stored cursor is not valid for this kind: {reason}")]
+    Cursor { source_name: String, reason: String },
+    #[error("source {source_name}: unexpected answer from the vendor: {reason}")]
+    Protocol { source_name: String, reason: String },
+}
+
+impl SourceError {
+    /// The HTTP status behind this error, if any.
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            SourceError::Http(e) => e.status(),
+            _ => None,
+        }
+    }
+}
+
+/// Reads the secret of `source_name`, mapping a failure to a `SourceError`.
+pub fn resolve_secret(source_name: &str, r: &SecretRef) -> Result<Secret, SourceError> {
+    r.resolve().map_err(|error| SourceError::Secret {
+        source_name: source_name.to_string(),
+        error,
+    })
+}
+
+/// Decodes a stored cursor into a source's own type (`None` when nothing is stored yet).
+pub fn decode_cursor<T: serde::de::DeserializeOwned>(
+    source_name: &str,
+    cursor: Option<&Cursor>,
+) -> Result<Option<T>, SourceError> {
+    match cursor {
+        None => Ok(None),
+        Some(c) => serde_json::from_value(c.clone())
+            .map(Some)
+            .map_err(|e| SourceError::Cursor {
+                source_name: source_name.to_string(),
+                reason: e.to_string(),
+            }),
+    }
+}
+
+/// `[sources.<name>]`: the `kind` key picks the variant.
+#[derive(Debug, Clone)]
+pub enum SourceConfig {
+    /// Voicegain speech analytics: consecutive `afterCallId` CSV export.
+    Voicegain(voicegain::VoicegainConfig),
+}
+
+/// Every `kind` this build knows.
+pub const KINDS: &[&str] = &[voicegain::KIND];
+
+impl SourceConfig {
+    /// Reads one `[sources.<name>]` table: `kind` picks the variant, whose own
+    /// (`deny_unknown_fields`) struct takes the other keys.
+    pub fn from_toml(table: &str, value: toml::Value, problems: &mut Problems) -> Option<SourceConfig> {
+        let toml::Value::Table(mut t) = value else {
+            problems.push(table, None, "must be a table");
+            return None;
+        };
+        let kind = match t.remove("kind") {
+            Some(toml::Value::String(k)) => k,
+            Some(_) => {
+                problems.push(table, Some("kind"), "must be a string");
+                return None;
+            }
+            None => {
+                problems.push(table, Some("kind"), format!("missing (one of: {})", KINDS.join(", ")));
+                return None;
+            }
+        };
+        let rest = toml::Value::Table(t);
+        match kind.as_str() {
+            voicegain::KIND => typed(table, rest, problems).map(SourceConfig::Voicegain),
+            other => {
+                problems.push(
+                    table,
+                    Some("kind"),
+                    format!("unknown kind {other:?} (one of: {})", KINDS.join(", ")),
+                );
+                None
+            }
+        }
+    }
+
+    /// The `kind` key's value.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SourceConfig::Voicegain(_) => voicegain::KIND,
+        }
+    }
+
+    /// The cron expression the daemon runs this source on.
+    pub fn schedule(&self) -> &str {
+        match self {
+            SourceConfig::Voicegain(c) => &c.schedule,
+        }
+    }
+
+    /// Reports every problem of this table.
+    pub fn validate(&self, table: &str, problems: &mut Problems) {
+        validate_schedule(table, self.schedule(), problems);
+        match self {
+            SourceConfig::Voicegain(c) => c.validate(table, problems),
+        }
+    }
+
+    /// Opens the extractor for one incremental run, resuming from `cursor`.
+    pub fn open(
+        &self,
+        source_name: &str,
+        cursor: Option<&Cursor>,
+    ) -> Result<Box<dyn Source>, SourceError> {
+        match self {
+            SourceConfig::Voicegain(c) => Ok(Box::new(voicegain::VoicegainSource::new(
+                source_name,
+                c,
+                cursor,
+            )?)),
+        }
+    }
+}
+
+/// Checks a cron expression (`sec min hour day month weekday [year]`).
+pub fn validate_schedule(table: &str, schedule: &str, problems: &mut Problems) {
+    if let Err(e) = cron::Schedule::from_str(schedule) {
+        problems.push(
+            table,
+            Some("schedule"),
+            format!("not a valid cron expression (sec min hour day month weekday): {e}"),
+        );
+    }
+}
+
+/// Checks a `base_url`.
+pub fn validate_base_url(table: &str, url: &str, problems: &mut Problems) {
+    match reqwest::Url::parse(url) {
+        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
+        Ok(_) => problems.push(table, Some("base_url"), "must be an http:// or https:// URL"),
+        Err(e) => problems.push(table, Some("base_url"), format!("not a valid URL: {e}")),
+    }
+}
+
+/// Checks that exactly one of `<name>_env` / `<name>_file` is set.
+pub fn validate_secret(
+    table: &str,
+    name: &str,
+    env: &Option<String>,
+    file: &Option<PathBuf>,
+    problems: &mut Problems,
+) {
+    let env_key = format!("{name}_env");
+    let file_key = format!("{name}_file");
+    match (env, file) {
+        (Some(_), Some(_)) => problems.push(
+            table,
+            Some(&env_key),
+            format!("set either {env_key} or {file_key}, not both"),
+        ),
+        (None, None) => problems.push(
+            table,
+            Some(&env_key),
+            format!("missing: set {env_key} (an environment variable) or {file_key} (a file); secrets are never inline"),
+        ),
+        (Some(e), None) if e.trim().is_empty() => {
+            problems.push(table, Some(&env_key), "must name an environment variable")
+        }
+        _ => {}
+    }
+}

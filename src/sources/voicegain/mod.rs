@@ -1,0 +1,141 @@
+//! Voicegain speech analytics: the consecutive `afterCallId` CSV export.
+//!
+//! Each request asks for the calls after the highest exported callId
+//! (`consecutive=true&afterCallId=N&page=1`): keyset paging, so a page is never skipped or
+//! repeated even when calls finish between requests. The export stops at the first call that
+//! is not DONE or ERROR; a short or header-only page ends the run.
+
+pub mod client;
+pub mod model;
+pub mod normalize;
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::config::{HttpConfig, Problems};
+use crate::secret::SecretRef;
+use crate::sources::{
+    BoxFuture, Cursor, Page, Source, SourceError, decode_cursor, resolve_secret, validate_base_url,
+    validate_secret,
+};
+
+use client::VoicegainClient;
+use model::VgCursor;
+
+/// The `kind` of this source, also written to `source_kind`.
+pub const KIND: &str = "voicegain";
+
+/// `[sources.<name>]` with `kind = "voicegain"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VoicegainConfig {
+    /// API base URL (the vendor's production host by default); point it at a proxy,
+    /// a regional endpoint or the simulator.
+    #[serde(default = "default_base_url")]
+    pub base_url: String,
+    /// Environment variable that holds the JWT.
+    #[serde(default)]
+    pub token_env: Option<String>,
+    /// File that holds the JWT (systemd credentials, container secrets).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Rows per page, 1..=10000 (the vendor's own `per_page`).
+    #[serde(default = "default_per_page")]
+    pub per_page: u32,
+    /// Cron expression (with seconds) the daemon runs this source on.
+    #[serde(default = "default_schedule")]
+    pub schedule: String,
+    /// Timeouts and retries.
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+fn default_base_url() -> String {
+    "https://api.voicegain.ai/v1".to_string()
+}
+fn default_per_page() -> u32 {
+    1000
+}
+/// Every 15 minutes.
+pub fn default_schedule() -> String {
+    "0 */15 * * * *".to_string()
+}
+
+impl VoicegainConfig {
+    /// Reports every problem of this table.
+    pub fn validate(&self, table: &str, problems: &mut Problems) {
+        validate_base_url(table, &self.base_url, problems);
+        validate_secret(table, "token", &self.token_env, &self.token_file, problems);
+        if !(1..=10_000).contains(&self.per_page) {
+            problems.push(table, Some("per_page"), "must be between 1 and 10000");
+        }
+        self.http.validate(table, problems);
+    }
+}
+
+/// One incremental run of a Voicegain source.
+pub struct VoicegainSource {
+    client: VoicegainClient,
+    after: u64,
+    per_page: u32,
+    done: bool,
+}
+
+impl VoicegainSource {
+    /// Resolves the token and resumes after the stored cursor.
+    pub fn new(
+        source_name: &str,
+        cfg: &VoicegainConfig,
+        cursor: Option<&Cursor>,
+    ) -> Result<Self, SourceError> {
+        let secret_ref =
+            SecretRef::from_pair(&cfg.token_env, &cfg.token_file).ok_or(SourceError::Protocol {
+                source_name: source_name.to_string(),
+                reason: "no token configured".into(),
+            })?;
+        let token = resolve_secret(source_name, &secret_ref)?;
+        let cursor: VgCursor = decode_cursor(source_name, cursor)?.unwrap_or_default();
+        Ok(VoicegainSource {
+            client: VoicegainClient::new(source_name, cfg, &token)?,
+            after: cursor.after_call_id,
+            per_page: cfg.per_page,
+            done: false,
+        })
+    }
+}
+
+impl Source for VoicegainSource {
+    fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>, SourceError>> {
+        Box::pin(async move {
+            if self.done {
+                return Ok(None);
+            }
+            let body = self.client.consecutive_page(self.after).await?;
+            let parsed = normalize::parse_page(self.client.source_name(), &body)?;
+            if parsed.rows == 0 {
+                self.done = true;
+                return Ok(None);
+            }
+            let advanced = parsed.max_call_id.is_some_and(|m| m > self.after);
+            if let Some(m) = parsed.max_call_id {
+                self.after = self.after.max(m);
+            }
+            // A short page, an unfinished call or a page that did not move the cursor (only
+            // unreadable callIds) ends the run: asking again would return the same rows.
+            if parsed.rows < self.per_page as usize || parsed.stopped_at_open || !advanced {
+                self.done = true;
+            }
+            Ok(Some(Page {
+                items: parsed.items,
+                cursor: Some(serde_json::to_value(VgCursor {
+                    after_call_id: self.after,
+                })
+                .map_err(|e| SourceError::Cursor {
+                    source_name: self.client.source_name().to_string(),
+                    reason: e.to_string(),
+                })?),
+            }))
+        })
+    }
+}

@@ -1,0 +1,56 @@
+//! Versioned schema migrations of the state database, applied in order at open.
+
+/// Each entry is one migration; its index + 1 is the version it brings the database to.
+/// Never edit a released entry: append a new one.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: sources, exported keys, commit manifest, runs.
+    r#"
+    CREATE TABLE sources (
+        id            INTEGER PRIMARY KEY,
+        name          TEXT NOT NULL UNIQUE,
+        kind          TEXT NOT NULL,
+        cursor        TEXT,
+        rows_total    INTEGER NOT NULL DEFAULT 0,
+        rejects_total INTEGER NOT NULL DEFAULT 0
+    );
+    -- One row per exported call: the exactly-once guard. Integer source id and no rowid
+    -- keep it near the size of the call ids themselves.
+    CREATE TABLE exported (
+        source_id INTEGER NOT NULL,
+        call_id   TEXT NOT NULL,
+        PRIMARY KEY (source_id, call_id)
+    ) WITHOUT ROWID;
+    CREATE TABLE commits (
+        id           TEXT PRIMARY KEY,
+        source_id    INTEGER NOT NULL,
+        run_id       INTEGER NOT NULL,
+        committed_at TEXT NOT NULL,
+        rows         INTEGER NOT NULL,
+        rejects      INTEGER NOT NULL,
+        cursor       TEXT
+    );
+    -- Staged file -> final path; published = 0 until the rename is done.
+    CREATE TABLE manifest (
+        staged     TEXT PRIMARY KEY,
+        final_path TEXT NOT NULL,
+        source_id  INTEGER NOT NULL,
+        commit_id  TEXT NOT NULL,
+        rows       INTEGER NOT NULL,
+        bytes      INTEGER NOT NULL,
+        published  INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX manifest_unpublished ON manifest (source_id) WHERE published = 0;
+    CREATE TABLE runs (
+        id         INTEGER PRIMARY KEY,
+        source_id  INTEGER NOT NULL,
+        kind       TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        ended_at   TEXT,
+        outcome    TEXT NOT NULL DEFAULT 'running',
+        rows       INTEGER NOT NULL DEFAULT 0,
+        rejects    INTEGER NOT NULL DEFAULT 0,
+        error      TEXT
+    );
+    CREATE INDEX runs_by_source ON runs (source_id, id);
+    "#,
+];

@@ -1,0 +1,310 @@
+//! SQLite state: migrations, per-source cursors, the file manifest, exported keys, runs.
+//! One transaction records a commit's files, keys, counts and cursor together.
+
+pub mod lock;
+mod migrations;
+
+use std::path::Path;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use serde::Serialize;
+
+use crate::lake::writer::StagedFile;
+use crate::sources::Cursor;
+
+/// A state operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("state database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("cannot create the state directory {path}: {error}")]
+    Dir { path: String, error: std::io::Error },
+    #[error("state database is at schema version {found}, newer than this callsync ({known}); upgrade callsync")]
+    TooNew { found: i64, known: i64 },
+    #[error("source {name} was recorded as kind {stored}, but the config says {configured}; use a new source name for a new kind")]
+    KindChanged {
+        name: String,
+        stored: String,
+        configured: String,
+    },
+    #[error("stored cursor of source {0} is not valid JSON: {1}")]
+    Cursor(String, String),
+}
+
+/// A source's row.
+#[derive(Debug, Clone)]
+pub struct SourceRow {
+    pub id: i64,
+    pub cursor: Option<Cursor>,
+}
+
+/// One manifest row: a staged file and its final path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestRow {
+    pub staged: String,
+    pub final_path: String,
+}
+
+/// Everything one commit records, in one transaction.
+#[derive(Debug)]
+pub struct Commit<'a> {
+    pub commit_id: &'a str,
+    pub source_id: i64,
+    pub run_id: i64,
+    pub files: &'a [StagedFile],
+    pub keys: &'a [String],
+    /// The cursor to store; `None` keeps the current one.
+    pub cursor: Option<&'a Cursor>,
+    pub rows: u64,
+    pub rejects: u64,
+}
+
+/// The last run of a source, for `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunInfo {
+    pub kind: String,
+    pub started_at: String,
+    pub ended_at: Option<String>,
+    pub outcome: String,
+    pub rows: i64,
+    pub rejects: i64,
+    pub error: Option<String>,
+}
+
+/// Per-source status.
+#[derive(Debug, Clone, Serialize)]
+pub struct SourceStatus {
+    pub name: String,
+    pub kind: String,
+    pub cursor: Option<serde_json::Value>,
+    pub rows_total: i64,
+    pub rejects_total: i64,
+    pub last_run: Option<RunInfo>,
+    /// The most recent error of any run (it may be older than the last run).
+    pub last_error: Option<String>,
+}
+
+/// An open state database.
+pub struct State {
+    conn: Connection,
+}
+
+fn now() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+impl State {
+    /// Opens (creating and migrating) the state database.
+    pub fn open(path: &Path) -> Result<State, StateError> {
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|error| StateError::Dir {
+                path: parent.display().to_string(),
+                error,
+            })?;
+        }
+        let conn = Connection::open(path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(30))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        // FULL: a commit is durable before its files are published.
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        let mut state = State { conn };
+        state.migrate()?;
+        Ok(state)
+    }
+
+    fn migrate(&mut self) -> Result<(), StateError> {
+        self.conn.execute_batch(
+            "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at TEXT NOT NULL);",
+        )?;
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let current: i64 =
+            tx.query_row("SELECT COALESCE(MAX(version), 0) FROM schema_version", [], |r| r.get(0))?;
+        let known = migrations::MIGRATIONS.len() as i64;
+        if current > known {
+            return Err(StateError::TooNew { found: current, known });
+        }
+        for (i, sql) in migrations::MIGRATIONS.iter().enumerate().skip(current as usize) {
+            tx.execute_batch(sql)?;
+            tx.execute(
+                "INSERT INTO schema_version (version, applied_at) VALUES (?1, ?2)",
+                params![i as i64 + 1, now()],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// The row of `name`, created on first use; refuses a changed kind.
+    pub fn source(&self, name: &str, kind: &str) -> Result<SourceRow, StateError> {
+        self.conn.execute(
+            "INSERT INTO sources (name, kind) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
+            params![name, kind],
+        )?;
+        let (id, stored, cursor): (i64, String, Option<String>) = self.conn.query_row(
+            "SELECT id, kind, cursor FROM sources WHERE name = ?1",
+            [name],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )?;
+        if stored != kind {
+            return Err(StateError::KindChanged {
+                name: name.to_string(),
+                stored,
+                configured: kind.to_string(),
+            });
+        }
+        let cursor = cursor
+            .map(|c| serde_json::from_str(&c).map_err(|e| StateError::Cursor(name.to_string(), e.to_string())))
+            .transpose()?;
+        Ok(SourceRow { id, cursor })
+    }
+
+    /// Whether `(source, call_id)` has been exported.
+    pub fn is_exported(&self, source_id: i64, call_id: &str) -> Result<bool, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT 1 FROM exported WHERE source_id = ?1 AND call_id = ?2")?;
+        Ok(stmt.exists(params![source_id, call_id])?)
+    }
+
+    /// Records a commit: manifest rows, exported keys, counts and cursor, in one transaction.
+    pub fn commit(&mut self, c: &Commit<'_>) -> Result<(), StateError> {
+        let tx = self.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let cursor_text = c.cursor.map(|v| v.to_string());
+        {
+            let mut m = tx.prepare_cached(
+                "INSERT INTO manifest (staged, final_path, source_id, commit_id, rows, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?;
+            for f in c.files {
+                m.execute(params![f.staged, f.final_path, c.source_id, c.commit_id, f.rows as i64, f.bytes as i64])?;
+            }
+            let mut k = tx.prepare_cached(
+                "INSERT OR IGNORE INTO exported (source_id, call_id) VALUES (?1, ?2)",
+            )?;
+            for key in c.keys {
+                k.execute(params![c.source_id, key])?;
+            }
+        }
+        tx.execute(
+            "INSERT INTO commits (id, source_id, run_id, committed_at, rows, rejects, cursor) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![c.commit_id, c.source_id, c.run_id, now(), c.rows as i64, c.rejects as i64, cursor_text],
+        )?;
+        tx.execute(
+            "UPDATE sources SET cursor = COALESCE(?2, cursor), rows_total = rows_total + ?3, rejects_total = rejects_total + ?4 WHERE id = ?1",
+            params![c.source_id, cursor_text, c.rows as i64, c.rejects as i64],
+        )?;
+        tx.execute(
+            "UPDATE runs SET rows = rows + ?2, rejects = rejects + ?3 WHERE id = ?1",
+            params![c.run_id, c.rows as i64, c.rejects as i64],
+        )?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Manifest rows of a source whose publish is not recorded yet.
+    pub fn unpublished(&self, source_id: i64) -> Result<Vec<ManifestRow>, StateError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT staged, final_path FROM manifest WHERE source_id = ?1 AND published = 0 ORDER BY staged",
+        )?;
+        let rows = stmt
+            .query_map([source_id], |r| {
+                Ok(ManifestRow {
+                    staged: r.get(0)?,
+                    final_path: r.get(1)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Marks files as published.
+    pub fn mark_published(&self, staged: &[&str]) -> Result<(), StateError> {
+        if staged.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut stmt = tx.prepare_cached("UPDATE manifest SET published = 1 WHERE staged = ?1")?;
+            for s in staged {
+                stmt.execute([s])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Starts a run record (`sync` or `backfill`).
+    pub fn start_run(&self, source_id: i64, kind: &str) -> Result<i64, StateError> {
+        self.conn.execute(
+            "INSERT INTO runs (source_id, kind, started_at) VALUES (?1, ?2, ?3)",
+            params![source_id, kind, now()],
+        )?;
+        Ok(self.conn.last_insert_rowid())
+    }
+
+    /// Ends a run record with its outcome (`ok` or `failed`) and error text.
+    pub fn finish_run(&self, run_id: i64, outcome: &str, error: Option<&str>) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE runs SET ended_at = ?2, outcome = ?3, error = ?4 WHERE id = ?1",
+            params![run_id, now(), outcome, error],
+        )?;
+        Ok(())
+    }
+
+    /// Status of every source the state knows.
+    pub fn status(&self) -> Result<Vec<SourceStatus>, StateError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT id, name, kind, cursor, rows_total, rejects_total FROM sources ORDER BY name",
+        )?;
+        let sources = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut out = Vec::new();
+        for (id, name, kind, cursor, rows_total, rejects_total) in sources {
+            let last_run = self
+                .conn
+                .query_row(
+                    "SELECT kind, started_at, ended_at, outcome, rows, rejects, error FROM runs WHERE source_id = ?1 ORDER BY id DESC LIMIT 1",
+                    [id],
+                    |r| {
+                        Ok(RunInfo {
+                            kind: r.get(0)?,
+                            started_at: r.get(1)?,
+                            ended_at: r.get(2)?,
+                            outcome: r.get(3)?,
+                            rows: r.get(4)?,
+                            rejects: r.get(5)?,
+                            error: r.get(6)?,
+                        })
+                    },
+                )
+                .optional()?;
+            let last_error = self
+                .conn
+                .query_row(
+                    "SELECT error FROM runs WHERE source_id = ?1 AND error IS NOT NULL ORDER BY id DESC LIMIT 1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            out.push(SourceStatus {
+                name,
+                kind,
+                cursor: cursor.and_then(|c| serde_json::from_str(&c).ok()),
+                rows_total,
+                rejects_total,
+                last_run,
+                last_error,
+            });
+        }
+        Ok(out)
+    }
+}
