@@ -1,1 +1,10 @@
+//! Black-box tests: the real binary against the in-project simulator on loopback, with the
+//! lake read back and compared with the simulator's ground truth. One module per promise.
 
+mod helpers;
+
+mod commit_protocol;
+mod config_errors;
+mod credentials;
+mod export;
+mod kill9;
