@@ -20,7 +20,13 @@ pub const EXIT_USAGE: i32 = 2;
 
 /// Runs one incremental pass over the named sources (all when `only` is empty), each
 /// independently and concurrently; prints one line per source.
-pub fn sync(cfg: &Config, only: &[String], rt: &Runtime, stop: &StopFlag, out: &mut dyn Write) -> anyhow::Result<i32> {
+pub fn sync(
+    cfg: &Config,
+    only: &[String],
+    rt: &Runtime,
+    stop: &StopFlag,
+    out: &mut dyn Write,
+) -> anyhow::Result<i32> {
     for name in only {
         if !cfg.sources.contains_key(name) {
             let known: Vec<&str> = cfg.sources.keys().map(String::as_str).collect();
@@ -33,6 +39,9 @@ pub fn sync(cfg: &Config, only: &[String], rt: &Runtime, stop: &StopFlag, out: &
             return Ok(EXIT_USAGE);
         }
     }
+    // Create and migrate the state once, before the sources open it concurrently.
+    State::open(&cfg.state.path)
+        .with_context(|| format!("opening state {}", cfg.state.path.display()))?;
     let ctx = RunContext {
         warehouse: cfg.warehouse.clone(),
         state_path: cfg.state.path.clone(),
@@ -82,24 +91,39 @@ pub fn status(cfg: &Config, json: bool, out: &mut dyn Write) -> anyhow::Result<i
         return Ok(EXIT_OK);
     }
     if rows.is_empty() {
-        writeln!(out, "no source has run yet (state: {})", cfg.state.path.display())?;
+        writeln!(
+            out,
+            "no source has run yet (state: {})",
+            cfg.state.path.display()
+        )?;
     }
     for s in rows {
-        let configured = if cfg.sources.contains_key(&s.name) { "" } else { " (not in config)" };
+        let configured = if cfg.sources.contains_key(&s.name) {
+            ""
+        } else {
+            " (not in config)"
+        };
         writeln!(out, "{} [{}]{configured}", s.name, s.kind)?;
         writeln!(
             out,
             "  cursor: {}",
-            s.cursor.map(|c| c.to_string()).unwrap_or_else(|| "(none)".into())
+            s.cursor
+                .map(|c| c.to_string())
+                .unwrap_or_else(|| "(none)".into())
         )?;
-        writeln!(out, "  exported: {} calls, {} rejects in total", s.rows_total, s.rejects_total)?;
+        writeln!(
+            out,
+            "  exported: {} calls, {} rejects in total",
+            s.rows_total, s.rejects_total
+        )?;
         match s.last_run {
             Some(r) => writeln!(
                 out,
                 "  last run: {} {} → {} {}: {} calls, {} rejects",
                 r.kind,
                 r.started_at,
-                r.ended_at.unwrap_or_else(|| "(running or interrupted)".into()),
+                r.ended_at
+                    .unwrap_or_else(|| "(running or interrupted)".into()),
                 r.outcome,
                 r.rows,
                 r.rejects
@@ -115,7 +139,13 @@ pub fn status(cfg: &Config, json: bool, out: &mut dyn Write) -> anyhow::Result<i
 
 /// Starts the simulator with generated calls, writes a demo config under `dir`, runs a
 /// sync and prints what it wrote.
-pub fn demo(dir: &Path, calls: usize, rt: &Runtime, stop: &StopFlag, out: &mut dyn Write) -> anyhow::Result<i32> {
+pub fn demo(
+    dir: &Path,
+    calls: usize,
+    rt: &Runtime,
+    stop: &StopFlag,
+    out: &mut dyn Write,
+) -> anyhow::Result<i32> {
     if calls == 0 {
         bail!("--calls must be at least 1");
     }
@@ -128,7 +158,9 @@ pub fn demo(dir: &Path, calls: usize, rt: &Runtime, stop: &StopFlag, out: &mut d
     data.pending_ratio = 1.0;
     data.add_calls(pending);
     let token = data.token.clone();
-    let sim = rt.block_on(Simulator::start(data)).context("starting the simulator")?;
+    let sim = rt
+        .block_on(Simulator::start(data))
+        .context("starting the simulator")?;
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let token_file = dir.join("voicegain.token");
@@ -158,23 +190,37 @@ schedule = "0 */15 * * * *"
     );
     std::fs::write(&config_path, text)?;
     let cfg = Config::load(&config_path)?;
-    writeln!(out, "simulator: {} ({calls} generated Voicegain calls)", sim.base_url())?;
+    writeln!(
+        out,
+        "simulator: {} ({calls} generated Voicegain calls)",
+        sim.base_url()
+    )?;
     writeln!(out, "config:    {}", config_path.display())?;
     let code = sync(&cfg, &[], rt, stop, out)?;
     let files = count_files(&warehouse.join("calls"), "parquet");
-    writeln!(out, "lake:      {} ({files} Parquet files)", warehouse.display())?;
+    writeln!(
+        out,
+        "lake:      {} ({files} Parquet files)",
+        warehouse.display()
+    )?;
     writeln!(out, "\nTry it with DuckDB:")?;
     writeln!(
         out,
         "  duckdb -c \"SELECT source, date, count(*) AS calls, round(avg(duration_ms)/1000) AS avg_secs FROM read_parquet('{}/calls/**/*.parquet', hive_partitioning=true) GROUP BY ALL ORDER BY date\"",
         warehouse.display()
     )?;
-    writeln!(out, "\nStatus:    callsync --config {} status", config_path.display())?;
+    writeln!(
+        out,
+        "\nStatus:    callsync --config {} status",
+        config_path.display()
+    )?;
     Ok(code)
 }
 
 fn count_files(dir: &PathBuf, ext: &str) -> usize {
-    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
     entries
         .flatten()
         .map(|e| {

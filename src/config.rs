@@ -139,7 +139,11 @@ impl HttpConfig {
             problems.push(&t, Some("max_attempts"), "must be between 1 and 100");
         }
         if self.backoff_max_ms < self.backoff_initial_ms {
-            problems.push(&t, Some("backoff_max_ms"), "must be at least backoff_initial_ms");
+            problems.push(
+                &t,
+                Some("backoff_max_ms"),
+                "must be at least backoff_initial_ms",
+            );
         }
     }
 
@@ -273,7 +277,11 @@ impl Config {
                 }
                 "sources" => {
                     let toml::Value::Table(table) = value else {
-                        problems.push("sources", None, "must be a table of [sources.<name>] tables");
+                        problems.push(
+                            "sources",
+                            None,
+                            "must be a table of [sources.<name>] tables",
+                        );
                         continue;
                     };
                     for (name, value) in table {
@@ -343,7 +351,10 @@ pub fn typed<T: serde::de::DeserializeOwned>(
             } else {
                 segments.pop().map(str::to_string)
             };
-            let table = std::iter::once(table).chain(segments).collect::<Vec<_>>().join(".");
+            let table = std::iter::once(table)
+                .chain(segments)
+                .collect::<Vec<_>>()
+                .join(".");
             problems.push(&table, key.as_deref(), inner);
             None
         }
@@ -396,7 +407,9 @@ mod tests {
     fn a_wrong_type_names_the_key() {
         let p = problems("[sources.vg]\nkind='voicegain'\ntoken_env='T'\nper_page='many'\n");
         assert_eq!(p[0].key.as_deref(), Some("per_page"), "{p:?}");
-        let p = problems("[sources.vg]\nkind='voicegain'\ntoken_env='T'\n[sources.vg.http]\nmax_attempts='x'\n");
+        let p = problems(
+            "[sources.vg]\nkind='voicegain'\ntoken_env='T'\n[sources.vg.http]\nmax_attempts='x'\n",
+        );
         assert_eq!(p[0].table, "sources.vg.http", "{p:?}");
         assert_eq!(p[0].key.as_deref(), Some("max_attempts"), "{p:?}");
     }

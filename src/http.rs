@@ -74,7 +74,10 @@ impl std::fmt::Debug for HttpClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HttpClient")
             .field("source_name", &self.source_name)
-            .field("auth", &self.auth.as_ref().map(|(n, _)| (n.as_str(), "***")))
+            .field(
+                "auth",
+                &self.auth.as_ref().map(|(n, _)| (n.as_str(), "***")),
+            )
             .finish()
     }
 }
@@ -82,7 +85,10 @@ impl std::fmt::Debug for HttpClient {
 /// What to do with one attempt's outcome.
 enum Outcome {
     Done(Response),
-    Retry { reason: String, retry_after: Option<Duration> },
+    Retry {
+        reason: String,
+        retry_after: Option<Duration>,
+    },
 }
 
 impl HttpClient {
@@ -148,7 +154,10 @@ impl HttpClient {
             let outcome = self.attempt(url).await?;
             match outcome {
                 Outcome::Done(r) => return Ok(r),
-                Outcome::Retry { reason, retry_after } => {
+                Outcome::Retry {
+                    reason,
+                    retry_after,
+                } => {
                     if attempt >= self.policy.max_attempts {
                         return Err(HttpError::Exhausted {
                             source_name: self.source_name.clone(),
@@ -312,7 +321,10 @@ mod tests {
             let d8 = c.delay(8, None).as_millis();
             assert!((500..=1000).contains(&d8), "{d8}");
         }
-        assert_eq!(c.delay(1, Some(Duration::from_secs(3))), Duration::from_secs(1));
+        assert_eq!(
+            c.delay(1, Some(Duration::from_secs(3))),
+            Duration::from_secs(1)
+        );
         assert_eq!(parse_retry_after(" 2 "), Some(Duration::from_secs(2)));
         assert_eq!(parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT"), None);
     }

@@ -21,8 +21,6 @@ use crate::state::{Commit, ManifestRow, State, StateError};
 
 /// A batch is committed at least this often, so a long run keeps its progress.
 const COMMIT_INTERVAL: Duration = Duration::from_secs(60);
-/// A batch is committed when it has this many partition files open (bounds memory).
-const MAX_OPEN_PARTITIONS: usize = 16;
 
 /// Where runs write: the warehouse and the state database.
 #[derive(Debug, Clone)]
@@ -97,7 +95,13 @@ fn failpoint(name: &str) {
 
 /// Runs one incremental sync of one source. Blocking: call it from a blocking thread; the
 /// source's HTTP runs on `rt`.
-pub fn run_sync(ctx: &RunContext, name: &str, cfg: &SourceConfig, rt: &Handle, stop: &StopFlag) -> RunReport {
+pub fn run_sync(
+    ctx: &RunContext,
+    name: &str,
+    cfg: &SourceConfig,
+    rt: &Handle,
+    stop: &StopFlag,
+) -> RunReport {
     let mut summary = RunSummary::default();
     let error = sync_inner(ctx, name, cfg, rt, stop, &mut summary).err();
     RunReport {
@@ -133,16 +137,16 @@ fn sync_inner(
                 max_rows: ctx.warehouse.max_rows_per_file,
                 summary,
             };
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Page, SourceError>>(2);
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Page, SourceError>>(1);
             let fetcher = rt.spawn(async move {
                 let mut source = source;
                 loop {
                     let next = source.next_page().await;
                     let last = !matches!(next, Ok(Some(_)));
-                    if let Some(msg) = next.transpose() {
-                        if tx.send(msg).await.is_err() {
-                            break;
-                        }
+                    if let Some(msg) = next.transpose()
+                        && tx.send(msg).await.is_err()
+                    {
+                        break;
                     }
                     if last {
                         break;
@@ -231,10 +235,7 @@ impl<'a> Exporter<'a> {
                 return Err(e);
             }
             let rows = (batch.writer.calls() + batch.writer.rejected()) as usize;
-            if rows >= self.max_rows
-                || batch.writer.open_partitions() > MAX_OPEN_PARTITIONS
-                || (rows > 0 && batch.started.elapsed() >= COMMIT_INTERVAL)
-            {
+            if rows >= self.max_rows || (rows > 0 && batch.started.elapsed() >= COMMIT_INTERVAL) {
                 let full = std::mem::replace(&mut batch, self.new_batch());
                 self.commit(full)?;
             }
@@ -251,12 +252,17 @@ impl<'a> Exporter<'a> {
     }
 
     fn add_page(&mut self, batch: &mut Batch<'a>, page: Page) -> Result<(), PipelineError> {
+        let exported = self.state.exported_among(
+            self.source_id,
+            page.items.iter().filter_map(|i| match i {
+                Item::Call(c) => Some(c.call_id.as_str()),
+                Item::Reject(_) => None,
+            }),
+        )?;
         for item in page.items {
             match item {
                 Item::Call(rec) => {
-                    if batch.keys.contains(&rec.call_id)
-                        || self.state.is_exported(self.source_id, &rec.call_id)?
-                    {
+                    if batch.keys.contains(&rec.call_id) || exported.contains(&rec.call_id) {
                         self.summary.skipped += 1;
                         continue;
                     }

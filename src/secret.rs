@@ -104,7 +104,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("tok");
         std::fs::write(&p, "abc\n").unwrap();
-        assert_eq!(SecretRef::File(p.clone()).resolve().unwrap().expose(), "abc");
+        assert_eq!(
+            SecretRef::File(p.clone()).resolve().unwrap().expose(),
+            "abc"
+        );
         let missing = dir.path().join("nope");
         let err = SecretRef::File(missing.clone()).resolve().unwrap_err();
         assert!(err.to_string().contains("nope"));

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use arrow_array::builder::{
-    Float64Builder, Int64Builder, ListBuilder, StringBuilder, StructBuilder, TimestampMicrosecondBuilder,
+    Float64Builder, Int64Builder, ListBuilder, StringBuilder, StructBuilder,
+    TimestampMicrosecondBuilder,
 };
 use arrow_array::{ArrayRef, RecordBatch};
 use arrow_schema::ArrowError;
@@ -47,7 +48,10 @@ fn float64s(records: &[CallRecord], f: impl Fn(&CallRecord) -> Option<f64>) -> A
     Arc::new(b.finish())
 }
 
-fn string_lists(records: &[CallRecord], f: impl Fn(&CallRecord) -> Option<&Vec<String>>) -> ArrayRef {
+fn string_lists(
+    records: &[CallRecord],
+    f: impl Fn(&CallRecord) -> Option<&Vec<String>>,
+) -> ArrayRef {
     let mut b = ListBuilder::new(StringBuilder::new()).with_field(utf8_item());
     for r in records {
         match f(r) {

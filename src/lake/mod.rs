@@ -30,7 +30,11 @@ pub enum LakeError {
 }
 
 /// Publishes committed files (rename staged → final) and marks them published.
-pub fn publish(storage: &dyn Storage, state: &State, rows: &[ManifestRow]) -> Result<(), LakeError> {
+pub fn publish(
+    storage: &dyn Storage,
+    state: &State,
+    rows: &[ManifestRow],
+) -> Result<(), LakeError> {
     for row in rows {
         storage.publish(&row.staged, &row.final_path)?;
     }

@@ -18,11 +18,15 @@ use crate::record::{CallRecord, Reject, utc_day};
 use crate::schema::{SCHEMA_VERSION, SCHEMA_VERSION_KEY, call_schema};
 
 /// Rows buffered as records before they become one Arrow batch.
-const BATCH_ROWS: usize = 8192;
+const BATCH_ROWS: usize = 2048;
 /// Rows per Parquet row group.
 const ROW_GROUP_ROWS: usize = 65_536;
 /// Encoded bytes a row group may hold in memory before it is flushed early.
-const ROW_GROUP_MAX_BYTES: usize = 32 << 20;
+const ROW_GROUP_MAX_BYTES: usize = 8 << 20;
+/// Partition files open at once; the least recently used is finished (it stays in the
+/// commit) when another day arrives. Calls mostly come in time order, so this is rarely hit.
+const MAX_OPEN_PARTITIONS: usize = 2;
+const MICROS_PER_DAY: i64 = 86_400_000_000;
 
 /// A staged file and where it goes when its commit is published.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,16 +58,20 @@ pub fn writer_properties() -> WriterProperties {
     for col in ["raw", "summary", "recording_ref"] {
         b = b.set_column_statistics_enabled(ColumnPath::from(col), EnabledStatistics::None);
     }
-    for col in ["text"] {
-        let path = ColumnPath::new(vec!["transcript".into(), "list".into(), "item".into(), col.into()]);
-        b = b
-            .set_column_dictionary_enabled(path.clone(), false)
-            .set_column_statistics_enabled(path, EnabledStatistics::None);
-    }
+    let text = ColumnPath::new(vec![
+        "transcript".into(),
+        "list".into(),
+        "item".into(),
+        "text".into(),
+    ]);
+    b = b
+        .set_column_dictionary_enabled(text.clone(), false)
+        .set_column_statistics_enabled(text, EnabledStatistics::None);
     b.build()
 }
 
 struct Partition {
+    last_used: u64,
     staged: String,
     final_path: String,
     writer: ArrowWriter<File>,
@@ -85,7 +93,9 @@ pub struct CommitWriter<'a> {
     commit_id: String,
     next_n: u32,
     extracted_at: i64,
-    partitions: BTreeMap<String, Partition>,
+    partitions: BTreeMap<i64, Partition>,
+    finished: Vec<StagedFile>,
+    uses: u64,
     rejects: Option<RejectFile>,
     calls: u64,
     rejected: u64,
@@ -101,6 +111,8 @@ impl<'a> CommitWriter<'a> {
             next_n: 0,
             extracted_at,
             partitions: BTreeMap::new(),
+            finished: Vec::new(),
+            uses: 0,
             rejects: None,
             calls: 0,
             rejected: 0,
@@ -122,30 +134,34 @@ impl<'a> CommitWriter<'a> {
         self.rejected
     }
 
-    /// Partition files open right now.
-    pub fn open_partitions(&self) -> usize {
-        self.partitions.len()
-    }
-
     fn next_names(&mut self, dir: &str, ext: &str, date: &str) -> (String, String) {
         self.next_n += 1;
         let n = self.next_n;
         (
             format!("_staging/{}/{}-{n}.tmp", self.source, self.commit_id),
-            format!("{dir}/source={}/date={date}/part-{}-{n}.{ext}", self.source, self.commit_id),
+            format!(
+                "{dir}/source={}/date={date}/part-{}-{n}.{ext}",
+                self.source, self.commit_id
+            ),
         )
     }
 
     /// Adds a call to the partition of its UTC start day.
     pub fn add_call(&mut self, rec: CallRecord) -> Result<(), LakeError> {
-        let date = utc_day(rec.started_at.unwrap_or(0));
-        if !self.partitions.contains_key(&date) {
+        let day = rec.started_at.unwrap_or(0).div_euclid(MICROS_PER_DAY);
+        self.uses += 1;
+        if !self.partitions.contains_key(&day) {
+            if self.partitions.len() >= MAX_OPEN_PARTITIONS {
+                self.finish_least_recent()?;
+            }
+            let date = utc_day(day * MICROS_PER_DAY);
             let (staged, final_path) = self.next_names("calls", "parquet", &date);
             let file = self.storage.create_staged(&staged)?;
             let writer = ArrowWriter::try_new(file, call_schema(), Some(writer_properties()))?;
             self.partitions.insert(
-                date.clone(),
+                day,
                 Partition {
+                    last_used: 0,
                     staged,
                     final_path,
                     writer,
@@ -154,12 +170,29 @@ impl<'a> CommitWriter<'a> {
                 },
             );
         }
-        let p = self.partitions.get_mut(&date).expect("inserted above");
+        let p = self.partitions.get_mut(&day).expect("inserted above");
+        p.last_used = self.uses;
         p.pending.push(rec);
         p.rows += 1;
         self.calls += 1;
         if p.pending.len() >= BATCH_ROWS {
             flush_pending(p, self.extracted_at)?;
+        }
+        Ok(())
+    }
+
+    fn finish_least_recent(&mut self) -> Result<(), LakeError> {
+        let Some(day) = self
+            .partitions
+            .iter()
+            .min_by_key(|(_, p)| p.last_used)
+            .map(|(d, _)| *d)
+        else {
+            return Ok(());
+        };
+        if let Some(p) = self.partitions.remove(&day) {
+            let f = finish_partition(self.storage, p, self.extracted_at)?;
+            self.finished.push(f);
         }
         Ok(())
     }
@@ -193,17 +226,9 @@ impl<'a> CommitWriter<'a> {
 
     /// Finishes every file and makes it durable; returns what the commit must record.
     pub fn finish(mut self) -> Result<Vec<StagedFile>, LakeError> {
-        let mut out = Vec::new();
-        for (_, mut p) in std::mem::take(&mut self.partitions) {
-            flush_pending(&mut p, self.extracted_at)?;
-            let file = p.writer.into_inner()?;
-            let bytes = self.storage.seal_staged(&p.staged, file)?;
-            out.push(StagedFile {
-                staged: p.staged,
-                final_path: p.final_path,
-                rows: p.rows,
-                bytes,
-            });
+        let mut out = std::mem::take(&mut self.finished);
+        for (_, p) in std::mem::take(&mut self.partitions) {
+            out.push(finish_partition(self.storage, p, self.extracted_at)?);
         }
         if let Some(rf) = self.rejects.take() {
             let file = rf.out.into_inner().map_err(|e| e.into_error())?;
@@ -222,6 +247,7 @@ impl<'a> CommitWriter<'a> {
     /// that remain, since no manifest row names them).
     pub fn abort(mut self) {
         let mut names: Vec<String> = self.partitions.values().map(|p| p.staged.clone()).collect();
+        names.extend(self.finished.iter().map(|f| f.staged.clone()));
         names.extend(self.rejects.as_ref().map(|r| r.staged.clone()));
         self.partitions.clear();
         self.rejects = None;
@@ -229,6 +255,22 @@ impl<'a> CommitWriter<'a> {
             let _ = self.storage.delete(&n);
         }
     }
+}
+
+fn finish_partition(
+    storage: &dyn Storage,
+    mut p: Partition,
+    extracted_at: i64,
+) -> Result<StagedFile, LakeError> {
+    flush_pending(&mut p, extracted_at)?;
+    let file = p.writer.into_inner()?;
+    let bytes = storage.seal_staged(&p.staged, file)?;
+    Ok(StagedFile {
+        staged: p.staged,
+        final_path: p.final_path,
+        rows: p.rows,
+        bytes,
+    })
 }
 
 fn flush_pending(p: &mut Partition, extracted_at: i64) -> Result<(), LakeError> {

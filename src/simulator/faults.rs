@@ -50,9 +50,12 @@ pub enum Injected {
 
 /// Counts the request and decides whether it fails.
 pub fn inject(shared: &Shared) -> Injected {
-    let n = shared.requests.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+    let n = shared
+        .requests
+        .fetch_add(1, std::sync::atomic::Ordering::SeqCst)
+        + 1;
     let plan = lock(&shared.faults).clone();
-    if plan.every == 0 || plan.kinds.is_empty() || n % plan.every != 0 {
+    if plan.every == 0 || plan.kinds.is_empty() || !n.is_multiple_of(plan.every) {
         return Injected::None;
     }
     let kind = &plan.kinds[((n / plan.every) as usize) % plan.kinds.len()];
@@ -61,7 +64,8 @@ pub fn inject(shared: &Shared) -> Injected {
             let mut r = (StatusCode::TOO_MANY_REQUESTS, "rate limited").into_response();
             r.headers_mut().insert(
                 header::RETRY_AFTER,
-                HeaderValue::from_str(&retry_after_secs.to_string()).unwrap_or(HeaderValue::from_static("1")),
+                HeaderValue::from_str(&retry_after_secs.to_string())
+                    .unwrap_or(HeaderValue::from_static("1")),
             );
             Injected::Respond(r)
         }

@@ -57,8 +57,10 @@ pub struct VoicegainSim {
     pub pending_ratio: f64,
     /// Fraction (0..1) of new calls whose row is malformed.
     pub malformed_ratio: f64,
-    /// Newest start time of generated calls (seconds); calls go back from here.
+    /// Start time of the newest generated call (seconds); new calls start after it.
     pub now_secs: i64,
+    /// Seconds between the starts of consecutive calls (a random value in this range).
+    pub spacing_secs: std::ops::Range<i64>,
 }
 
 impl Default for VoicegainSim {
@@ -74,7 +76,13 @@ const AGENTS: &[(&str, &str)] = &[
     ("436831", "Priya Nair"),
 ];
 const QUEUES: &[&str] = &["Q-English-Member-Services", "Q-Spanish-Billing", "Q-Claims"];
-const TAGS: &[&str] = &["C_Member", "NEW_TAG", "V_Verified", "R_Coverage", "Escalated"];
+const TAGS: &[&str] = &[
+    "C_Member",
+    "NEW_TAG",
+    "V_Verified",
+    "R_Coverage",
+    "Escalated",
+];
 const TOPICS: &[&str] = &["billing", "claim status", "address change", "cancel"];
 const NOTES: &[&str] = &[
     "Caller asked about a claim.\nAgent verified identity and said \"it is approved\".",
@@ -94,6 +102,7 @@ impl VoicegainSim {
             pending_ratio: 0.0,
             malformed_ratio: 0.0,
             now_secs: 1_735_689_600, // 2025-01-01T00:00:00Z
+            spacing_secs: 30..150,
         };
         sim.add_calls(n);
         sim
@@ -106,13 +115,13 @@ impl VoicegainSim {
         self
     }
 
-    /// Adds `n` calls with increasing ids, about 90 s apart, spread over recent days.
+    /// Adds `n` calls with increasing ids, `spacing_secs` apart.
     pub fn add_calls(&mut self, n: usize) -> Vec<u64> {
         let mut ids = Vec::with_capacity(n);
         for _ in 0..n {
             self.next_id += 1 + self.rng.u64(0..3);
             let id = self.next_id;
-            self.now_secs += 30 + self.rng.i64(0..120);
+            self.now_secs += self.rng.i64(self.spacing_secs.clone());
             let (agent_id, agent_name) = AGENTS[self.rng.usize(0..AGENTS.len())];
             let mut tags: Vec<String> = Vec::new();
             for t in TAGS {
@@ -131,7 +140,12 @@ impl VoicegainSim {
                 id,
                 start_secs: self.now_secs,
                 duration_secs: 5 + self.rng.u32(0..900),
-                direction: if self.rng.bool() { "inbound" } else { "outbound" }.to_string(),
+                direction: if self.rng.bool() {
+                    "inbound"
+                } else {
+                    "outbound"
+                }
+                .to_string(),
                 external: format!("+1469{:07}", self.rng.u32(0..10_000_000)),
                 internal: format!("1469333{:04}", self.rng.u32(0..10_000)),
                 agent_id: agent_id.to_string(),
@@ -177,7 +191,10 @@ impl VoicegainSim {
 
     /// Ids a consecutive export must reject.
     pub fn expected_rejected(&self) -> Vec<u64> {
-        self.consecutive_prefix().filter(|c| c.malformed).map(|c| c.id).collect()
+        self.consecutive_prefix()
+            .filter(|c| c.malformed)
+            .map(|c| c.id)
+            .collect()
     }
 
     fn consecutive_prefix(&self) -> impl Iterator<Item = &VgCall> {
@@ -191,7 +208,11 @@ impl VoicegainSim {
         for c in rows {
             let start = fmt_time(c.start_secs);
             let end = fmt_time(c.start_secs + c.duration_secs as i64);
-            let start_field = if c.malformed { "not-a-time".to_string() } else { start };
+            let start_field = if c.malformed {
+                "not-a-time".to_string()
+            } else {
+                start
+            };
             let _ = w.write_record([
                 "f9f32f4b-845d-4110-8b9a-4f8eef06cfe5",
                 "17396f85-57b1-446c-874b-e40037998113",
@@ -205,7 +226,14 @@ impl VoicegainSim {
                 &c.recording,
                 "USDVDArvLUwoDZFzCLDs",
                 &c.agent_id,
-                &format!("{}@example.com", c.agent_name.split(' ').next().unwrap_or("agent").to_lowercase()),
+                &format!(
+                    "{}@example.com",
+                    c.agent_name
+                        .split(' ')
+                        .next()
+                        .unwrap_or("agent")
+                        .to_lowercase()
+                ),
                 &c.agent_name,
                 "873490",
                 &c.queue_name,
@@ -262,8 +290,14 @@ pub fn routes() -> Router<Arc<Shared>> {
     Router::new().route("/voicegain/v1/sa/call", get(sa_call))
 }
 
-fn bad_request(msg: &str) -> Response {
-    (StatusCode::BAD_REQUEST, format!("{{\"status\":400,\"message\":\"{msg}\"}}")).into_response()
+fn bad_request(msg: &str) -> Box<Response> {
+    Box::new(
+        (
+            StatusCode::BAD_REQUEST,
+            format!("{{\"status\":400,\"message\":\"{msg}\"}}"),
+        )
+            .into_response(),
+    )
 }
 
 async fn sa_call(
@@ -280,12 +314,20 @@ async fn sa_call(
     let body = {
         let sim = super::lock(&shared.voicegain);
         let expected = format!("Bearer {}", sim.token);
-        if headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) != Some(expected.as_str()) {
-            return (StatusCode::UNAUTHORIZED, "{\"status\":401,\"message\":\"Unauthorized\"}").into_response();
+        if headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            != Some(expected.as_str())
+        {
+            return (
+                StatusCode::UNAUTHORIZED,
+                "{\"status\":401,\"message\":\"Unauthorized\"}",
+            )
+                .into_response();
         }
         match answer(&sim, &q) {
             Ok(b) => b,
-            Err(r) => return r,
+            Err(r) => return *r,
         }
     };
     if matches!(fault, Injected::DropBody) {
@@ -294,7 +336,7 @@ async fn sa_call(
     ([(header::CONTENT_TYPE, "text/csv")], body).into_response()
 }
 
-fn answer(sim: &VoicegainSim, q: &HashMap<String, String>) -> Result<String, Response> {
+fn answer(sim: &VoicegainSim, q: &HashMap<String, String>) -> Result<String, Box<Response>> {
     if q.get("format").map(String::as_str) != Some("csv") {
         return Err(bad_request("the simulator only serves format=csv"));
     }
@@ -312,7 +354,9 @@ fn answer(sim: &VoicegainSim, q: &HashMap<String, String>) -> Result<String, Res
     let skip = (page - 1) * per_page;
     if consecutive {
         if q.contains_key("sort_by") || q.contains_key("sort_dir") {
-            return Err(bad_request("sort_by/sort_dir cannot be used with consecutive=true"));
+            return Err(bad_request(
+                "sort_by/sort_dir cannot be used with consecutive=true",
+            ));
         }
         let after: u64 = match q.get("afterCallId").map(|a| a.parse::<u64>()) {
             None => 0,
@@ -328,7 +372,7 @@ fn answer(sim: &VoicegainSim, q: &HashMap<String, String>) -> Result<String, Res
             .take(per_page);
         return Ok(VoicegainSim::csv(rows));
     }
-    let parse = |k: &str| -> Result<Option<i64>, Response> {
+    let parse = |k: &str| -> Result<Option<i64>, Box<Response>> {
         match q.get(k) {
             None => Ok(None),
             Some(v) => chrono::DateTime::parse_from_rfc3339(v)
@@ -350,5 +394,7 @@ fn answer(sim: &VoicegainSim, q: &HashMap<String, String>) -> Result<String, Res
     if desc {
         rows.reverse();
     }
-    Ok(VoicegainSim::csv(rows.into_iter().skip(skip).take(per_page)))
+    Ok(VoicegainSim::csv(
+        rows.into_iter().skip(skip).take(per_page),
+    ))
 }

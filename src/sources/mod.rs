@@ -98,7 +98,11 @@ pub const KINDS: &[&str] = &[voicegain::KIND];
 impl SourceConfig {
     /// Reads one `[sources.<name>]` table: `kind` picks the variant, whose own
     /// (`deny_unknown_fields`) struct takes the other keys.
-    pub fn from_toml(table: &str, value: toml::Value, problems: &mut Problems) -> Option<SourceConfig> {
+    pub fn from_toml(
+        table: &str,
+        value: toml::Value,
+        problems: &mut Problems,
+    ) -> Option<SourceConfig> {
         let toml::Value::Table(mut t) = value else {
             problems.push(table, None, "must be a table");
             return None;
@@ -110,7 +114,11 @@ impl SourceConfig {
                 return None;
             }
             None => {
-                problems.push(table, Some("kind"), format!("missing (one of: {})", KINDS.join(", ")));
+                problems.push(
+                    table,
+                    Some("kind"),
+                    format!("missing (one of: {})", KINDS.join(", ")),
+                );
                 return None;
             }
         };
@@ -181,7 +189,11 @@ pub fn validate_schedule(table: &str, schedule: &str, problems: &mut Problems) {
 pub fn validate_base_url(table: &str, url: &str, problems: &mut Problems) {
     match reqwest::Url::parse(url) {
         Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-        Ok(_) => problems.push(table, Some("base_url"), "must be an http:// or https:// URL"),
+        Ok(_) => problems.push(
+            table,
+            Some("base_url"),
+            "must be an http:// or https:// URL",
+        ),
         Err(e) => problems.push(table, Some("base_url"), format!("not a valid URL: {e}")),
     }
 }

@@ -65,7 +65,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("s.db");
         let a = SourceLock::try_acquire(&db, "vg").unwrap();
-        assert!(matches!(SourceLock::try_acquire(&db, "vg"), Err(LockError::Busy { .. })));
+        assert!(matches!(
+            SourceLock::try_acquire(&db, "vg"),
+            Err(LockError::Busy { .. })
+        ));
         let _other = SourceLock::try_acquire(&db, "other").unwrap();
         drop(a);
         SourceLock::try_acquire(&db, "vg").unwrap();

@@ -24,7 +24,12 @@ fn a_wrong_token_fails_that_source_with_its_status_and_others_still_export() {
     let good = std::fs::read_to_string(&env.config).unwrap();
     let good = good[good.find("[sources.vg]").unwrap()..].to_string();
     let bad = vg_table("bad", &base, "token_env = \"CALLSYNC_TEST_BAD_TOKEN\"", 100);
-    let unset = vg_table("unset", &base, "token_env = \"CALLSYNC_TEST_UNSET_TOKEN\"", 100);
+    let unset = vg_table(
+        "unset",
+        &base,
+        "token_env = \"CALLSYNC_TEST_UNSET_TOKEN\"",
+        100,
+    );
     env.write_config(&format!("{good}{bad}{unset}"), 100_000);
     let out = env
         .command(&["sync"])
@@ -34,8 +39,14 @@ fn a_wrong_token_fails_that_source_with_its_status_and_others_still_export() {
         .unwrap();
     let t = text(&out);
     assert_eq!(out.status.code(), Some(1), "{t}");
-    assert!(t.contains("bad: FAILED: source bad: the vendor rejected the credential (HTTP 401)"), "{t}");
-    assert!(t.contains("unset: FAILED") && t.contains("CALLSYNC_TEST_UNSET_TOKEN is not set"), "{t}");
+    assert!(
+        t.contains("bad: FAILED: source bad: the vendor rejected the credential (HTTP 401)"),
+        "{t}"
+    );
+    assert!(
+        t.contains("unset: FAILED") && t.contains("CALLSYNC_TEST_UNSET_TOKEN is not set"),
+        "{t}"
+    );
     assert!(!t.contains("wrong-secret-7c1d"), "the secret leaked:\n{t}");
     assert!(t.contains("vg: ok"), "{t}");
     assert_lake_matches_truth(&env);
@@ -55,7 +66,11 @@ fn the_token_appears_in_no_output_at_any_log_level_nor_in_state_or_lake() {
             let cfg = std::fs::read_to_string(&env.config).unwrap();
             let start = cfg.find("token_file").unwrap();
             let end = start + cfg[start..].find('\n').unwrap();
-            let cfg = format!("{}token_env = \"CALLSYNC_TEST_TOKEN\"{}", &cfg[..start], &cfg[end..]);
+            let cfg = format!(
+                "{}token_env = \"CALLSYNC_TEST_TOKEN\"{}",
+                &cfg[..start],
+                &cfg[end..]
+            );
             std::fs::write(&env.config, cfg).unwrap();
             env.sim.voicegain().add_calls(100);
         }
@@ -67,8 +82,14 @@ fn the_token_appears_in_no_output_at_any_log_level_nor_in_state_or_lake() {
             .unwrap();
         assert_eq!(out.status.code(), Some(0), "run {i}: {}", text(&out));
         let t = text(&out);
-        assert!(t.contains("TRACE") || t.contains("DEBUG"), "trace logging was not on");
-        assert!(!t.contains("SECRET-91f3e7a2"), "the token leaked into output:\n{t}");
+        assert!(
+            t.contains("TRACE") || t.contains("DEBUG"),
+            "trace logging was not on"
+        );
+        assert!(
+            !t.contains("SECRET-91f3e7a2"),
+            "the token leaked into output:\n{t}"
+        );
         let status = env.run(&["status", "--json"]);
         assert!(!text(&status).contains("SECRET-91f3e7a2"));
     }
@@ -78,6 +99,10 @@ fn the_token_appears_in_no_output_at_any_log_level_nor_in_state_or_lake() {
         if path == token_file || path == env.config {
             continue;
         }
-        assert!(!contains(&bytes, b"SECRET-91f3e7a2"), "the token is in {}", path.display());
+        assert!(
+            !contains(&bytes, b"SECRET-91f3e7a2"),
+            "the token is in {}",
+            path.display()
+        );
     }
 }

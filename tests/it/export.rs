@@ -56,7 +56,10 @@ fn pending_calls_that_finish_are_added_by_the_next_sync_exactly() {
     let first = unique_ids(&env.lake());
     assert_lake_matches_truth(&env);
     let total_final = env.sim.voicegain().calls().filter(|c| c.is_final()).count();
-    assert!(first.len() < total_final, "the export must stop at the first pending call");
+    assert!(
+        first.len() < total_final,
+        "the export must stop at the first pending call"
+    );
 
     let finished = env.sim.voicegain().finish_pending();
     assert!(!finished.is_empty());
@@ -68,7 +71,11 @@ fn pending_calls_that_finish_are_added_by_the_next_sync_exactly() {
     let all = env.sim.voicegain().calls().count();
     assert_eq!(second.len(), all);
     let added = second.len() - first.len();
-    assert!(text(&out).contains(&format!("{added} calls written")), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("{added} calls written")),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]
@@ -79,7 +86,11 @@ fn an_idle_resync_asks_the_api_at_most_twice_and_writes_nothing() {
     let files = files_with_suffix(env.warehouse().as_path(), "");
     let before = env.sim.requests();
     let out = env.sync_ok();
-    assert!(env.sim.requests() - before <= 2, "idle sync made {} requests", env.sim.requests() - before);
+    assert!(
+        env.sim.requests() - before <= 2,
+        "idle sync made {} requests",
+        env.sim.requests() - before
+    );
     assert_eq!(files_with_suffix(env.warehouse().as_path(), ""), files);
     assert!(text(&out).contains("0 calls written"));
     assert_lake_matches_truth(&env);
@@ -92,16 +103,24 @@ fn faults_429_5xx_slow_and_dropped_connections_still_end_exact() {
     env.sim.set_faults(FaultPlan::every(
         2,
         vec![
-            FaultKind::TooManyRequests { retry_after_secs: 0 },
+            FaultKind::TooManyRequests {
+                retry_after_secs: 0,
+            },
             FaultKind::ServerError(503),
             FaultKind::Drop,
             FaultKind::Slow(Duration::from_millis(30)),
             FaultKind::ServerError(500),
-            FaultKind::TooManyRequests { retry_after_secs: 1 },
+            FaultKind::TooManyRequests {
+                retry_after_secs: 1,
+            },
         ],
     ));
     let out = env.sync_ok();
-    assert!(text(&out).contains("retrying"), "faults should have been retried:\n{}", text(&out));
+    assert!(
+        text(&out).contains("retrying"),
+        "faults should have been retried:\n{}",
+        text(&out)
+    );
     assert_lake_matches_truth(&env);
 }
 

@@ -49,7 +49,12 @@ impl Env {
         let token_file = dir.path().join("vg.token");
         std::fs::write(&token_file, format!("{token}\n")).unwrap();
         let config = dir.path().join("callsync.toml");
-        let env = Env { sim, dir, config, rt };
+        let env = Env {
+            sim,
+            dir,
+            config,
+            rt,
+        };
         let table = vg_table(
             "vg",
             &env.sim.voicegain_base_url(),
@@ -146,7 +151,9 @@ pub struct LakeRow {
 /// Files below `dir` whose name ends with `suffix`.
 pub fn files_with_suffix(dir: &Path, suffix: &str) -> Vec<PathBuf> {
     let mut out = Vec::new();
-    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -177,7 +184,10 @@ fn i64s(b: &RecordBatch, name: &str) -> Vec<Option<i64>> {
     let col = b.column_by_name(name).unwrap();
     let vals: Vec<Option<i64>> = match col.data_type() {
         arrow_schema::DataType::Int64 => col.as_primitive::<Int64Type>().iter().collect(),
-        _ => col.as_primitive::<TimestampMicrosecondType>().iter().collect(),
+        _ => col
+            .as_primitive::<TimestampMicrosecondType>()
+            .iter()
+            .collect(),
     };
     vals
 }
@@ -186,9 +196,15 @@ fn i64s(b: &RecordBatch, name: &str) -> Vec<Option<i64>> {
 pub fn read_file(path: &Path) -> Vec<LakeRow> {
     let builder = ParquetRecordBatchReaderBuilder::try_new(File::open(path).unwrap())
         .unwrap_or_else(|e| panic!("{} is not readable Parquet: {e}", path.display()));
-    let kv = builder.metadata().file_metadata().key_value_metadata().cloned().unwrap_or_default();
+    let kv = builder
+        .metadata()
+        .file_metadata()
+        .key_value_metadata()
+        .cloned()
+        .unwrap_or_default();
     assert!(
-        kv.iter().any(|k| k.key == "callsync.schema_version" && k.value.as_deref() == Some("1")),
+        kv.iter()
+            .any(|k| k.key == "callsync.schema_version" && k.value.as_deref() == Some("1")),
         "{} lacks callsync.schema_version",
         path.display()
     );
@@ -252,7 +268,12 @@ pub fn unique_ids(rows: &[LakeRow]) -> Vec<u64> {
     let mut seen: HashMap<&str, &Path> = HashMap::new();
     for r in rows {
         if let Some(prev) = seen.insert(&r.call_id, &r.file) {
-            panic!("call {} is in the lake twice ({} and {})", r.call_id, prev.display(), r.file.display());
+            panic!(
+                "call {} is in the lake twice ({} and {})",
+                r.call_id,
+                prev.display(),
+                r.file.display()
+            );
         }
     }
     let mut ids: Vec<u64> = rows.iter().map(|r| r.call_id.parse().unwrap()).collect();
@@ -279,27 +300,49 @@ pub fn assert_lake_matches_truth(env: &Env) {
     let rows = env.lake();
     let got = unique_ids(&rows);
     let sim = env.sim.voicegain();
-    let truth: BTreeMap<u64, callsync::simulator::VgCall> =
-        sim.expected_exported().into_iter().map(|c| (c.id, c.clone())).collect();
+    let truth: BTreeMap<u64, callsync::simulator::VgCall> = sim
+        .expected_exported()
+        .into_iter()
+        .map(|c| (c.id, c.clone()))
+        .collect();
     let want: Vec<u64> = truth.keys().copied().collect();
-    assert_eq!(got.len(), want.len(), "row count differs from the ground truth");
+    assert_eq!(
+        got.len(),
+        want.len(),
+        "row count differs from the ground truth"
+    );
     assert_eq!(got, want, "call ids differ from the ground truth");
     for r in &rows {
         let c = &truth[&r.call_id.parse::<u64>().unwrap()];
         assert_eq!(r.source, "vg");
-        assert_eq!(r.started_at, Some(c.start_secs * 1_000_000), "started_at of {}", c.id);
-        assert_eq!(r.ended_at, Some((c.start_secs + c.duration_secs as i64) * 1_000_000));
+        assert_eq!(
+            r.started_at,
+            Some(c.start_secs * 1_000_000),
+            "started_at of {}",
+            c.id
+        );
+        assert_eq!(
+            r.ended_at,
+            Some((c.start_secs + c.duration_secs as i64) * 1_000_000)
+        );
         assert_eq!(r.duration_ms, Some(c.duration_secs as i64 * 1000));
         assert_eq!(r.direction.as_deref(), Some(c.direction.as_str()));
         assert_eq!(r.from_number.as_deref(), Some(c.external.as_str()));
         assert_eq!(r.to_number.as_deref(), Some(c.internal.as_str()));
         assert_eq!(r.agent_name.as_deref(), Some(c.agent_name.as_str()));
         assert_eq!(r.queue_name.as_deref(), Some(c.queue_name.as_str()));
-        assert_eq!(r.summary.as_deref(), Some(c.notes.as_str()), "summary keeps new lines and quotes");
+        assert_eq!(
+            r.summary.as_deref(),
+            Some(c.notes.as_str()),
+            "summary keeps new lines and quotes"
+        );
         let tags = (!c.tags.is_empty()).then(|| c.tags.clone());
         assert_eq!(r.tags, tags);
         assert_eq!(r.vendor_status.as_deref(), Some(c.phase.as_str()));
-        let day = chrono::DateTime::from_timestamp(c.start_secs, 0).unwrap().format("%Y-%m-%d").to_string();
+        let day = chrono::DateTime::from_timestamp(c.start_secs, 0)
+            .unwrap()
+            .format("%Y-%m-%d")
+            .to_string();
         assert_eq!(r.date, day, "partition date of {}", c.id);
         let raw: serde_json::Value = serde_json::from_str(r.raw.as_deref().unwrap()).unwrap();
         assert_eq!(raw["callId"], c.id.to_string());

@@ -21,7 +21,11 @@ fn duckdb_counts(root: &std::path::Path) -> Option<(u64, u64)> {
         root.display()
     );
     let out = Command::new(python).arg("-c").arg(script).output().unwrap();
-    assert!(out.status.success(), "DuckDB could not read the lake: {}", text(&out));
+    assert!(
+        out.status.success(),
+        "DuckDB could not read the lake: {}",
+        text(&out)
+    );
     let s = String::from_utf8_lossy(&out.stdout);
     let mut it = s.split_whitespace().map(|v| v.parse::<u64>().unwrap());
     Some((it.next().unwrap(), it.next().unwrap()))
@@ -36,7 +40,10 @@ fn sigkill_at_random_moments_and_right_after_a_new_file_never_loses_or_duplicate
     let env = Env::with_max_rows(VoicegainSim::new(40, 0).with_ratios(0.0, 0.005), 100, 300);
     env.sim.voicegain().add_calls(6000);
     // Slow pages so kills land mid-export.
-    env.sim.set_faults(FaultPlan::every(1, vec![FaultKind::Slow(Duration::from_millis(15))]));
+    env.sim.set_faults(FaultPlan::every(
+        1,
+        vec![FaultKind::Slow(Duration::from_millis(15))],
+    ));
     let mut rng = fastrand::Rng::with_seed(99);
     let mut kills = 0;
     for round in 0..12 {
@@ -45,7 +52,9 @@ fn sigkill_at_random_moments_and_right_after_a_new_file_never_loses_or_duplicate
         let t0 = Instant::now();
         if round % 2 == 0 {
             // Right after a new file appears.
-            while parquet_count(&env.warehouse()) == before && t0.elapsed() < Duration::from_secs(20) {
+            while parquet_count(&env.warehouse()) == before
+                && t0.elapsed() < Duration::from_secs(20)
+            {
                 if child.try_wait().unwrap().is_some() {
                     break;
                 }
@@ -64,7 +73,11 @@ fn sigkill_at_random_moments_and_right_after_a_new_file_never_loses_or_duplicate
         let ids = unique_ids(&rows);
         if let Some((n, distinct)) = duckdb_counts(&env.warehouse()) {
             assert_eq!(n, distinct, "DuckDB sees duplicates after kill {round}");
-            assert_eq!(n as usize, ids.len(), "DuckDB and the Parquet reader disagree");
+            assert_eq!(
+                n as usize,
+                ids.len(),
+                "DuckDB and the Parquet reader disagree"
+            );
         }
     }
     assert!(kills >= 6, "only {kills} runs were killed mid-export");
@@ -79,5 +92,9 @@ fn sigkill_at_random_moments_and_right_after_a_new_file_never_loses_or_duplicate
     let mut dedup = rejected.clone();
     dedup.sort();
     dedup.dedup();
-    assert_eq!(dedup, env.sim.voicegain().expected_rejected(), "every malformed row is rejected");
+    assert_eq!(
+        dedup,
+        env.sim.voicegain().expected_rejected(),
+        "every malformed row is rejected"
+    );
 }

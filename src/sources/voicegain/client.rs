@@ -18,7 +18,11 @@ pub struct VoicegainClient {
 
 impl VoicegainClient {
     /// Builds the client; the JWT goes into `Authorization: Bearer`.
-    pub fn new(source_name: &str, cfg: &VoicegainConfig, token: &Secret) -> Result<Self, SourceError> {
+    pub fn new(
+        source_name: &str,
+        cfg: &VoicegainConfig,
+        token: &Secret,
+    ) -> Result<Self, SourceError> {
         let bearer = Secret::new(format!("Bearer {}", token.expose()));
         Ok(VoicegainClient {
             http: HttpClient::new(source_name, &cfg.http, Some((AUTHORIZATION, bearer)))?,

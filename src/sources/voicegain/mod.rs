@@ -128,13 +128,15 @@ impl Source for VoicegainSource {
             }
             Ok(Some(Page {
                 items: parsed.items,
-                cursor: Some(serde_json::to_value(VgCursor {
-                    after_call_id: self.after,
-                })
-                .map_err(|e| SourceError::Cursor {
-                    source_name: self.client.source_name().to_string(),
-                    reason: e.to_string(),
-                })?),
+                cursor: Some(
+                    serde_json::to_value(VgCursor {
+                        after_call_id: self.after,
+                    })
+                    .map_err(|e| SourceError::Cursor {
+                        source_name: self.client.source_name().to_string(),
+                        reason: e.to_string(),
+                    })?,
+                ),
             }))
         })
     }

@@ -65,7 +65,9 @@ impl Columns {
 /// Whether a `progressPhase` is final (DONE or ERROR; the vendor's doc also spells ERRROR).
 pub fn is_final_phase(phase: &str) -> bool {
     let p = phase.trim();
-    p.eq_ignore_ascii_case("DONE") || p.eq_ignore_ascii_case("ERROR") || p.eq_ignore_ascii_case("ERRROR")
+    p.eq_ignore_ascii_case("DONE")
+        || p.eq_ignore_ascii_case("ERROR")
+        || p.eq_ignore_ascii_case("ERRROR")
 }
 
 /// Parses `MM-DD-YYYY h:mm:ss AM/PM` (UTC) into microseconds since the epoch.
@@ -122,7 +124,20 @@ fn days_from_civil(y: i64, m: u32, d: u32) -> Option<i64> {
         return None;
     }
     let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let month_days = [31, if leap { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    let month_days = [
+        31,
+        if leap { 29 } else { 28 },
+        31,
+        30,
+        31,
+        30,
+        31,
+        31,
+        30,
+        31,
+        30,
+        31,
+    ];
     if d > month_days[(m - 1) as usize] {
         return None;
     }
@@ -153,10 +168,22 @@ mod tests {
 
     #[test]
     fn the_vendor_example_is_the_12th_of_may() {
-        assert_eq!(parse_time("05-12-2024 6:15:45 PM"), Some(micros(2024, 5, 12, 18, 15, 45)));
-        assert_eq!(parse_time("12-31-1999 12:00:00 AM"), Some(micros(1999, 12, 31, 0, 0, 0)));
-        assert_eq!(parse_time("01-01-2025 12:30:01 PM"), Some(micros(2025, 1, 1, 12, 30, 1)));
-        assert_eq!(parse_time("02-29-2024 11:59:59 PM"), Some(micros(2024, 2, 29, 23, 59, 59)));
+        assert_eq!(
+            parse_time("05-12-2024 6:15:45 PM"),
+            Some(micros(2024, 5, 12, 18, 15, 45))
+        );
+        assert_eq!(
+            parse_time("12-31-1999 12:00:00 AM"),
+            Some(micros(1999, 12, 31, 0, 0, 0))
+        );
+        assert_eq!(
+            parse_time("01-01-2025 12:30:01 PM"),
+            Some(micros(2025, 1, 1, 12, 30, 1))
+        );
+        assert_eq!(
+            parse_time("02-29-2024 11:59:59 PM"),
+            Some(micros(2024, 2, 29, 23, 59, 59))
+        );
     }
 
     #[test]

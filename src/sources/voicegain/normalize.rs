@@ -44,12 +44,15 @@ pub fn parse_page(source_name: &str, body: &[u8]) -> Result<ParsedPage, SourceEr
     if cols.call_id.is_none() {
         return Err(SourceError::Protocol {
             source_name: source_name.to_string(),
-            reason: format!("the CSV has no callId column (columns: {})", names.join(",")),
+            reason: format!(
+                "the CSV has no callId column (columns: {})",
+                names.join(",")
+            ),
         });
     }
     let keys = json_keys(&names);
     let mut row = csv::ByteRecord::new();
-    let mut raw = Vec::with_capacity(1024);
+    let mut raw = String::with_capacity(1024);
     loop {
         match rdr.read_byte_record(&mut row) {
             Ok(false) => break,
@@ -84,9 +87,12 @@ pub fn parse_page(source_name: &str, body: &[u8]) -> Result<ParsedPage, SourceEr
             let lossy_refs: Vec<&str> = lossy.iter().map(String::as_str).collect();
             raw_json(&keys, &lossy_refs, &mut raw);
             page.items.push(Item::Reject(Reject {
-                call_id: cols.call_id.and_then(|i| lossy.get(i)).map(|s| s.trim().to_string()),
+                call_id: cols
+                    .call_id
+                    .and_then(|i| lossy.get(i))
+                    .map(|s| s.trim().to_string()),
                 error: "row is not valid UTF-8".into(),
-                raw: String::from_utf8_lossy(&raw).into_owned(),
+                raw: std::mem::take(&mut raw),
             }));
             continue;
         }
@@ -106,8 +112,7 @@ pub fn parse_page(source_name: &str, body: &[u8]) -> Result<ParsedPage, SourceEr
             page.max_call_id = Some(page.max_call_id.map_or(id, |m| m.max(id)));
         }
         raw_json(&keys, &fields, &mut raw);
-        let raw_text = String::from_utf8(std::mem::take(&mut raw)).unwrap_or_default();
-        raw = Vec::with_capacity(raw_text.len());
+        let raw_text = std::mem::replace(&mut raw, String::with_capacity(1024));
         if fields.len() != names.len() {
             page.items.push(Item::Reject(Reject {
                 call_id: call_id.map(|_| id_text.to_string()),
@@ -154,7 +159,10 @@ fn normalize_row(
     let ended_at = if end.trim().is_empty() {
         None
     } else {
-        Some(parse_time(end).ok_or_else(|| format!("endTime {end:?} is not MM-DD-YYYY h:mm:ss AM/PM"))?)
+        Some(
+            parse_time(end)
+                .ok_or_else(|| format!("endTime {end:?} is not MM-DD-YYYY h:mm:ss AM/PM"))?,
+        )
     };
     let dur = get(cols.duration).trim();
     let duration_ms = if dur.is_empty() {
@@ -205,60 +213,62 @@ fn normalize_row(
 }
 
 /// `"name":` prefixes for each header, JSON-escaped once per page.
-fn json_keys(names: &[String]) -> Vec<Vec<u8>> {
+fn json_keys(names: &[String]) -> Vec<String> {
     names
         .iter()
         .map(|n| {
-            let mut k = serde_json::to_vec(n).unwrap_or_else(|_| b"\"\"".to_vec());
-            k.push(b':');
+            let mut k = String::with_capacity(n.len() + 3);
+            escape_json_str(n, &mut k);
+            k.push(':');
             k
         })
         .collect()
 }
 
 /// The row as a JSON object of strings, written into one reused buffer.
-fn raw_json(keys: &[Vec<u8>], fields: &[&str], out: &mut Vec<u8>) {
+fn raw_json(keys: &[String], fields: &[&str], out: &mut String) {
     out.clear();
-    out.push(b'{');
+    out.push('{');
     for (i, value) in fields.iter().enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.push(',');
         }
         match keys.get(i) {
-            Some(k) => out.extend_from_slice(k),
-            None => out.extend_from_slice(format!("\"_extra{i}\":").as_bytes()),
+            Some(k) => out.push_str(k),
+            None => out.push_str(&format!("\"_extra{i}\":")),
         }
         escape_json_str(value, out);
     }
-    out.push(b'}');
+    out.push('}');
 }
 
 /// Appends `s` as a JSON string literal.
-fn escape_json_str(s: &str, out: &mut Vec<u8>) {
-    out.push(b'"');
+/// Escapes are ASCII, so slicing `s` at their positions stays on char boundaries.
+fn escape_json_str(s: &str, out: &mut String) {
+    out.push('"');
     let bytes = s.as_bytes();
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
+        let esc: &str = match b {
+            b'"' => "\\\"",
+            b'\\' => "\\\\",
+            b'\n' => "\\n",
+            b'\r' => "\\r",
+            b'\t' => "\\t",
             0..=0x1f => {
-                out.extend_from_slice(&bytes[start..i]);
-                out.extend_from_slice(format!("\\u{b:04x}").as_bytes());
+                out.push_str(&s[start..i]);
+                out.push_str(&format!("\\u{b:04x}"));
                 start = i + 1;
                 continue;
             }
             _ => continue,
         };
-        out.extend_from_slice(&bytes[start..i]);
-        out.extend_from_slice(esc);
+        out.push_str(&s[start..i]);
+        out.push_str(esc);
         start = i + 1;
     }
-    out.extend_from_slice(&bytes[start..]);
-    out.push(b'"');
+    out.push_str(&s[start..]);
+    out.push('"');
 }
 
 #[cfg(test)]
@@ -287,7 +297,9 @@ mod tests {
         let raw: serde_json::Value = serde_json::from_str(&c.raw).unwrap();
         assert_eq!(raw["notes"], "line one\nsaid \"hi\"");
         assert_eq!(raw["callId"], "7");
-        let Item::Reject(r) = &p.items[1] else { panic!() };
+        let Item::Reject(r) = &p.items[1] else {
+            panic!()
+        };
         assert_eq!(r.call_id.as_deref(), Some("8"));
         assert!(r.error.contains("startTime"), "{}", r.error);
         assert!(serde_json::from_str::<serde_json::Value>(&r.raw).is_ok());
@@ -302,9 +314,9 @@ mod tests {
 
     #[test]
     fn json_escaping_handles_control_characters() {
-        let mut out = Vec::new();
+        let mut out = String::new();
         escape_json_str("a\u{1}b\"\\\t", &mut out);
-        let back: String = serde_json::from_slice(&out).unwrap();
+        let back: String = serde_json::from_str(&out).unwrap();
         assert_eq!(back, "a\u{1}b\"\\\t");
     }
 }
