@@ -43,7 +43,7 @@ fn default_root() -> PathBuf {
     PathBuf::from("warehouse")
 }
 fn default_max_rows_per_file() -> usize {
-    250_000
+    100_000
 }
 
 impl Default for WarehouseConfig {

@@ -7,6 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use arrow_array::cast::AsArray;
+use arrow_array::{Array, BooleanArray};
+use arrow_select::filter::filter_record_batch;
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 
@@ -14,7 +17,6 @@ use crate::config::WarehouseConfig;
 use crate::lake::storage::{LocalStorage, Storage};
 use crate::lake::writer::CommitWriter;
 use crate::lake::{self, LakeError};
-use crate::record::Item;
 use crate::sources::{Cursor, Page, SourceConfig, SourceError};
 use crate::state::lock::{LockError, SourceLock};
 use crate::state::{Commit, ManifestRow, State, StateError};
@@ -252,28 +254,37 @@ impl<'a> Exporter<'a> {
     }
 
     fn add_page(&mut self, batch: &mut Batch<'a>, page: Page) -> Result<(), PipelineError> {
-        let exported = self.state.exported_among(
-            self.source_id,
-            page.items.iter().filter_map(|i| match i {
-                Item::Call(c) => Some(c.call_id.as_str()),
-                Item::Reject(_) => None,
-            }),
-        )?;
-        for item in page.items {
-            match item {
-                Item::Call(rec) => {
-                    if batch.keys.contains(&rec.call_id) || exported.contains(&rec.call_id) {
-                        self.summary.skipped += 1;
-                        continue;
-                    }
-                    batch.keys.insert(rec.call_id.clone());
-                    batch.writer.add_call(*rec)?;
-                }
-                Item::Reject(r) => {
-                    debug!(source = %self.source, call_id = ?r.call_id, error = %r.error, "Record rejected.");
-                    batch.writer.add_reject(&r)?;
-                }
+        if let Some(calls) = page.calls {
+            let ids = calls
+                .column_by_name("call_id")
+                .and_then(|c| c.as_string_opt::<i32>())
+                .ok_or_else(|| {
+                    LakeError::from(std::io::Error::other("batch has no call_id column"))
+                })?;
+            let exported = self
+                .state
+                .exported_among(self.source_id, ids.iter().flatten())?;
+            // Skip calls already exported, and repeats inside this commit.
+            let mut keep = Vec::with_capacity(ids.len());
+            for id in ids.iter() {
+                let id = id.unwrap_or_default();
+                let new = !exported.contains(id) && batch.keys.insert(id.to_string());
+                keep.push(new);
             }
+            let dropped = keep.iter().filter(|k| !**k).count();
+            self.summary.skipped += dropped as u64;
+            let calls = if dropped == 0 {
+                calls
+            } else {
+                filter_record_batch(&calls, &BooleanArray::from(keep)).map_err(LakeError::from)?
+            };
+            if calls.num_rows() > 0 {
+                batch.writer.add_calls(&calls)?;
+            }
+        }
+        for r in &page.rejects {
+            debug!(source = %self.source, call_id = ?r.call_id, error = %r.error, "Record rejected.");
+            batch.writer.add_reject(r)?;
         }
         if page.cursor.is_some() {
             batch.cursor = page.cursor;

@@ -1,33 +1,23 @@
-//! The normalized call record every source produces, and the reject that replaces a bad one.
+//! What sources produce: call rows borrowed from the vendor's bytes, appended straight into
+//! Arrow builders of the call schema (no per-field allocation), and rejects.
 
-/// One call in the shape of the call schema (see `schemas/calls.schema.json`).
-/// Timestamps are microseconds since the Unix epoch, UTC.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct CallRecord {
-    pub call_id: String,
-    pub source_kind: &'static str,
-    pub started_at: Option<i64>,
-    pub ended_at: Option<i64>,
-    pub duration_ms: Option<i64>,
-    pub direction: Option<String>,
-    pub from_number: Option<String>,
-    pub to_number: Option<String>,
-    pub agent_id: Option<String>,
-    pub agent_name: Option<String>,
-    pub queue_name: Option<String>,
-    pub campaign_id: Option<String>,
-    pub vendor_status: Option<String>,
-    pub language: Option<String>,
-    pub sentiment_score: Option<f64>,
-    pub sentiment_label: Option<String>,
-    pub summary: Option<String>,
-    pub tags: Option<Vec<String>>,
-    pub topics: Option<Vec<String>>,
-    pub transcript: Option<Vec<Turn>>,
-    pub survey_score: Option<f64>,
-    pub recording_ref: Option<String>,
-    /// JSON of the record as received.
-    pub raw: String,
+use std::sync::Arc;
+
+use arrow_array::builder::{
+    Float64Builder, Int64Builder, ListBuilder, StringBuilder, StructBuilder,
+    TimestampMicrosecondBuilder,
+};
+use arrow_array::{ArrayRef, RecordBatch};
+use arrow_schema::ArrowError;
+
+use crate::schema::{call_schema, turn_fields, turn_item, utf8_item};
+
+/// A list-of-strings value: either a vendor string split on a separator (items trimmed,
+/// empty ones dropped) or items already split.
+#[derive(Debug, Clone, Copy)]
+pub enum StrList<'a> {
+    Split(&'a str, char),
+    Items(&'a [String]),
 }
 
 /// One transcript turn.
@@ -42,6 +32,36 @@ pub struct Turn {
     pub offset_ms: Option<i64>,
 }
 
+/// One call in the shape of the call schema (see `schemas/calls.schema.json`), borrowing
+/// its text from the record being read. Timestamps are microseconds since the epoch, UTC.
+#[derive(Debug, Clone, Default)]
+pub struct CallRow<'a> {
+    pub call_id: &'a str,
+    pub source_kind: &'static str,
+    pub started_at: Option<i64>,
+    pub ended_at: Option<i64>,
+    pub duration_ms: Option<i64>,
+    pub direction: Option<&'a str>,
+    pub from_number: Option<&'a str>,
+    pub to_number: Option<&'a str>,
+    pub agent_id: Option<&'a str>,
+    pub agent_name: Option<&'a str>,
+    pub queue_name: Option<&'a str>,
+    pub campaign_id: Option<&'a str>,
+    pub vendor_status: Option<&'a str>,
+    pub language: Option<&'a str>,
+    pub sentiment_score: Option<f64>,
+    pub sentiment_label: Option<&'a str>,
+    pub summary: Option<&'a str>,
+    pub tags: Option<StrList<'a>>,
+    pub topics: Option<StrList<'a>>,
+    pub transcript: Option<&'a [Turn]>,
+    pub survey_score: Option<f64>,
+    pub recording_ref: Option<&'a str>,
+    /// JSON of the record as received.
+    pub raw: &'a str,
+}
+
 /// A record that could not be parsed or normalized: written to the rejects area with its
 /// reason and raw text, counted, and passed over.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,14 +74,7 @@ pub struct Reject {
     pub raw: String,
 }
 
-/// What a source yields for each record it read.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Item {
-    Call(Box<CallRecord>),
-    Reject(Reject),
-}
-
-/// UTC day (`YYYY-MM-DD`) of a microsecond timestamp, used as the partition date.
+/// UTC day (`YYYY-MM-DD`) of a microsecond timestamp.
 pub fn utc_day(micros: i64) -> String {
     match chrono::DateTime::from_timestamp_micros(micros) {
         Some(t) => t.format("%Y-%m-%d").to_string(),
@@ -69,13 +82,240 @@ pub fn utc_day(micros: i64) -> String {
     }
 }
 
-/// Splits a `|`-separated list (Voicegain tags/topics); `None` when empty.
-pub fn split_list(s: &str, sep: char) -> Option<Vec<String>> {
-    let items: Vec<String> = s
-        .split(sep)
-        .map(str::trim)
-        .filter(|t| !t.is_empty())
-        .map(str::to_string)
-        .collect();
-    if items.is_empty() { None } else { Some(items) }
+/// Appends a list value; an empty list is written as null.
+fn append_list(b: &mut ListBuilder<StringBuilder>, v: Option<StrList<'_>>) {
+    let mut n = 0;
+    match v {
+        Some(StrList::Split(s, sep)) => {
+            for part in s.split(sep).map(str::trim).filter(|p| !p.is_empty()) {
+                b.values().append_value(part);
+                n += 1;
+            }
+        }
+        Some(StrList::Items(items)) => {
+            for item in items {
+                b.values().append_value(item);
+                n += 1;
+            }
+        }
+        None => {}
+    }
+    b.append(n > 0);
+}
+
+/// Arrow builders for one batch of the call schema.
+pub struct CallBatchBuilder {
+    call_id: StringBuilder,
+    source_kind: StringBuilder,
+    started_at: TimestampMicrosecondBuilder,
+    ended_at: TimestampMicrosecondBuilder,
+    duration_ms: Int64Builder,
+    direction: StringBuilder,
+    from_number: StringBuilder,
+    to_number: StringBuilder,
+    agent_id: StringBuilder,
+    agent_name: StringBuilder,
+    queue_name: StringBuilder,
+    campaign_id: StringBuilder,
+    vendor_status: StringBuilder,
+    language: StringBuilder,
+    sentiment_score: Float64Builder,
+    sentiment_label: StringBuilder,
+    summary: StringBuilder,
+    tags: ListBuilder<StringBuilder>,
+    topics: ListBuilder<StringBuilder>,
+    transcript: ListBuilder<StructBuilder>,
+    survey_score: Float64Builder,
+    recording_ref: StringBuilder,
+    raw: StringBuilder,
+    len: usize,
+}
+
+impl Default for CallBatchBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl CallBatchBuilder {
+    /// Empty builders.
+    pub fn new() -> Self {
+        Self::with_capacity(0, 0)
+    }
+
+    /// Builders sized for about `rows` rows whose `raw` text totals about `raw_bytes`, so a
+    /// page is built without regrowing its buffers.
+    pub fn with_capacity(rows: usize, raw_bytes: usize) -> Self {
+        let ts = || TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC");
+        let list = || ListBuilder::new(StringBuilder::new()).with_field(utf8_item());
+        CallBatchBuilder {
+            call_id: StringBuilder::with_capacity(rows, rows * 16),
+            source_kind: StringBuilder::new(),
+            started_at: ts(),
+            ended_at: ts(),
+            duration_ms: Int64Builder::new(),
+            direction: StringBuilder::new(),
+            from_number: StringBuilder::new(),
+            to_number: StringBuilder::new(),
+            agent_id: StringBuilder::new(),
+            agent_name: StringBuilder::new(),
+            queue_name: StringBuilder::new(),
+            campaign_id: StringBuilder::new(),
+            vendor_status: StringBuilder::new(),
+            language: StringBuilder::new(),
+            sentiment_score: Float64Builder::new(),
+            sentiment_label: StringBuilder::new(),
+            summary: StringBuilder::new(),
+            tags: list(),
+            topics: list(),
+            transcript: ListBuilder::new(StructBuilder::from_fields(turn_fields(), 0))
+                .with_field(turn_item()),
+            survey_score: Float64Builder::new(),
+            recording_ref: StringBuilder::new(),
+            raw: StringBuilder::with_capacity(rows, raw_bytes),
+            len: 0,
+        }
+    }
+
+    /// Rows appended since the last `finish`.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no row was appended since the last `finish`.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends one call.
+    pub fn append(&mut self, r: &CallRow<'_>) {
+        self.call_id.append_value(r.call_id);
+        self.source_kind.append_value(r.source_kind);
+        self.started_at.append_option(r.started_at);
+        self.ended_at.append_option(r.ended_at);
+        self.duration_ms.append_option(r.duration_ms);
+        self.direction.append_option(r.direction);
+        self.from_number.append_option(r.from_number);
+        self.to_number.append_option(r.to_number);
+        self.agent_id.append_option(r.agent_id);
+        self.agent_name.append_option(r.agent_name);
+        self.queue_name.append_option(r.queue_name);
+        self.campaign_id.append_option(r.campaign_id);
+        self.vendor_status.append_option(r.vendor_status);
+        self.language.append_option(r.language);
+        self.sentiment_score.append_option(r.sentiment_score);
+        self.sentiment_label.append_option(r.sentiment_label);
+        self.summary.append_option(r.summary);
+        append_list(&mut self.tags, r.tags);
+        append_list(&mut self.topics, r.topics);
+        match r.transcript {
+            Some(turns) => {
+                let s = self.transcript.values();
+                for t in turns {
+                    s.field_builder::<StringBuilder>(0)
+                        .expect("role is utf8")
+                        .append_option(t.role.as_deref());
+                    s.field_builder::<StringBuilder>(1)
+                        .expect("speaker is utf8")
+                        .append_option(t.speaker.as_deref());
+                    s.field_builder::<StringBuilder>(2)
+                        .expect("text is utf8")
+                        .append_option(t.text.as_deref());
+                    s.field_builder::<Int64Builder>(3)
+                        .expect("offset_ms is int64")
+                        .append_option(t.offset_ms);
+                    s.append(true);
+                }
+                self.transcript.append(true);
+            }
+            None => self.transcript.append(false),
+        }
+        self.survey_score.append_option(r.survey_score);
+        self.recording_ref.append_option(r.recording_ref);
+        self.raw.append_value(r.raw);
+        self.len += 1;
+    }
+
+    /// The rows appended so far as one batch; `extracted_at` (µs) is stamped on every row.
+    /// The builders are emptied for the next batch.
+    pub fn finish(&mut self, extracted_at: i64) -> Result<RecordBatch, ArrowError> {
+        let n = self.len;
+        self.len = 0;
+        let mut extracted = TimestampMicrosecondBuilder::with_capacity(n).with_timezone("UTC");
+        extracted.append_value_n(extracted_at, n);
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(self.call_id.finish()),
+            Arc::new(self.source_kind.finish()),
+            Arc::new(self.started_at.finish()),
+            Arc::new(self.ended_at.finish()),
+            Arc::new(self.duration_ms.finish()),
+            Arc::new(self.direction.finish()),
+            Arc::new(self.from_number.finish()),
+            Arc::new(self.to_number.finish()),
+            Arc::new(self.agent_id.finish()),
+            Arc::new(self.agent_name.finish()),
+            Arc::new(self.queue_name.finish()),
+            Arc::new(self.campaign_id.finish()),
+            Arc::new(self.vendor_status.finish()),
+            Arc::new(self.language.finish()),
+            Arc::new(self.sentiment_score.finish()),
+            Arc::new(self.sentiment_label.finish()),
+            Arc::new(self.summary.finish()),
+            Arc::new(self.tags.finish()),
+            Arc::new(self.topics.finish()),
+            Arc::new(self.transcript.finish()),
+            Arc::new(self.survey_score.finish()),
+            Arc::new(self.recording_ref.finish()),
+            Arc::new(self.raw.finish()),
+            Arc::new(extracted.finish()),
+        ];
+        RecordBatch::try_new(call_schema(), columns)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+
+    #[test]
+    fn a_batch_matches_the_schema_with_lists_and_transcripts() {
+        let turns = vec![Turn {
+            role: Some("agent".into()),
+            speaker: Some("bot".into()),
+            text: Some("hello".into()),
+            offset_ms: Some(5),
+        }];
+        let mut b = CallBatchBuilder::new();
+        b.append(&CallRow {
+            call_id: "1",
+            source_kind: "voicegain",
+            tags: Some(StrList::Split(" a| |b ", '|')),
+            transcript: Some(&turns),
+            raw: "{}",
+            ..Default::default()
+        });
+        b.append(&CallRow {
+            call_id: "2",
+            source_kind: "voicegain",
+            tags: Some(StrList::Split("", '|')),
+            raw: "{}",
+            ..Default::default()
+        });
+        let batch = b.finish(7).unwrap();
+        assert_eq!(batch.num_rows(), 2);
+        assert_eq!(batch.schema(), call_schema());
+        let tags = batch.column_by_name("tags").unwrap().as_list::<i32>();
+        assert_eq!(
+            tags.value(0)
+                .as_string::<i32>()
+                .iter()
+                .flatten()
+                .collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert!(tags.is_null(1), "an empty list is null");
+        assert!(b.is_empty());
+    }
 }

@@ -5,7 +5,6 @@
 //! partitions. Recovery, under the source's lock, finishes publishes whose commit happened and
 //! deletes staged files no commit names.
 
-pub mod batch;
 pub mod storage;
 pub mod writer;
 

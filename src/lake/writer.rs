@@ -11,14 +11,15 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
+use arrow_array::cast::AsArray;
+use arrow_array::types::TimestampMicrosecondType;
+use arrow_array::{Array, RecordBatch};
+
 use super::LakeError;
-use super::batch::build_batch;
 use super::storage::Storage;
-use crate::record::{CallRecord, Reject, utc_day};
+use crate::record::{Reject, utc_day};
 use crate::schema::{SCHEMA_VERSION, SCHEMA_VERSION_KEY, call_schema};
 
-/// Rows buffered as records before they become one Arrow batch.
-const BATCH_ROWS: usize = 2048;
 /// Rows per Parquet row group.
 const ROW_GROUP_ROWS: usize = 65_536;
 /// Encoded bytes a row group may hold in memory before it is flushed early.
@@ -46,15 +47,28 @@ pub struct StagedFile {
 pub fn writer_properties() -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
+        // Row-group (chunk) statistics are what readers prune on; per-page ones cost more.
+        .set_statistics_enabled(EnabledStatistics::Chunk)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by(concat!("callsync ", env!("CARGO_PKG_VERSION")).to_string())
         .set_key_value_metadata(Some(vec![KeyValue::new(
             SCHEMA_VERSION_KEY.to_string(),
             SCHEMA_VERSION.to_string(),
         )]));
-    for col in ["raw", "summary", "call_id", "recording_ref"] {
+    // Near-unique columns: dictionary encoding only costs hashing.
+    for col in [
+        "call_id",
+        "started_at",
+        "ended_at",
+        "from_number",
+        "to_number",
+        "summary",
+        "recording_ref",
+        "raw",
+    ] {
         b = b.set_column_dictionary_enabled(ColumnPath::from(col), false);
     }
+    // Long text: min/max statistics are never used for pruning.
     for col in ["raw", "summary", "recording_ref"] {
         b = b.set_column_statistics_enabled(ColumnPath::from(col), EnabledStatistics::None);
     }
@@ -75,7 +89,6 @@ struct Partition {
     staged: String,
     final_path: String,
     writer: ArrowWriter<File>,
-    pending: Vec<CallRecord>,
     rows: u64,
 }
 
@@ -102,7 +115,7 @@ pub struct CommitWriter<'a> {
 }
 
 impl<'a> CommitWriter<'a> {
-    /// Starts a commit; `extracted_at` (µs) is stamped on every row.
+    /// Starts a commit; `extracted_at` (µs) picks the day of its rejects file.
     pub fn new(storage: &'a dyn Storage, source: &str, commit_id: &str, extracted_at: i64) -> Self {
         CommitWriter {
             storage,
@@ -146,9 +159,35 @@ impl<'a> CommitWriter<'a> {
         )
     }
 
-    /// Adds a call to the partition of its UTC start day.
-    pub fn add_call(&mut self, rec: CallRecord) -> Result<(), LakeError> {
-        let day = rec.started_at.unwrap_or(0).div_euclid(MICROS_PER_DAY);
+    /// Adds a batch of calls (the call schema), each row to the partition of its UTC start
+    /// day. Runs of rows on the same day are written as zero-copy slices.
+    pub fn add_calls(&mut self, batch: &RecordBatch) -> Result<(), LakeError> {
+        let started = batch
+            .column_by_name("started_at")
+            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+            .ok_or_else(|| std::io::Error::other("batch has no started_at timestamp column"))?;
+        let day_of = |i: usize| {
+            started
+                .is_valid(i)
+                .then(|| started.value(i))
+                .unwrap_or(0)
+                .div_euclid(MICROS_PER_DAY)
+        };
+        let n = batch.num_rows();
+        let mut start = 0;
+        while start < n {
+            let day = day_of(start);
+            let mut end = start + 1;
+            while end < n && day_of(end) == day {
+                end += 1;
+            }
+            self.write_run(day, &batch.slice(start, end - start))?;
+            start = end;
+        }
+        Ok(())
+    }
+
+    fn write_run(&mut self, day: i64, rows: &RecordBatch) -> Result<(), LakeError> {
         self.uses += 1;
         if !self.partitions.contains_key(&day) {
             if self.partitions.len() >= MAX_OPEN_PARTITIONS {
@@ -165,19 +204,18 @@ impl<'a> CommitWriter<'a> {
                     staged,
                     final_path,
                     writer,
-                    pending: Vec::with_capacity(BATCH_ROWS),
                     rows: 0,
                 },
             );
         }
         let p = self.partitions.get_mut(&day).expect("inserted above");
         p.last_used = self.uses;
-        p.pending.push(rec);
-        p.rows += 1;
-        self.calls += 1;
-        if p.pending.len() >= BATCH_ROWS {
-            flush_pending(p, self.extracted_at)?;
+        p.writer.write(rows)?;
+        if p.writer.in_progress_size() > ROW_GROUP_MAX_BYTES {
+            p.writer.flush()?;
         }
+        p.rows += rows.num_rows() as u64;
+        self.calls += rows.num_rows() as u64;
         Ok(())
     }
 
@@ -191,7 +229,7 @@ impl<'a> CommitWriter<'a> {
             return Ok(());
         };
         if let Some(p) = self.partitions.remove(&day) {
-            let f = finish_partition(self.storage, p, self.extracted_at)?;
+            let f = finish_partition(self.storage, p)?;
             self.finished.push(f);
         }
         Ok(())
@@ -228,7 +266,7 @@ impl<'a> CommitWriter<'a> {
     pub fn finish(mut self) -> Result<Vec<StagedFile>, LakeError> {
         let mut out = std::mem::take(&mut self.finished);
         for (_, p) in std::mem::take(&mut self.partitions) {
-            out.push(finish_partition(self.storage, p, self.extracted_at)?);
+            out.push(finish_partition(self.storage, p)?);
         }
         if let Some(rf) = self.rejects.take() {
             let file = rf.out.into_inner().map_err(|e| e.into_error())?;
@@ -257,12 +295,7 @@ impl<'a> CommitWriter<'a> {
     }
 }
 
-fn finish_partition(
-    storage: &dyn Storage,
-    mut p: Partition,
-    extracted_at: i64,
-) -> Result<StagedFile, LakeError> {
-    flush_pending(&mut p, extracted_at)?;
+fn finish_partition(storage: &dyn Storage, p: Partition) -> Result<StagedFile, LakeError> {
     let file = p.writer.into_inner()?;
     let bytes = storage.seal_staged(&p.staged, file)?;
     Ok(StagedFile {
@@ -271,17 +304,4 @@ fn finish_partition(
         rows: p.rows,
         bytes,
     })
-}
-
-fn flush_pending(p: &mut Partition, extracted_at: i64) -> Result<(), LakeError> {
-    if p.pending.is_empty() {
-        return Ok(());
-    }
-    let batch = build_batch(&p.pending, extracted_at)?;
-    p.pending.clear();
-    p.writer.write(&batch)?;
-    if p.writer.in_progress_size() > ROW_GROUP_MAX_BYTES {
-        p.writer.flush()?;
-    }
-    Ok(())
 }

@@ -11,7 +11,9 @@ use std::str::FromStr;
 
 use crate::config::{Problems, typed};
 use crate::http::HttpError;
-use crate::record::Item;
+use arrow_array::RecordBatch;
+
+use crate::record::Reject;
 use crate::secret::{Secret, SecretError, SecretRef};
 
 /// A source's position, stored opaquely by the state (each source has its own serde type).
@@ -20,10 +22,12 @@ pub type Cursor = serde_json::Value;
 /// A boxed future, so `Source` can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// One page of records and the cursor that is safe to store once they are committed.
-#[derive(Debug)]
+/// One page: its calls (a batch of the call schema), its rejects, and the cursor that is
+/// safe to store once they are committed.
+#[derive(Debug, Default)]
 pub struct Page {
-    pub items: Vec<Item>,
+    pub calls: Option<RecordBatch>,
+    pub rejects: Vec<Reject>,
     /// The cursor after this page; `None` leaves the stored cursor as it is.
     pub cursor: Option<Cursor>,
 }

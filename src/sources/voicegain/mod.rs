@@ -127,7 +127,8 @@ impl Source for VoicegainSource {
                 self.done = true;
             }
             Ok(Some(Page {
-                items: parsed.items,
+                calls: parsed.calls,
+                rejects: parsed.rejects,
                 cursor: Some(
                     serde_json::to_value(VgCursor {
                         after_call_id: self.after,

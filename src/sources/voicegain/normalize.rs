@@ -1,6 +1,9 @@
-//! Voicegain CSV rows → `CallRecord` (or `Reject`), parsed as a stream of records.
+//! Voicegain CSV rows → call rows appended to an Arrow batch (or rejects), read as a stream
+//! of records with no per-field allocation.
 
-use crate::record::{CallRecord, Item, Reject, split_list};
+use arrow_array::RecordBatch;
+
+use crate::record::{CallBatchBuilder, CallRow, Reject, StrList};
 use crate::sources::SourceError;
 
 use super::KIND;
@@ -9,8 +12,10 @@ use super::model::{Columns, is_final_phase, parse_time};
 /// What one CSV page held.
 #[derive(Debug, Default)]
 pub struct ParsedPage {
-    /// Calls and rejects, in vendor order, up to (not including) the first unfinished call.
-    pub items: Vec<Item>,
+    /// Calls, in vendor order, up to (not including) the first unfinished call.
+    pub calls: Option<RecordBatch>,
+    /// Rows that could not be read or normalized.
+    pub rejects: Vec<Reject>,
     /// Data rows read (header excluded), including rejects.
     pub rows: usize,
     /// The highest callId on the page that it is safe to resume after.
@@ -21,16 +26,17 @@ pub struct ParsedPage {
 
 /// Parses one page of the CSV export.
 pub fn parse_page(source_name: &str, body: &[u8]) -> Result<ParsedPage, SourceError> {
+    let protocol = |reason: String| SourceError::Protocol {
+        source_name: source_name.to_string(),
+        reason,
+    };
     let mut rdr = csv::ReaderBuilder::new()
         .has_headers(true)
         .flexible(true)
         .from_reader(body);
     let headers = rdr
         .byte_headers()
-        .map_err(|e| SourceError::Protocol {
-            source_name: source_name.to_string(),
-            reason: format!("cannot read the CSV header: {e}"),
-        })?
+        .map_err(|e| protocol(format!("cannot read the CSV header: {e}")))?
         .clone();
     let mut page = ParsedPage::default();
     if headers.is_empty() {
@@ -41,114 +47,106 @@ pub fn parse_page(source_name: &str, body: &[u8]) -> Result<ParsedPage, SourceEr
         .map(|h| String::from_utf8_lossy(h).trim().to_string())
         .collect();
     let cols = Columns::from_headers(names.iter().map(String::as_str));
-    if cols.call_id.is_none() {
-        return Err(SourceError::Protocol {
-            source_name: source_name.to_string(),
-            reason: format!(
-                "the CSV has no callId column (columns: {})",
-                names.join(",")
-            ),
-        });
-    }
+    let Some(id_col) = cols.call_id else {
+        return Err(protocol(format!(
+            "the CSV has no callId column (columns: {})",
+            names.join(",")
+        )));
+    };
     let keys = json_keys(&names);
-    let mut row = csv::ByteRecord::new();
+    let mut builder = CallBatchBuilder::new();
+    let mut bytes = csv::ByteRecord::new();
     let mut raw = String::with_capacity(1024);
+    let mut lower = String::new();
     loop {
-        match rdr.read_byte_record(&mut row) {
+        match rdr.read_byte_record(&mut bytes) {
             Ok(false) => break,
             Ok(true) => {}
             Err(e) => {
                 page.rows += 1;
-                page.items.push(Item::Reject(Reject {
+                page.rejects.push(Reject {
                     call_id: None,
                     error: format!("unreadable CSV row: {e}"),
                     raw: String::new(),
-                }));
+                });
                 continue;
             }
         }
         page.rows += 1;
-        let mut fields: Vec<&str> = Vec::with_capacity(names.len());
-        let mut utf8_ok = true;
-        for f in row.iter() {
-            match std::str::from_utf8(f) {
-                Ok(s) => fields.push(s),
-                Err(_) => {
-                    utf8_ok = false;
-                    break;
-                }
+        let rec = match csv::StringRecord::from_byte_record(std::mem::take(&mut bytes)) {
+            Ok(rec) => rec,
+            Err(e) => {
+                let b = e.into_byte_record();
+                let lossy: Vec<String> = b
+                    .iter()
+                    .map(|f| String::from_utf8_lossy(f).into_owned())
+                    .collect();
+                raw_json(&keys, lossy.iter().map(String::as_str), &mut raw);
+                page.rejects.push(Reject {
+                    call_id: lossy.get(id_col).map(|s| s.trim().to_string()),
+                    error: "row is not valid UTF-8".into(),
+                    raw: raw.clone(),
+                });
+                bytes = b;
+                continue;
             }
-        }
-        if !utf8_ok {
-            let lossy: Vec<String> = row
-                .iter()
-                .map(|f| String::from_utf8_lossy(f).into_owned())
-                .collect();
-            let lossy_refs: Vec<&str> = lossy.iter().map(String::as_str).collect();
-            raw_json(&keys, &lossy_refs, &mut raw);
-            page.items.push(Item::Reject(Reject {
-                call_id: cols
-                    .call_id
-                    .and_then(|i| lossy.get(i))
-                    .map(|s| s.trim().to_string()),
-                error: "row is not valid UTF-8".into(),
-                raw: std::mem::take(&mut raw),
-            }));
-            continue;
-        }
-        let get = |i: Option<usize>| i.and_then(|i| fields.get(i).copied()).unwrap_or("");
-        let id_text = get(cols.call_id).trim();
+        };
+        let id_text = rec.get(id_col).unwrap_or("").trim();
         let call_id = id_text.parse::<u64>().ok();
-        if let Some(idx) = cols.progress_phase {
-            let phase = fields.get(idx).copied().unwrap_or("");
-            if !phase.trim().is_empty() && !is_final_phase(phase) {
-                // The consecutive export should already stop before this row; stop anyway and
-                // do not move the cursor past it.
-                page.stopped_at_open = true;
-                break;
-            }
+        let phase = cols.progress_phase.and_then(|i| rec.get(i)).unwrap_or("");
+        if !phase.trim().is_empty() && !is_final_phase(phase) {
+            // The consecutive export should already stop before this row; stop anyway and
+            // do not move the cursor past it.
+            page.stopped_at_open = true;
+            break;
         }
         if let Some(id) = call_id {
             page.max_call_id = Some(page.max_call_id.map_or(id, |m| m.max(id)));
         }
-        raw_json(&keys, &fields, &mut raw);
-        let raw_text = std::mem::replace(&mut raw, String::with_capacity(1024));
-        if fields.len() != names.len() {
-            page.items.push(Item::Reject(Reject {
+        raw_json(&keys, rec.iter(), &mut raw);
+        if rec.len() != names.len() {
+            page.rejects.push(Reject {
                 call_id: call_id.map(|_| id_text.to_string()),
-                error: format!("expected {} fields, found {}", names.len(), fields.len()),
-                raw: raw_text,
-            }));
-            continue;
-        }
-        match normalize_row(&cols, &fields, call_id, id_text) {
-            Ok(mut rec) => {
-                rec.raw = raw_text;
-                page.items.push(Item::Call(Box::new(rec)));
+                error: format!("expected {} fields, found {}", names.len(), rec.len()),
+                raw: raw.clone(),
+            });
+        } else {
+            match normalize_row(&cols, &rec, call_id, id_text, &raw, &mut lower) {
+                Ok(row) => builder.append(&row),
+                Err(error) => page.rejects.push(Reject {
+                    call_id: (!id_text.is_empty()).then(|| id_text.to_string()),
+                    error,
+                    raw: raw.clone(),
+                }),
             }
-            Err(error) => page.items.push(Item::Reject(Reject {
-                call_id: (!id_text.is_empty()).then(|| id_text.to_string()),
-                error,
-                raw: raw_text,
-            })),
         }
+        bytes = rec.into_byte_record();
+    }
+    if !builder.is_empty() {
+        let batch = builder
+            .finish(chrono::Utc::now().timestamp_micros())
+            .map_err(|e| protocol(format!("building the batch: {e}")))?;
+        page.calls = Some(batch);
     }
     Ok(page)
 }
 
-fn opt(s: &str) -> Option<String> {
+fn opt(s: &str) -> Option<&str> {
     let t = s.trim();
-    (!t.is_empty()).then(|| t.to_string())
+    (!t.is_empty()).then_some(t)
 }
 
-/// Maps one row; the `Err` is the reject reason.
-fn normalize_row(
+/// Maps one row; the `Err` is the reject reason. `lower` is a scratch buffer for the
+/// lowercased direction.
+fn normalize_row<'a>(
     cols: &Columns,
-    f: &[&str],
+    f: &'a csv::StringRecord,
     call_id: Option<u64>,
-    id_text: &str,
-) -> Result<CallRecord, String> {
-    let get = |i: Option<usize>| i.and_then(|i| f.get(i).copied()).unwrap_or("");
+    id_text: &'a str,
+    raw: &'a str,
+    lower: &'a mut String,
+) -> Result<CallRow<'a>, String> {
+    let get = |i: Option<usize>| i.and_then(|i| f.get(i)).unwrap_or("");
     if call_id.is_none() {
         return Err(format!("callId {id_text:?} is not a non-negative integer"));
     }
@@ -186,13 +184,23 @@ fn normalize_row(
                 .ok_or_else(|| format!("sentiment {sent:?} is not a number"))?,
         )
     };
-    Ok(CallRecord {
-        call_id: id_text.to_string(),
+    let direction = match opt(get(cols.direction)) {
+        Some(d) if d.bytes().any(|b| b.is_ascii_uppercase()) => {
+            lower.clear();
+            lower.push_str(d);
+            lower.make_ascii_lowercase();
+            Some(lower.as_str())
+        }
+        other => other,
+    };
+    let list = |i: Option<usize>| opt(get(i)).map(|s| StrList::Split(s, '|'));
+    Ok(CallRow {
+        call_id: id_text,
         source_kind: KIND,
         started_at: Some(started_at),
         ended_at,
         duration_ms,
-        direction: opt(get(cols.direction)).map(|d| d.to_ascii_lowercase()),
+        direction,
         // DESIGN.md maps externalEndpoint → from and internalEndpoint → to; for inbound calls
         // (the common case) that is ANI → DNIS. Kept as documented for outbound calls too.
         from_number: opt(get(cols.external_endpoint)),
@@ -205,10 +213,11 @@ fn normalize_row(
         sentiment_score,
         // Notes keep their new lines: only surrounding white space is trimmed.
         summary: opt(get(cols.notes)),
-        tags: split_list(get(cols.tags), '|'),
-        topics: split_list(get(cols.topics), '|'),
+        tags: list(cols.tags),
+        topics: list(cols.topics),
         recording_ref: opt(get(cols.recording)),
-        ..CallRecord::default()
+        raw,
+        ..CallRow::default()
     })
 }
 
@@ -226,10 +235,10 @@ fn json_keys(names: &[String]) -> Vec<String> {
 }
 
 /// The row as a JSON object of strings, written into one reused buffer.
-fn raw_json(keys: &[String], fields: &[&str], out: &mut String) {
+fn raw_json<'a>(keys: &[String], fields: impl Iterator<Item = &'a str>, out: &mut String) {
     out.clear();
     out.push('{');
-    for (i, value) in fields.iter().enumerate() {
+    for (i, value) in fields.enumerate() {
         if i > 0 {
             out.push(',');
         }
@@ -242,13 +251,32 @@ fn raw_json(keys: &[String], fields: &[&str], out: &mut String) {
     out.push('}');
 }
 
-/// Appends `s` as a JSON string literal.
-/// Escapes are ASCII, so slicing `s` at their positions stays on char boundaries.
+/// Whether any byte of `w` is `"`, `\` or below 0x20 (SWAR: eight bytes at a time).
+#[inline]
+fn word_needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
+    let below_0x20 = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
+    (has_zero(w ^ (ONES * b'"' as u64)) | has_zero(w ^ (ONES * b'\\' as u64)) | below_0x20) != 0
+}
+
+/// Appends `s` as a JSON string literal. Escapes are ASCII, so slicing `s` at their
+/// positions stays on char boundaries.
 fn escape_json_str(s: &str, out: &mut String) {
     out.push('"');
     let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
+    let mut i = 0;
+    while i < bytes.len() {
+        if i + 8 <= bytes.len() {
+            let w = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
+            if !word_needs_escape(w) {
+                i += 8;
+                continue;
+            }
+        }
+        let b = bytes[i];
         let esc: &str = match b {
             b'"' => "\\\"",
             b'\\' => "\\\\",
@@ -258,14 +286,19 @@ fn escape_json_str(s: &str, out: &mut String) {
             0..=0x1f => {
                 out.push_str(&s[start..i]);
                 out.push_str(&format!("\\u{b:04x}"));
-                start = i + 1;
+                i += 1;
+                start = i;
                 continue;
             }
-            _ => continue,
+            _ => {
+                i += 1;
+                continue;
+            }
         };
         out.push_str(&s[start..i]);
         out.push_str(esc);
-        start = i + 1;
+        i += 1;
+        start = i;
     }
     out.push_str(&s[start..]);
     out.push('"');
@@ -274,6 +307,9 @@ fn escape_json_str(s: &str, out: &mut String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arrow_array::Array;
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::Int64Type;
 
     const CSV: &str = "callId,startTime,endTime,duration,direction,externalEndpoint,internalEndpoint,agent.name,notes,tags,topics,progressPhase,sentiment\n\
         7,05-12-2024 6:15:45 PM,05-12-2024 6:20:30 PM,274,Inbound,+1469,1469,Joe,\"line one\nsaid \"\"hi\"\"\",A|B||C,x,DONE,0.25\n\
@@ -286,20 +322,38 @@ mod tests {
         let p = parse_page("vg", CSV.as_bytes()).unwrap();
         assert!(p.stopped_at_open);
         assert_eq!(p.max_call_id, Some(8));
-        assert_eq!(p.items.len(), 2);
-        let Item::Call(c) = &p.items[0] else { panic!() };
-        assert_eq!(c.call_id, "7");
-        assert_eq!(c.duration_ms, Some(274_000));
-        assert_eq!(c.direction.as_deref(), Some("inbound"));
-        assert_eq!(c.summary.as_deref(), Some("line one\nsaid \"hi\""));
-        assert_eq!(c.tags, Some(vec!["A".into(), "B".into(), "C".into()]));
-        assert_eq!(c.sentiment_score, Some(0.25));
-        let raw: serde_json::Value = serde_json::from_str(&c.raw).unwrap();
+        let b = p.calls.unwrap();
+        assert_eq!(b.num_rows(), 1);
+        let s = |name: &str| {
+            b.column_by_name(name)
+                .unwrap()
+                .as_string::<i32>()
+                .value(0)
+                .to_string()
+        };
+        assert_eq!(s("call_id"), "7");
+        assert_eq!(s("direction"), "inbound");
+        assert_eq!(s("summary"), "line one\nsaid \"hi\"");
+        let dur = b
+            .column_by_name("duration_ms")
+            .unwrap()
+            .as_primitive::<Int64Type>();
+        assert_eq!(dur.value(0), 274_000);
+        let tags = b.column_by_name("tags").unwrap().as_list::<i32>();
+        let t: Vec<String> = tags
+            .value(0)
+            .as_string::<i32>()
+            .iter()
+            .flatten()
+            .map(String::from)
+            .collect();
+        assert_eq!(t, ["A", "B", "C"]);
+        let raw: serde_json::Value = serde_json::from_str(&s("raw")).unwrap();
         assert_eq!(raw["notes"], "line one\nsaid \"hi\"");
         assert_eq!(raw["callId"], "7");
-        let Item::Reject(r) = &p.items[1] else {
-            panic!()
-        };
+        assert!(!b.column_by_name("transcript").unwrap().is_valid(0));
+        assert_eq!(p.rejects.len(), 1);
+        let r = &p.rejects[0];
         assert_eq!(r.call_id.as_deref(), Some("8"));
         assert!(r.error.contains("startTime"), "{}", r.error);
         assert!(serde_json::from_str::<serde_json::Value>(&r.raw).is_ok());
@@ -309,14 +363,22 @@ mod tests {
     fn header_only_csv_is_an_empty_page() {
         let p = parse_page("vg", b"callId,startTime\n").unwrap();
         assert_eq!(p.rows, 0);
-        assert!(p.items.is_empty());
+        assert!(p.calls.is_none() && p.rejects.is_empty());
     }
 
     #[test]
-    fn json_escaping_handles_control_characters() {
-        let mut out = String::new();
-        escape_json_str("a\u{1}b\"\\\t", &mut out);
-        let back: String = serde_json::from_str(&out).unwrap();
-        assert_eq!(back, "a\u{1}b\"\\\t");
+    fn json_escaping_handles_control_characters_quotes_and_long_runs() {
+        for input in [
+            "a\u{1}b\"\\\t",
+            "plain text that is longer than eight bytes, no escapes at all",
+            "0123456\"89abcdef\\ghij\nklmnopq\u{1f}rs é ünïcödé \"end\"",
+            "",
+            "\"",
+        ] {
+            let mut out = String::new();
+            escape_json_str(input, &mut out);
+            let back: String = serde_json::from_str(&out).unwrap();
+            assert_eq!(back, input);
+        }
     }
 }
