@@ -166,12 +166,11 @@ impl<'a> CommitWriter<'a> {
             .column_by_name("started_at")
             .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
             .ok_or_else(|| std::io::Error::other("batch has no started_at timestamp column"))?;
+        // Sources reject calls without a start time; should one arrive anyway it lands in
+        // date=1970-01-01 rather than being lost.
         let day_of = |i: usize| {
-            started
-                .is_valid(i)
-                .then(|| started.value(i))
-                .unwrap_or(0)
-                .div_euclid(MICROS_PER_DAY)
+            let t = if started.is_valid(i) { started.value(i) } else { 0 };
+            t.div_euclid(MICROS_PER_DAY)
         };
         let n = batch.num_rows();
         let mut start = 0;
