@@ -169,7 +169,11 @@ impl<'a> CommitWriter<'a> {
         // Sources reject calls without a start time; should one arrive anyway it lands in
         // date=1970-01-01 rather than being lost.
         let day_of = |i: usize| {
-            let t = if started.is_valid(i) { started.value(i) } else { 0 };
+            let t = if started.is_valid(i) {
+                started.value(i)
+            } else {
+                0
+            };
             t.div_euclid(MICROS_PER_DAY)
         };
         let n = batch.num_rows();

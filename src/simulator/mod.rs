@@ -2,6 +2,7 @@
 //! vendor docs, with injectable faults and a ground truth to compare the lake against.
 
 pub mod faults;
+pub mod voice_calls;
 pub mod voicegain;
 
 use std::net::SocketAddr;
@@ -12,12 +13,14 @@ use axum::Router;
 use tokio::sync::oneshot;
 
 pub use faults::{FaultKind, FaultPlan};
+pub use voice_calls::{Envelope, VcCall, VoiceCallsSim};
 pub use voicegain::{VgCall, VoicegainSim};
 
 /// State shared by the simulator's handlers.
 #[derive(Default)]
 pub struct Shared {
     pub voicegain: Mutex<VoicegainSim>,
+    pub voice_calls: Mutex<VoiceCallsSim>,
     pub faults: Mutex<FaultPlan>,
     /// Requests answered (faults included).
     pub requests: AtomicU64,
@@ -42,7 +45,9 @@ impl Simulator {
             voicegain: Mutex::new(voicegain),
             ..Shared::default()
         });
-        let app: Router = voicegain::routes().with_state(shared.clone());
+        let app: Router = voicegain::routes()
+            .merge(voice_calls::routes())
+            .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = oneshot::channel::<()>();
@@ -73,6 +78,16 @@ impl Simulator {
     /// The Voicegain data (to inspect the ground truth or change it between runs).
     pub fn voicegain(&self) -> MutexGuard<'_, VoicegainSim> {
         lock(&self.shared.voicegain)
+    }
+
+    /// The `base_url` for a voice-calls source.
+    pub fn voice_calls_base_url(&self) -> String {
+        format!("{}/voicecalls", self.base_url())
+    }
+
+    /// The voice-calls data.
+    pub fn voice_calls(&self) -> MutexGuard<'_, VoiceCallsSim> {
+        lock(&self.shared.voice_calls)
     }
 
     /// Replaces the fault plan.

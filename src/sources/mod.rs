@@ -2,6 +2,7 @@
 //! variant per kind. A source knows nothing of Parquet or SQLite: it yields pages of
 //! normalized records and the opaque cursor they advance to.
 
+pub mod voice_calls;
 pub mod voicegain;
 
 use std::future::Future;
@@ -94,10 +95,12 @@ pub fn decode_cursor<T: serde::de::DeserializeOwned>(
 pub enum SourceConfig {
     /// Voicegain speech analytics: consecutive `afterCallId` CSV export.
     Voicegain(voicegain::VoicegainConfig),
+    /// Voice-calls API: time windows, per-call detail with transcript and EPA survey.
+    VoiceCalls(voice_calls::VoiceCallsConfig),
 }
 
 /// Every `kind` this build knows.
-pub const KINDS: &[&str] = &[voicegain::KIND];
+pub const KINDS: &[&str] = &[voicegain::KIND, voice_calls::KIND];
 
 impl SourceConfig {
     /// Reads one `[sources.<name>]` table: `kind` picks the variant, whose own
@@ -129,6 +132,7 @@ impl SourceConfig {
         let rest = toml::Value::Table(t);
         match kind.as_str() {
             voicegain::KIND => typed(table, rest, problems).map(SourceConfig::Voicegain),
+            voice_calls::KIND => typed(table, rest, problems).map(SourceConfig::VoiceCalls),
             other => {
                 problems.push(
                     table,
@@ -144,6 +148,7 @@ impl SourceConfig {
     pub fn kind(&self) -> &'static str {
         match self {
             SourceConfig::Voicegain(_) => voicegain::KIND,
+            SourceConfig::VoiceCalls(_) => voice_calls::KIND,
         }
     }
 
@@ -151,6 +156,7 @@ impl SourceConfig {
     pub fn schedule(&self) -> &str {
         match self {
             SourceConfig::Voicegain(c) => &c.schedule,
+            SourceConfig::VoiceCalls(c) => &c.schedule,
         }
     }
 
@@ -159,6 +165,7 @@ impl SourceConfig {
         validate_schedule(table, self.schedule(), problems);
         match self {
             SourceConfig::Voicegain(c) => c.validate(table, problems),
+            SourceConfig::VoiceCalls(c) => c.validate(table, problems),
         }
     }
 
@@ -170,6 +177,11 @@ impl SourceConfig {
     ) -> Result<Box<dyn Source>, SourceError> {
         match self {
             SourceConfig::Voicegain(c) => Ok(Box::new(voicegain::VoicegainSource::new(
+                source_name,
+                c,
+                cursor,
+            )?)),
+            SourceConfig::VoiceCalls(c) => Ok(Box::new(voice_calls::VoiceCallsSource::new(
                 source_name,
                 c,
                 cursor,

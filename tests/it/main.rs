@@ -8,3 +8,4 @@ mod config_errors;
 mod credentials;
 mod export;
 mod kill9;
+mod voice_calls;

@@ -1,0 +1,345 @@
+//! Simulated voice-calls API: list without transcripts (envelope and page cap configurable),
+//! detail with transcript, EPA inline or at `/epa-results` (404 = no survey), calls that are
+//! still in progress and finish later.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use serde_json::{Value, json};
+
+use super::Shared;
+use super::faults::{Injected, dropped_body, inject};
+
+/// How the list wraps its array (the vendor does not document it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Envelope {
+    Bare,
+    Items,
+    Data,
+    Results,
+    VoiceCalls,
+}
+
+/// One simulated voice call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VcCall {
+    pub id: String,
+    pub start_secs: i64,
+    pub duration_secs: u32,
+    /// `Inbound` / `Outbound`, as the vendor spells it.
+    pub direction: String,
+    /// `Completed`, `NoAnswer`, … or `InProgress` while unfinished.
+    pub state: String,
+    pub campaign_id: String,
+    /// (role, text, offset seconds)
+    pub turns: Vec<(String, String, u32)>,
+    pub epa_score: Option<f64>,
+    /// Whether the EPA results come inline in the detail (else at `/epa-results`).
+    pub epa_inline: bool,
+}
+
+impl VcCall {
+    /// Whether the call is in a final state.
+    pub fn is_final(&self) -> bool {
+        self.state != "InProgress"
+    }
+
+    fn object(&self, detail: bool) -> Value {
+        let t = |s: i64| {
+            chrono::DateTime::from_timestamp(s, 0)
+                .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                .unwrap_or_default()
+        };
+        let mut o = json!({
+            "id": self.id,
+            "campaignId": self.campaign_id,
+            "direction": self.direction,
+            "state": self.state,
+            "startTime": t(self.start_secs),
+            "endTime": if self.is_final() { json!(t(self.start_secs + self.duration_secs as i64)) } else { Value::Null },
+            "durationSeconds": self.duration_secs,
+            "talkTimeSeconds": self.duration_secs.saturating_sub(5),
+            "outcome": if self.state == "Completed" { "Successful" } else { "Unsuccessful" },
+            "createdAt": t(self.start_secs),
+        });
+        if detail {
+            o["transcript"] = Value::Array(
+                self.turns
+                    .iter()
+                    .map(|(role, text, off)| {
+                        json!({"role": role, "text": text,
+                               "timestamp": format!("{:02}:{:02}:{:02}", off / 3600, off / 60 % 60, off % 60)})
+                    })
+                    .collect(),
+            );
+            if self.epa_inline {
+                if let Some(e) = self.epa() {
+                    o["epaResults"] = e;
+                }
+            }
+        }
+        o
+    }
+
+    fn epa(&self) -> Option<Value> {
+        self.epa_score.map(|s| {
+            json!({"state": "Completed", "completionReason": "AllAnswered", "totalQuestions": 3,
+                   "questionsAnswered": 3, "calculatedScore": s,
+                   "responses": [{"question": "How satisfied are you?", "answer": "Very satisfied", "score": 5}]})
+        })
+    }
+}
+
+/// The simulated tenant.
+pub struct VoiceCallsSim {
+    pub token: String,
+    calls: Vec<VcCall>,
+    rng: fastrand::Rng,
+    next: u64,
+    /// The list's envelope.
+    pub envelope: Envelope,
+    /// Largest page the list returns, whatever `pageSize` asks.
+    pub page_cap: usize,
+}
+
+impl Default for VoiceCallsSim {
+    fn default() -> Self {
+        VoiceCallsSim::new(1)
+    }
+}
+
+const LINES: &[(&str, &str)] = &[
+    (
+        "agent",
+        "Hello, this is the clinic calling about your appointment.",
+    ),
+    ("customer", "Hi, yes, I can talk now."),
+    ("agent", "Can you confirm Tuesday at 10?"),
+    ("customer", "Tuesday works, thanks."),
+];
+
+impl VoiceCallsSim {
+    /// An empty tenant with a fixed seed.
+    pub fn new(seed: u64) -> VoiceCallsSim {
+        VoiceCallsSim {
+            token: "sim-voice-calls-token".into(),
+            calls: Vec::new(),
+            rng: fastrand::Rng::with_seed(seed),
+            next: 0,
+            envelope: Envelope::Items,
+            page_cap: 1000,
+        }
+    }
+
+    /// Adds `n` calls starting between `from_secs` and `to_secs`; a fraction `open` of them
+    /// still in progress.
+    pub fn add_calls(&mut self, n: usize, from_secs: i64, to_secs: i64, open: f64) -> Vec<String> {
+        let mut ids = Vec::new();
+        for _ in 0..n {
+            self.next += 1;
+            let id = format!("vc_{:06}", self.next);
+            let states = [
+                "Completed",
+                "Completed",
+                "Completed",
+                "NoAnswer",
+                "Busy",
+                "Failed",
+            ];
+            let state = if self.rng.f64() < open {
+                "InProgress"
+            } else {
+                states[self.rng.usize(0..states.len())]
+            };
+            let nturns = if state == "Completed" {
+                self.rng.usize(1..=LINES.len())
+            } else {
+                0
+            };
+            let turns = LINES[..nturns]
+                .iter()
+                .enumerate()
+                .map(|(i, (r, t))| (r.to_string(), t.to_string(), (i as u32) * 4 + 1))
+                .collect();
+            let call = VcCall {
+                id: id.clone(),
+                start_secs: self.rng.i64(from_secs..to_secs),
+                duration_secs: 10 + self.rng.u32(0..600),
+                direction: if self.rng.bool() {
+                    "Inbound"
+                } else {
+                    "Outbound"
+                }
+                .into(),
+                state: state.into(),
+                campaign_id: format!("camp_{}", self.rng.u8(1..4)),
+                turns,
+                epa_score: (self.rng.u8(0..3) > 0).then(|| self.rng.u8(0..=100) as f64 + 0.5),
+                epa_inline: self.rng.bool(),
+            };
+            self.calls.push(call);
+            ids.push(id);
+        }
+        self.calls
+            .sort_by(|a, b| (a.start_secs, &a.id).cmp(&(b.start_secs, &b.id)));
+        ids
+    }
+
+    /// Finishes every call in progress (Completed); returns their ids.
+    pub fn finish_open(&mut self) -> Vec<String> {
+        let mut ids = Vec::new();
+        for c in &mut self.calls {
+            if !c.is_final() {
+                c.state = "Completed".into();
+                ids.push(c.id.clone());
+            }
+        }
+        ids
+    }
+
+    /// Every call.
+    pub fn calls(&self) -> &[VcCall] {
+        &self.calls
+    }
+}
+
+/// The voice-calls routes, under `/voicecalls`.
+pub fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/voicecalls/api/v1/voice-calls", get(list))
+        .route("/voicecalls/api/v1/voice-calls/{id}", get(detail))
+        .route("/voicecalls/api/v1/voice-calls/{id}/epa-results", get(epa))
+}
+
+/// Faults and auth shared by every route: `Err` is the answer to send instead.
+async fn gate(shared: &Shared, headers: &HeaderMap) -> Result<bool, Response> {
+    let fault = inject(shared);
+    match fault {
+        Injected::Respond(r) => return Err(r),
+        Injected::Delay(d) => tokio::time::sleep(d).await,
+        _ => {}
+    }
+    let expected = format!("Bearer {}", super::lock(&shared.voice_calls).token);
+    if headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        != Some(expected.as_str())
+    {
+        return Err((
+            StatusCode::UNAUTHORIZED,
+            Json(json!({"error": "invalid token"})),
+        )
+            .into_response());
+    }
+    Ok(matches!(fault, Injected::DropBody))
+}
+
+fn answer(drop: bool, v: Value) -> Response {
+    if drop {
+        return dropped_body("application/json", v.to_string());
+    }
+    Json(v).into_response()
+}
+
+async fn list(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let drop = match gate(&shared, &headers).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let time = |k: &str| {
+        q.get(k)
+            .and_then(|v| chrono::DateTime::parse_from_rfc3339(v).ok())
+            .map(|t| t.timestamp())
+    };
+    let (from, to) = (
+        time("dateFrom").unwrap_or(i64::MIN),
+        time("dateTo").unwrap_or(i64::MAX),
+    );
+    let page: usize = q
+        .get("page")
+        .and_then(|p| p.parse().ok())
+        .filter(|p| *p >= 1)
+        .unwrap_or(1);
+    let sim = super::lock(&shared.voice_calls);
+    let size: usize = q
+        .get("pageSize")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(50)
+        .clamp(1, sim.page_cap);
+    // dateTo is inclusive here, as many APIs are: callsync must cope with the overlap.
+    let items: Vec<Value> = sim
+        .calls
+        .iter()
+        .filter(|c| c.start_secs >= from && c.start_secs <= to)
+        .skip((page - 1) * size)
+        .take(size)
+        .map(|c| c.object(false))
+        .collect();
+    let body = match sim.envelope {
+        Envelope::Bare => Value::Array(items),
+        Envelope::Items => json!({"items": items, "page": page, "pageSize": size}),
+        Envelope::Data => json!({"data": items}),
+        Envelope::Results => json!({"results": items, "page": page}),
+        Envelope::VoiceCalls => json!({"voiceCalls": items}),
+    };
+    drop_guard(sim);
+    answer(drop, body)
+}
+
+fn drop_guard<T>(_: T) {}
+
+fn find<'a>(sim: &'a VoiceCallsSim, id: &str) -> Option<&'a VcCall> {
+    sim.calls.iter().find(|c| c.id == id)
+}
+
+async fn detail(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let drop = match gate(&shared, &headers).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let body = {
+        let sim = super::lock(&shared.voice_calls);
+        match find(&sim, &id) {
+            Some(c) => c.object(true),
+            None => {
+                return (StatusCode::NOT_FOUND, Json(json!({"error": "not found"}))).into_response();
+            }
+        }
+    };
+    answer(drop, body)
+}
+
+async fn epa(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let drop = match gate(&shared, &headers).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let body = {
+        let sim = super::lock(&shared.voice_calls);
+        match find(&sim, &id).and_then(|c| if c.epa_inline { None } else { c.epa() }) {
+            Some(e) => e,
+            None => {
+                return (StatusCode::NOT_FOUND, Json(json!({"error": "no survey"}))).into_response();
+            }
+        }
+    };
+    answer(drop, body)
+}

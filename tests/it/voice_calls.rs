@@ -1,0 +1,208 @@
+//! Promise: the voice-calls source exports exactly the final calls of its windows, with
+//! transcripts and surveys, whatever the list envelope or page cap; calls in progress hold
+//! the cursor and are exported once they finish.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+
+use arrow_array::Array;
+use arrow_array::cast::AsArray;
+use arrow_array::types::{Float64Type, Int64Type};
+use callsync::simulator::{Envelope, FaultKind, FaultPlan, VcCall, VoicegainSim};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::helpers::*;
+
+const DAY: i64 = 86_400;
+
+/// One voice-call row as read back: id → (survey, duration_ms, direction, campaign, turns).
+type VcRow = (
+    Option<f64>,
+    Option<i64>,
+    Option<String>,
+    Option<String>,
+    Vec<(String, String, i64)>,
+);
+
+fn read_voice_calls(env: &Env) -> BTreeMap<String, VcRow> {
+    let mut out = BTreeMap::new();
+    for path in files_with_suffix(&env.warehouse().join("calls/source=vc"), ".parquet") {
+        for batch in ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap()
+        {
+            let b = batch.unwrap();
+            let ids = b.column_by_name("call_id").unwrap().as_string::<i32>();
+            let survey = b
+                .column_by_name("survey_score")
+                .unwrap()
+                .as_primitive::<Float64Type>();
+            let dur = b
+                .column_by_name("duration_ms")
+                .unwrap()
+                .as_primitive::<Int64Type>();
+            let dir = b.column_by_name("direction").unwrap().as_string::<i32>();
+            let camp = b.column_by_name("campaign_id").unwrap().as_string::<i32>();
+            let tr = b.column_by_name("transcript").unwrap().as_list::<i32>();
+            for i in 0..b.num_rows() {
+                let turns = if tr.is_null(i) {
+                    Vec::new()
+                } else {
+                    let v = tr.value(i);
+                    let s = v.as_struct();
+                    let role = s.column(0).as_string::<i32>();
+                    let text = s.column(2).as_string::<i32>();
+                    let off = s.column(3).as_primitive::<Int64Type>();
+                    (0..s.len())
+                        .map(|j| {
+                            (
+                                role.value(j).to_string(),
+                                text.value(j).to_string(),
+                                off.value(j),
+                            )
+                        })
+                        .collect()
+                };
+                let opt_s =
+                    |a: &arrow_array::StringArray| (!a.is_null(i)).then(|| a.value(i).to_string());
+                let prev = out.insert(
+                    ids.value(i).to_string(),
+                    (
+                        (!survey.is_null(i)).then(|| survey.value(i)),
+                        (!dur.is_null(i)).then(|| dur.value(i)),
+                        opt_s(dir),
+                        opt_s(camp),
+                        turns,
+                    ),
+                );
+                assert!(prev.is_none(), "call {} is in the lake twice", ids.value(i));
+            }
+        }
+    }
+    out
+}
+
+fn expected(c: &VcCall) -> VcRow {
+    let turns = c
+        .turns
+        .iter()
+        .map(|(r, t, o)| (r.clone(), t.clone(), *o as i64 * 1000))
+        .collect();
+    (
+        c.epa_score,
+        Some(c.duration_secs as i64 * 1000),
+        Some(c.direction.to_lowercase()),
+        Some(c.campaign_id.clone()),
+        turns,
+    )
+}
+
+/// A simulator with `n` voice calls over the last five days (fraction `open` in progress,
+/// all of those within the last 12 hours), and a config with source `vc`.
+fn setup(n: usize, open: f64, envelope: Envelope, page_cap: usize) -> Env {
+    let env = Env::new(VoicegainSim::new(1, 0), 100);
+    let now = chrono::Utc::now().timestamp();
+    {
+        let mut vc = env.sim.voice_calls();
+        vc.envelope = envelope;
+        vc.page_cap = page_cap;
+        vc.add_calls(n, now - 5 * DAY, now - DAY / 2, 0.0);
+        vc.add_calls(n / 5, now - DAY / 2, now - 3600, open);
+    }
+    let token = env.dir.path().join("vc.token");
+    std::fs::write(&token, env.sim.voice_calls().token.clone()).unwrap();
+    let start = chrono::DateTime::from_timestamp(now - 6 * DAY, 0)
+        .unwrap()
+        .format("%Y-%m-%d");
+    env.write_config(
+        &format!(
+            "[sources.vc]\nkind = \"voice_calls\"\nbase_url = \"{}\"\ntoken_file = \"{}\"\nstart_date = \"{start}\"\n\
+             page_size = 20\nwindow_days = 2\ndetail_concurrency = 4\n\
+             [sources.vc.http]\nmax_attempts = 8\nbackoff_initial_ms = 5\nbackoff_max_ms = 50\n",
+            env.sim.voice_calls_base_url(),
+            token.display()
+        ),
+        100_000,
+    );
+    env
+}
+
+fn assert_exact(env: &Env) {
+    let got = read_voice_calls(env);
+    let vc = env.sim.voice_calls();
+    let want: BTreeMap<String, VcRow> = vc
+        .calls()
+        .iter()
+        .filter(|c| c.is_final())
+        .map(|c| (c.id.clone(), expected(c)))
+        .collect();
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>(),
+        "call ids differ"
+    );
+    assert_eq!(got, want);
+}
+
+#[test]
+fn voice_calls_export_equals_the_ground_truth_with_transcripts_and_surveys() {
+    let env = setup(300, 0.0, Envelope::Data, 15);
+    env.sync_ok();
+    assert_exact(&env);
+    let vc = env.sim.voice_calls();
+    assert!(
+        vc.calls()
+            .iter()
+            .any(|c| c.epa_score.is_some() && !c.epa_inline),
+        "some surveys are separate"
+    );
+    assert!(
+        vc.calls().iter().any(|c| c.epa_score.is_none()),
+        "some calls have no survey (404)"
+    );
+}
+
+#[test]
+fn voice_calls_in_progress_hold_the_cursor_and_are_exported_once_finished() {
+    let env = setup(200, 0.3, Envelope::Bare, 1000);
+    env.sync_ok();
+    assert_exact(&env);
+    let open = env
+        .sim
+        .voice_calls()
+        .calls()
+        .iter()
+        .filter(|c| !c.is_final())
+        .count();
+    assert!(open > 0);
+    let finished = env.sim.voice_calls().finish_open();
+    assert_eq!(finished.len(), open);
+    let out = env.sync_ok();
+    assert_exact(&env);
+    assert!(
+        text(&out).contains(&format!("{open} calls written")),
+        "{}",
+        text(&out)
+    );
+    // A third, idle sync writes nothing.
+    let out = env.sync_ok();
+    assert!(text(&out).contains("0 calls written"), "{}", text(&out));
+}
+
+#[test]
+fn voice_calls_with_faults_still_end_exact() {
+    let env = setup(250, 0.0, Envelope::VoiceCalls, 1000);
+    env.sim.set_faults(FaultPlan::every(
+        3,
+        vec![
+            FaultKind::ServerError(502),
+            FaultKind::TooManyRequests {
+                retry_after_secs: 0,
+            },
+            FaultKind::Drop,
+        ],
+    ));
+    env.sync_ok();
+    assert_exact(&env);
+}
