@@ -78,10 +78,8 @@ impl VcCall {
                     })
                     .collect(),
             );
-            if self.epa_inline {
-                if let Some(e) = self.epa() {
-                    o["epaResults"] = e;
-                }
+            if let Some(e) = self.epa().filter(|_| self.epa_inline) {
+                o["epaResults"] = e;
             }
         }
         o
@@ -292,11 +290,9 @@ async fn list(
         Envelope::Results => json!({"results": items, "page": page}),
         Envelope::VoiceCalls => json!({"voiceCalls": items}),
     };
-    drop_guard(sim);
+    std::mem::drop(sim);
     answer(drop, body)
 }
-
-fn drop_guard<T>(_: T) {}
 
 fn find<'a>(sim: &'a VoiceCallsSim, id: &str) -> Option<&'a VcCall> {
     sim.calls.iter().find(|c| c.id == id)
@@ -316,7 +312,8 @@ async fn detail(
         match find(&sim, &id) {
             Some(c) => c.object(true),
             None => {
-                return (StatusCode::NOT_FOUND, Json(json!({"error": "not found"}))).into_response();
+                return (StatusCode::NOT_FOUND, Json(json!({"error": "not found"})))
+                    .into_response();
             }
         }
     };
@@ -337,7 +334,8 @@ async fn epa(
         match find(&sim, &id).and_then(|c| if c.epa_inline { None } else { c.epa() }) {
             Some(e) => e,
             None => {
-                return (StatusCode::NOT_FOUND, Json(json!({"error": "no survey"}))).into_response();
+                return (StatusCode::NOT_FOUND, Json(json!({"error": "no survey"})))
+                    .into_response();
             }
         }
     };

@@ -4,6 +4,7 @@
 
 pub mod voice_calls;
 pub mod voicegain;
+pub mod window;
 
 use std::future::Future;
 use std::path::PathBuf;

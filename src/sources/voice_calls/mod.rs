@@ -15,20 +15,21 @@ pub mod normalize;
 
 use std::path::PathBuf;
 
-use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
+use chrono::Utc;
 use futures_util::StreamExt;
 use serde::Deserialize;
 
 use crate::config::{HttpConfig, Problems};
 use crate::record::{CallBatchBuilder, Reject};
 use crate::secret::SecretRef;
+use crate::sources::window::{WindowClock, parse_day, parse_time, rfc3339};
 use crate::sources::{
-    BoxFuture, Cursor, Page, Source, SourceError, decode_cursor, resolve_secret, validate_base_url,
+    BoxFuture, Cursor, Page, Source, SourceError, resolve_secret, validate_base_url,
     validate_secret,
 };
 
 use client::VoiceCallsClient;
-use model::{VcCursor, VoiceCall, parse_time};
+use model::VoiceCall;
 use normalize::Fetched;
 
 /// The `kind` of this source, also written to `source_kind`.
@@ -104,17 +105,6 @@ fn default_final_states() -> Vec<String> {
     .collect()
 }
 
-fn parse_day(s: &str) -> Option<DateTime<Utc>> {
-    NaiveDate::parse_from_str(s.trim(), "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(0, 0, 0))
-        .map(|t| t.and_utc())
-}
-
-fn rfc3339(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Secs, true)
-}
-
 impl VoiceCallsConfig {
     /// Reports every problem of this table.
     pub fn validate(&self, table: &str, problems: &mut Problems) {
@@ -147,16 +137,9 @@ impl VoiceCallsConfig {
 pub struct VoiceCallsSource {
     client: VoiceCallsClient,
     cfg: VoiceCallsConfig,
-    /// Start of the window being read.
-    pos: DateTime<Utc>,
-    /// No window reaches past this (now − settle).
-    horizon: DateTime<Utc>,
-    /// Unfinished calls younger than this hold the cursor.
-    open_cutoff: i64,
+    clock: WindowClock,
     page: u32,
     longest_page: usize,
-    /// Earliest start of a call still in progress, seen in this run.
-    hold: Option<i64>,
 }
 
 impl VoiceCallsSource {
@@ -166,40 +149,27 @@ impl VoiceCallsSource {
         cfg: &VoiceCallsConfig,
         cursor: Option<&Cursor>,
     ) -> Result<Self, SourceError> {
-        let protocol = |reason: String| SourceError::Protocol {
-            source_name: source_name.to_string(),
-            reason,
-        };
-        let secret_ref = SecretRef::from_pair(&cfg.token_env, &cfg.token_file)
-            .ok_or_else(|| protocol("no token configured".into()))?;
+        let secret_ref =
+            SecretRef::from_pair(&cfg.token_env, &cfg.token_file).ok_or(SourceError::Protocol {
+                source_name: source_name.to_string(),
+                reason: "no token configured".into(),
+            })?;
         let token = resolve_secret(source_name, &secret_ref)?;
-        let stored: Option<VcCursor> = decode_cursor(source_name, cursor)?;
-        let pos = match stored {
-            Some(c) => parse_time(&c.from)
-                .and_then(DateTime::from_timestamp_micros)
-                .ok_or_else(|| SourceError::Cursor {
-                    source_name: source_name.to_string(),
-                    reason: format!("{:?} is not a time", c.from),
-                })?,
-            None => parse_day(&cfg.start_date)
-                .ok_or_else(|| protocol("start_date is not YYYY-MM-DD".into()))?,
-        };
-        let now = Utc::now();
+        let clock = WindowClock::incremental(
+            source_name,
+            &cfg.start_date,
+            cursor,
+            cfg.window_days,
+            cfg.settle_secs,
+            cfg.max_open_age_secs,
+        )?;
         Ok(VoiceCallsSource {
             client: VoiceCallsClient::new(source_name, &cfg.base_url, &cfg.http, &token)?,
             cfg: cfg.clone(),
-            pos,
-            horizon: now - chrono::Duration::seconds(cfg.settle_secs as i64),
-            open_cutoff: (now - chrono::Duration::seconds(cfg.max_open_age_secs as i64))
-                .timestamp_micros(),
+            clock,
             page: 1,
             longest_page: 0,
-            hold: None,
         })
-    }
-
-    fn window_end(&self) -> DateTime<Utc> {
-        (self.pos + chrono::Duration::days(self.cfg.window_days as i64)).min(self.horizon)
     }
 
     fn is_final(&self, state: Option<&str>) -> bool {
@@ -248,20 +218,14 @@ impl VoiceCallsSource {
     }
 
     async fn read_page(&mut self) -> Result<Option<Page>, SourceError> {
-        if self.pos >= self.horizon {
+        let Some((from, end)) = self.clock.current() else {
             return Ok(None);
-        }
-        let end = self.window_end();
+        };
         let items = self
             .client
-            .list(
-                &rfc3339(self.pos),
-                &rfc3339(end),
-                self.page,
-                self.cfg.page_size,
-            )
+            .list(&rfc3339(from), &rfc3339(end), self.page, self.cfg.page_size)
             .await?;
-        let (from_us, end_us) = (self.pos.timestamp_micros(), end.timestamp_micros());
+        let (from_us, end_us) = (from.timestamp_micros(), end.timestamp_micros());
         let mut rejects = Vec::new();
         let mut wanted = Vec::new();
         for item in &items {
@@ -285,10 +249,10 @@ impl VoiceCallsSource {
                 continue; // another window's call (an inclusive dateTo, or a lax filter)
             }
             let state = item.get("state").and_then(|v| v.as_str());
-            if self.is_final(state) || start < self.open_cutoff {
+            if self.is_final(state) || self.clock.expired(start) {
                 wanted.push(item.clone());
             } else {
-                self.hold = Some(self.hold.map_or(start, |h| h.min(start)));
+                self.clock.hold_at(start);
             }
         }
         let client = self.client.clone();
@@ -319,22 +283,9 @@ impl VoiceCallsSource {
                 && items.len() < self.longest_page);
         self.longest_page = self.longest_page.max(items.len());
         let cursor = if window_done {
-            self.pos = end;
             self.page = 1;
             self.longest_page = 0;
-            let from = self
-                .hold
-                .and_then(DateTime::from_timestamp_micros)
-                .map_or(end, |h| h.min(end));
-            Some(
-                serde_json::to_value(VcCursor {
-                    from: rfc3339(from),
-                })
-                .map_err(|e| SourceError::Cursor {
-                    source_name: self.client.source_name().to_string(),
-                    reason: e.to_string(),
-                })?,
-            )
+            Some(self.clock.finish_window(end))
         } else {
             self.page += 1;
             None

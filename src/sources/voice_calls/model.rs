@@ -1,7 +1,7 @@
 //! The voice-calls API as the vendor spells it: the voice call object, EPA results, the
 //! undocumented list envelope, and callsync's window cursor.
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// A voice call (list item or detail). Only the fields callsync maps are typed; the whole
 /// object is kept as `raw`.
@@ -37,14 +37,6 @@ pub struct EpaResults {
     pub calculated_score: Option<f64>,
 }
 
-/// The stored cursor: every call that started before `from` is exported (or was still
-/// open, in which case `from` holds at its start time).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct VcCursor {
-    /// RFC 3339, UTC.
-    pub from: String,
-}
-
 /// The list's array: the envelope is undocumented, so a bare array or an object whose array
 /// is under `items`, `data`, `results` or `voiceCalls` is accepted.
 pub fn list_items(body: &serde_json::Value) -> Option<&Vec<serde_json::Value>> {
@@ -57,16 +49,7 @@ pub fn list_items(body: &serde_json::Value) -> Option<&Vec<serde_json::Value>> {
     }
 }
 
-/// Parses an RFC 3339 time into µs since the epoch; a time without an offset is read as UTC.
-pub fn parse_time(s: &str) -> Option<i64> {
-    let s = s.trim();
-    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
-        return Some(t.timestamp_micros());
-    }
-    chrono::NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f")
-        .ok()
-        .map(|t| t.and_utc().timestamp_micros())
-}
+pub use crate::sources::window::parse_time;
 
 /// A transcript offset (`HH:MM:SS`, `MM:SS` or seconds, fractions allowed) in milliseconds.
 pub fn parse_offset_ms(s: &str) -> Option<i64> {
@@ -102,10 +85,7 @@ mod tests {
     }
 
     #[test]
-    fn times_and_offsets_parse() {
-        assert_eq!(parse_time("1970-01-01T00:00:01Z"), Some(1_000_000));
-        assert_eq!(parse_time("1970-01-01T00:00:01"), Some(1_000_000));
-        assert_eq!(parse_time("1970-01-01T01:00:01+01:00"), Some(1_000_000));
+    fn transcript_offsets_parse() {
         assert_eq!(parse_offset_ms("00:00:04"), Some(4000));
         assert_eq!(parse_offset_ms("01:02:03.5"), Some(3_723_500));
         assert_eq!(parse_offset_ms("x"), None);
