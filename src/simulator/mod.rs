@@ -4,6 +4,7 @@
 pub mod faults;
 pub mod voice_calls;
 pub mod voicegain;
+pub mod vonage;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -15,12 +16,14 @@ use tokio::sync::oneshot;
 pub use faults::{FaultKind, FaultPlan};
 pub use voice_calls::{Envelope, VcCall, VoiceCallsSim};
 pub use voicegain::{VgCall, VoicegainSim};
+pub use vonage::{VnSession, VonageSim};
 
 /// State shared by the simulator's handlers.
 #[derive(Default)]
 pub struct Shared {
     pub voicegain: Mutex<VoicegainSim>,
     pub voice_calls: Mutex<VoiceCallsSim>,
+    pub vonage: Mutex<VonageSim>,
     pub faults: Mutex<FaultPlan>,
     /// Requests answered (faults included).
     pub requests: AtomicU64,
@@ -47,6 +50,7 @@ impl Simulator {
         });
         let app: Router = voicegain::routes()
             .merge(voice_calls::routes())
+            .merge(vonage::routes())
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
@@ -88,6 +92,16 @@ impl Simulator {
     /// The voice-calls data.
     pub fn voice_calls(&self) -> MutexGuard<'_, VoiceCallsSim> {
         lock(&self.shared.voice_calls)
+    }
+
+    /// The `base_url` for a Vonage insights source.
+    pub fn vonage_base_url(&self) -> String {
+        format!("{}/vonage", self.base_url())
+    }
+
+    /// The Vonage insights data.
+    pub fn vonage(&self) -> MutexGuard<'_, VonageSim> {
+        lock(&self.shared.vonage)
     }
 
     /// Replaces the fault plan.

@@ -4,6 +4,7 @@
 
 pub mod voice_calls;
 pub mod voicegain;
+pub mod vonage_insights;
 pub mod window;
 
 use std::future::Future;
@@ -98,10 +99,12 @@ pub enum SourceConfig {
     Voicegain(voicegain::VoicegainConfig),
     /// Voice-calls API: time windows, per-call detail with transcript and EPA survey.
     VoiceCalls(voice_calls::VoiceCallsConfig),
+    /// Vonage AI Studio insights: sessions in windows of at most 60 days.
+    VonageInsights(vonage_insights::VonageInsightsConfig),
 }
 
 /// Every `kind` this build knows.
-pub const KINDS: &[&str] = &[voicegain::KIND, voice_calls::KIND];
+pub const KINDS: &[&str] = &[voicegain::KIND, vonage_insights::KIND, voice_calls::KIND];
 
 impl SourceConfig {
     /// Reads one `[sources.<name>]` table: `kind` picks the variant, whose own
@@ -134,6 +137,7 @@ impl SourceConfig {
         match kind.as_str() {
             voicegain::KIND => typed(table, rest, problems).map(SourceConfig::Voicegain),
             voice_calls::KIND => typed(table, rest, problems).map(SourceConfig::VoiceCalls),
+            vonage_insights::KIND => typed(table, rest, problems).map(SourceConfig::VonageInsights),
             other => {
                 problems.push(
                     table,
@@ -150,6 +154,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Voicegain(_) => voicegain::KIND,
             SourceConfig::VoiceCalls(_) => voice_calls::KIND,
+            SourceConfig::VonageInsights(_) => vonage_insights::KIND,
         }
     }
 
@@ -158,6 +163,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Voicegain(c) => &c.schedule,
             SourceConfig::VoiceCalls(c) => &c.schedule,
+            SourceConfig::VonageInsights(c) => &c.schedule,
         }
     }
 
@@ -167,6 +173,7 @@ impl SourceConfig {
         match self {
             SourceConfig::Voicegain(c) => c.validate(table, problems),
             SourceConfig::VoiceCalls(c) => c.validate(table, problems),
+            SourceConfig::VonageInsights(c) => c.validate(table, problems),
         }
     }
 
@@ -187,6 +194,9 @@ impl SourceConfig {
                 c,
                 cursor,
             )?)),
+            SourceConfig::VonageInsights(c) => Ok(Box::new(
+                vonage_insights::VonageInsightsSource::new(source_name, c, cursor)?,
+            )),
         }
     }
 }

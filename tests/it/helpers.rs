@@ -146,6 +146,22 @@ pub struct LakeRow {
     pub tags: Option<Vec<String>>,
     pub vendor_status: Option<String>,
     pub raw: Option<String>,
+    pub agent_id: Option<String>,
+    pub campaign_id: Option<String>,
+    pub language: Option<String>,
+    pub recording_ref: Option<String>,
+    pub survey_score: Option<f64>,
+    /// (role, speaker, text, offset_ms) per turn; `None` when the column is null.
+    pub transcript: Option<Vec<Turn>>,
+}
+
+/// One transcript turn as read back.
+pub type Turn = (Option<String>, Option<String>, Option<String>, Option<i64>);
+
+fn opt_strings(a: &arrow_array::StringArray) -> Vec<Option<String>> {
+    (0..a.len())
+        .map(|i| (!a.is_null(i)).then(|| a.value(i).to_string()))
+        .collect()
 }
 
 /// Files below `dir` whose name ends with `suffix`.
@@ -226,13 +242,46 @@ pub fn read_file(path: &Path) -> Vec<LakeRow> {
         let status = strings(&b, "vendor_status");
         let raw = strings(&b, "raw");
         let tags_col = b.column_by_name("tags").unwrap().as_list::<i32>();
+        let agent_id = strings(&b, "agent_id");
+        let campaign = strings(&b, "campaign_id");
+        let language = strings(&b, "language");
+        let recording = strings(&b, "recording_ref");
+        let survey = b
+            .column_by_name("survey_score")
+            .unwrap()
+            .as_primitive::<arrow_array::types::Float64Type>();
+        let tr = b.column_by_name("transcript").unwrap().as_list::<i32>();
         for i in 0..b.num_rows() {
             let tags = (!tags_col.is_null(i)).then(|| {
                 let v = tags_col.value(i);
                 let s = v.as_string::<i32>();
                 (0..s.len()).map(|j| s.value(j).to_string()).collect()
             });
+            let transcript = (!tr.is_null(i)).then(|| {
+                let v = tr.value(i);
+                let s = v.as_struct();
+                let role = opt_strings(s.column(0).as_string::<i32>());
+                let speaker = opt_strings(s.column(1).as_string::<i32>());
+                let text = opt_strings(s.column(2).as_string::<i32>());
+                let off = s.column(3).as_primitive::<Int64Type>();
+                (0..s.len())
+                    .map(|j| {
+                        (
+                            role[j].clone(),
+                            speaker[j].clone(),
+                            text[j].clone(),
+                            (!off.is_null(j)).then(|| off.value(j)),
+                        )
+                    })
+                    .collect()
+            });
             rows.push(LakeRow {
+                agent_id: agent_id[i].clone(),
+                campaign_id: campaign[i].clone(),
+                language: language[i].clone(),
+                recording_ref: recording[i].clone(),
+                survey_score: (!survey.is_null(i)).then(|| survey.value(i)),
+                transcript,
                 source: source.clone(),
                 date: date.clone(),
                 file: path.to_path_buf(),
@@ -261,6 +310,28 @@ pub fn read_lake(root: &Path) -> Vec<LakeRow> {
         .iter()
         .flat_map(|p| read_file(p))
         .collect()
+}
+
+/// The rows of one source, keyed by call id, asserting there is no duplicate.
+pub fn rows_by_id(env: &Env, source: &str) -> BTreeMap<String, LakeRow> {
+    let mut out = BTreeMap::new();
+    for r in env.lake().into_iter().filter(|r| r.source == source) {
+        let id = r.call_id.clone();
+        if let Some(prev) = out.insert(id.clone(), r) {
+            panic!(
+                "call {id} is in the lake twice (one in {})",
+                prev.file.display()
+            );
+        }
+    }
+    out
+}
+
+/// Writes a token file for a source and returns its path.
+pub fn token_file(env: &Env, name: &str, token: &str) -> PathBuf {
+    let p = env.dir.path().join(format!("{name}.token"));
+    std::fs::write(&p, token).unwrap();
+    p
 }
 
 /// Call ids of the lake, asserting there is no duplicate.

@@ -9,3 +9,4 @@ mod credentials;
 mod export;
 mod kill9;
 mod voice_calls;
+mod vonage;

@@ -3,91 +3,50 @@
 //! the cursor and are exported once they finish.
 
 use std::collections::BTreeMap;
-use std::fs::File;
 
-use arrow_array::Array;
-use arrow_array::cast::AsArray;
-use arrow_array::types::{Float64Type, Int64Type};
 use callsync::simulator::{Envelope, FaultKind, FaultPlan, VcCall, VoicegainSim};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 use crate::helpers::*;
 
 const DAY: i64 = 86_400;
 
-/// One voice-call row as read back: id → (survey, duration_ms, direction, campaign, turns).
+/// What the lake must hold for a call: (survey, duration_ms, direction, campaign, turns).
 type VcRow = (
     Option<f64>,
     Option<i64>,
     Option<String>,
     Option<String>,
-    Vec<(String, String, i64)>,
+    Vec<Turn>,
 );
 
 fn read_voice_calls(env: &Env) -> BTreeMap<String, VcRow> {
-    let mut out = BTreeMap::new();
-    for path in files_with_suffix(&env.warehouse().join("calls/source=vc"), ".parquet") {
-        for batch in ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
-            .unwrap()
-            .build()
-            .unwrap()
-        {
-            let b = batch.unwrap();
-            let ids = b.column_by_name("call_id").unwrap().as_string::<i32>();
-            let survey = b
-                .column_by_name("survey_score")
-                .unwrap()
-                .as_primitive::<Float64Type>();
-            let dur = b
-                .column_by_name("duration_ms")
-                .unwrap()
-                .as_primitive::<Int64Type>();
-            let dir = b.column_by_name("direction").unwrap().as_string::<i32>();
-            let camp = b.column_by_name("campaign_id").unwrap().as_string::<i32>();
-            let tr = b.column_by_name("transcript").unwrap().as_list::<i32>();
-            for i in 0..b.num_rows() {
-                let turns = if tr.is_null(i) {
-                    Vec::new()
-                } else {
-                    let v = tr.value(i);
-                    let s = v.as_struct();
-                    let role = s.column(0).as_string::<i32>();
-                    let text = s.column(2).as_string::<i32>();
-                    let off = s.column(3).as_primitive::<Int64Type>();
-                    (0..s.len())
-                        .map(|j| {
-                            (
-                                role.value(j).to_string(),
-                                text.value(j).to_string(),
-                                off.value(j),
-                            )
-                        })
-                        .collect()
-                };
-                let opt_s =
-                    |a: &arrow_array::StringArray| (!a.is_null(i)).then(|| a.value(i).to_string());
-                let prev = out.insert(
-                    ids.value(i).to_string(),
-                    (
-                        (!survey.is_null(i)).then(|| survey.value(i)),
-                        (!dur.is_null(i)).then(|| dur.value(i)),
-                        opt_s(dir),
-                        opt_s(camp),
-                        turns,
-                    ),
-                );
-                assert!(prev.is_none(), "call {} is in the lake twice", ids.value(i));
-            }
-        }
-    }
-    out
+    rows_by_id(env, "vc")
+        .into_iter()
+        .map(|(id, r)| {
+            let row = (
+                r.survey_score,
+                r.duration_ms,
+                r.direction,
+                r.campaign_id,
+                r.transcript.unwrap_or_default(),
+            );
+            (id, row)
+        })
+        .collect()
 }
 
 fn expected(c: &VcCall) -> VcRow {
     let turns = c
         .turns
         .iter()
-        .map(|(r, t, o)| (r.clone(), t.clone(), *o as i64 * 1000))
+        .map(|(r, t, o)| {
+            (
+                Some(r.clone()),
+                None,
+                Some(t.clone()),
+                Some(*o as i64 * 1000),
+            )
+        })
         .collect();
     (
         c.epa_score,
@@ -110,8 +69,7 @@ fn setup(n: usize, open: f64, envelope: Envelope, page_cap: usize) -> Env {
         vc.add_calls(n, now - 5 * DAY, now - DAY / 2, 0.0);
         vc.add_calls(n / 5, now - DAY / 2, now - 3600, open);
     }
-    let token = env.dir.path().join("vc.token");
-    std::fs::write(&token, env.sim.voice_calls().token.clone()).unwrap();
+    let token = token_file(&env, "vc", &env.sim.voice_calls().token.clone());
     let start = chrono::DateTime::from_timestamp(now - 6 * DAY, 0)
         .unwrap()
         .format("%Y-%m-%d");
