@@ -41,6 +41,11 @@ pub fn parse_time(s: &str) -> Option<i64> {
         .map(|t| t.and_utc().timestamp_micros())
 }
 
+/// `t` without its fraction of a second.
+pub fn whole_second(t: DateTime<Utc>) -> DateTime<Utc> {
+    DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t)
+}
+
 /// How a windowed run walks time.
 #[derive(Debug, Clone)]
 pub struct WindowClock {

@@ -205,7 +205,8 @@ impl VonageInsightsSource {
                         answer.total, self.cfg.min_window_secs
                     )));
                 }
-                let mid = from + span / 2;
+                // Split on a whole second: the query parameters carry no fraction.
+                let mid = from + chrono::Duration::seconds(span.num_seconds() / 2);
                 debug!(source = %self.client.source_name(), total = answer.total, %from, %to, "Window too dense, splitting.");
                 self.stack.pop();
                 self.stack.push((mid, to));
