@@ -46,7 +46,7 @@ fn encode_bench(csv: &[u8], rows: usize) -> (f64, f64, f64) {
     let storage = LocalStorage::new(dir.path()).unwrap();
     let t0 = Instant::now();
     let c0 = thread_cpu();
-    let page = parse_page("bench", csv).unwrap();
+    let page = parse_page("bench", csv, false).unwrap();
     let parse_cpu = (thread_cpu() - c0).as_secs_f64();
     let mut w = CommitWriter::new(&storage, "bench", "bench", 0);
     let calls = page.calls.unwrap();

@@ -6,6 +6,7 @@ pub mod config;
 pub mod http;
 pub mod lake;
 pub mod pipeline;
+pub mod progress;
 pub mod record;
 pub mod schema;
 pub mod secret;

@@ -4,6 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use chrono::NaiveDate;
 use clap::{Parser, Subcommand};
 use tracing_subscriber::EnvFilter;
 
@@ -33,7 +34,20 @@ enum Command {
         #[arg(long = "source", value_name = "NAME")]
         sources: Vec<String>,
     },
-    /// Per-source cursor, last run, totals and last error.
+    /// Exports the calls started in an explicit range of UTC days (inclusive), without
+    /// moving the incremental cursor; rerun the same command to resume an interrupted one.
+    Backfill {
+        /// The source to backfill.
+        #[arg(long = "source", value_name = "NAME")]
+        source: String,
+        /// First day, YYYY-MM-DD.
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        from: NaiveDate,
+        /// Last day (inclusive), YYYY-MM-DD.
+        #[arg(long, value_name = "YYYY-MM-DD")]
+        to: NaiveDate,
+    },
+    /// Per-source cursor, last run, totals, last error and unfinished backfills.
     Status {
         /// Machine-readable output.
         #[arg(long)]
@@ -100,6 +114,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Sync { sources } => app::sync(&cfg, &sources, &rt, &stop, &mut out),
         Command::Status { json } => app::status(&cfg, json, &mut out),
+        Command::Backfill { source, from, to } => {
+            app::backfill(&cfg, &source, from, to, &rt, &stop, &mut out)
+        }
         Command::Demo { .. } => unreachable!("handled above"),
     }
 }

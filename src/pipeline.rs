@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use arrow_array::cast::AsArray;
 use arrow_array::{Array, BooleanArray};
 use arrow_select::filter::filter_record_batch;
+use chrono::{NaiveDate, NaiveTime};
 use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 
@@ -74,6 +75,8 @@ pub struct RunSummary {
     pub commits: u64,
     /// Files published.
     pub files: u64,
+    /// Calls staged for the next commit (not yet counted in `rows`).
+    pub staged: u64,
 }
 
 /// A run's summary and, when it failed, why.
@@ -95,6 +98,29 @@ fn failpoint(name: &str) {
     }
 }
 
+/// What a run does: an incremental sync, or a backfill of an explicit range.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RunMode {
+    Sync,
+    /// Inclusive UTC days.
+    Backfill {
+        from: NaiveDate,
+        to: NaiveDate,
+    },
+}
+
+impl RunMode {
+    fn name(&self) -> &'static str {
+        match self {
+            RunMode::Sync => "sync",
+            RunMode::Backfill { .. } => "backfill",
+        }
+    }
+}
+
+/// Called after every page with the run's totals so far and the page's cursor, if any.
+pub type OnPage<'a> = &'a (dyn Fn(&RunSummary, Option<&Cursor>) + Sync);
+
 /// Runs one incremental sync of one source. Blocking: call it from a blocking thread; the
 /// source's HTTP runs on `rt`.
 pub fn run_sync(
@@ -104,8 +130,21 @@ pub fn run_sync(
     rt: &Handle,
     stop: &StopFlag,
 ) -> RunReport {
+    run(ctx, name, cfg, rt, stop, &RunMode::Sync, &|_, _| {})
+}
+
+/// Runs a sync or a backfill of one source (blocking, like `run_sync`).
+pub fn run(
+    ctx: &RunContext,
+    name: &str,
+    cfg: &SourceConfig,
+    rt: &Handle,
+    stop: &StopFlag,
+    mode: &RunMode,
+    on_page: OnPage<'_>,
+) -> RunReport {
     let mut summary = RunSummary::default();
-    let error = sync_inner(ctx, name, cfg, rt, stop, &mut summary).err();
+    let error = run_inner(ctx, name, cfg, rt, stop, mode, on_page, &mut summary).err();
     RunReport {
         source: name.to_string(),
         summary,
@@ -113,12 +152,15 @@ pub fn run_sync(
     }
 }
 
-fn sync_inner(
+#[allow(clippy::too_many_arguments)]
+fn run_inner(
     ctx: &RunContext,
     name: &str,
     cfg: &SourceConfig,
     rt: &Handle,
     stop: &StopFlag,
+    mode: &RunMode,
+    on_page: OnPage<'_>,
     summary: &mut RunSummary,
 ) -> Result<(), PipelineError> {
     let _lock = SourceLock::try_acquire(&ctx.state_path, name)?;
@@ -126,9 +168,18 @@ fn sync_inner(
     let row = state.source(name, cfg.kind())?;
     let storage = LocalStorage::new(&ctx.warehouse.root).map_err(LakeError::from)?;
     lake::recover(&storage, &state, row.id, name)?;
-    let run_id = state.start_run(row.id, "sync")?;
-    info!(source = %name, kind = cfg.kind(), "Sync started.");
-    let result = match cfg.open(name, row.cursor.as_ref()) {
+    let run_id = state.start_run(row.id, mode.name())?;
+    info!(source = %name, kind = cfg.kind(), mode = mode.name(), "Run started.");
+    let (opened, backfill_id) = match mode {
+        RunMode::Sync => (cfg.open(name, row.cursor.as_ref()), None),
+        RunMode::Backfill { from, to } => {
+            let (id, cursor) = state.backfill_start(row.id, &from.to_string(), &to.to_string())?;
+            let start = from.and_time(NaiveTime::MIN).and_utc();
+            let end = to.and_time(NaiveTime::MIN).and_utc() + chrono::Duration::days(1);
+            (cfg.open_range(name, start, end, cursor.as_ref()), Some(id))
+        }
+    };
+    let result = match opened {
         Ok(source) => {
             let mut exporter = Exporter {
                 storage: &storage,
@@ -136,8 +187,10 @@ fn sync_inner(
                 source: name,
                 source_id: row.id,
                 run_id,
+                backfill_id,
                 max_rows: ctx.warehouse.max_rows_per_file,
                 summary,
+                on_page,
             };
             let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Page, SourceError>>(1);
             let fetcher = rt.spawn(async move {
@@ -167,16 +220,28 @@ fn sync_inner(
         if result.is_ok() { "ok" } else { "failed" },
         err_text.as_deref(),
     )?;
+    if let Some(id) = backfill_id {
+        // A stopped backfill stays `running` and a failed one `failed`: both resume.
+        let status = match (&result, stop.is_stopped()) {
+            (Ok(()), false) => "done",
+            (Ok(()), true) => "running",
+            (Err(_), _) => "failed",
+        };
+        state.backfill_finish(id, status)?;
+    }
     match &result {
         Ok(()) => info!(
             source = %name,
+            mode = mode.name(),
             rows = summary.rows,
             rejects = summary.rejects,
             skipped = summary.skipped,
             commits = summary.commits,
-            "Sync finished."
+            "Run finished."
         ),
-        Err(e) => warn!(source = %name, rows = summary.rows, error = %e, "Sync failed."),
+        Err(e) => {
+            warn!(source = %name, mode = mode.name(), rows = summary.rows, error = %e, "Run failed.")
+        }
     }
     result
 }
@@ -195,8 +260,10 @@ struct Exporter<'a> {
     source: &'a str,
     source_id: i64,
     run_id: i64,
+    backfill_id: Option<i64>,
     max_rows: usize,
     summary: &'a mut RunSummary,
+    on_page: OnPage<'a>,
 }
 
 impl<'a> Exporter<'a> {
@@ -232,10 +299,13 @@ impl<'a> Exporter<'a> {
                     break;
                 }
             };
+            let cursor = page.cursor.clone();
             if let Err(e) = self.add_page(&mut batch, page) {
                 batch.writer.abort();
                 return Err(e);
             }
+            self.summary.staged = batch.writer.calls();
+            (self.on_page)(self.summary, cursor.as_ref());
             let rows = (batch.writer.calls() + batch.writer.rejected()) as usize;
             if rows >= self.max_rows || (rows > 0 && batch.started.elapsed() >= COMMIT_INTERVAL) {
                 let full = std::mem::replace(&mut batch, self.new_batch());
@@ -310,6 +380,7 @@ impl<'a> Exporter<'a> {
             files: &files,
             keys: &keys,
             cursor: batch.cursor.as_ref(),
+            backfill_id: self.backfill_id,
             rows,
             rejects,
         };
@@ -329,6 +400,7 @@ impl<'a> Exporter<'a> {
             .collect();
         lake::publish(self.storage, self.state, &manifest)?;
         self.summary.rows += rows;
+        self.summary.staged = 0;
         self.summary.rejects += rejects;
         self.summary.commits += 1;
         self.summary.files += files.len() as u64;

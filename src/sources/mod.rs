@@ -177,6 +177,59 @@ impl SourceConfig {
         }
     }
 
+    /// Opens the extractor for a backfill of `[from, to)` (UTC), resuming at `cursor` (the
+    /// backfill's own, never the incremental one).
+    pub fn open_range(
+        &self,
+        source_name: &str,
+        from: chrono::DateTime<chrono::Utc>,
+        to: chrono::DateTime<chrono::Utc>,
+        cursor: Option<&Cursor>,
+    ) -> Result<Box<dyn Source>, SourceError> {
+        use window::WindowClock;
+        Ok(match self {
+            SourceConfig::Voicegain(c) => Box::new(voicegain::VoicegainRangeSource::new(
+                source_name,
+                c,
+                from,
+                to,
+                cursor,
+            )?),
+            SourceConfig::VoiceCalls(c) => {
+                let clock = WindowClock::range(
+                    source_name,
+                    from,
+                    to,
+                    cursor,
+                    c.window_days,
+                    c.settle_secs,
+                    c.max_open_age_secs,
+                )?;
+                Box::new(voice_calls::VoiceCallsSource::with_clock(
+                    source_name,
+                    c,
+                    clock,
+                )?)
+            }
+            SourceConfig::VonageInsights(c) => {
+                let clock = WindowClock::range(
+                    source_name,
+                    from,
+                    to,
+                    cursor,
+                    c.window_days,
+                    c.settle_secs,
+                    c.max_open_age_secs,
+                )?;
+                Box::new(vonage_insights::VonageInsightsSource::with_clock(
+                    source_name,
+                    c,
+                    clock,
+                )?)
+            }
+        })
+    }
+
     /// Opens the extractor for one incremental run, resuming from `cursor`.
     pub fn open(
         &self,

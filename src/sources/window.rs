@@ -71,27 +71,52 @@ impl WindowClock {
         settle_secs: u64,
         max_open_age_secs: u64,
     ) -> Result<WindowClock, SourceError> {
-        let bad = |reason: String| SourceError::Cursor {
+        let start = parse_day(start_date).ok_or_else(|| SourceError::Cursor {
             source_name: source_name.to_string(),
-            reason,
-        };
+            reason: format!("start_date {start_date:?} is not YYYY-MM-DD"),
+        })?;
+        WindowClock::range(
+            source_name,
+            start,
+            Utc::now(),
+            cursor,
+            window_days,
+            settle_secs,
+            max_open_age_secs,
+        )
+    }
+
+    /// A run over `[from, to)`, resumed at `cursor` when one is stored, and never past
+    /// `now - settle_secs`.
+    pub fn range(
+        source_name: &str,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        cursor: Option<&Cursor>,
+        window_days: u32,
+        settle_secs: u64,
+        max_open_age_secs: u64,
+    ) -> Result<WindowClock, SourceError> {
         let pos = match decode_cursor::<WindowCursor>(source_name, cursor)? {
             Some(c) => parse_time(&c.from)
                 .and_then(DateTime::from_timestamp_micros)
-                .ok_or_else(|| bad(format!("{:?} is not a time", c.from)))?,
-            None => parse_day(start_date)
-                .ok_or_else(|| bad(format!("start_date {start_date:?} is not YYYY-MM-DD")))?,
+                .ok_or_else(|| SourceError::Cursor {
+                    source_name: source_name.to_string(),
+                    reason: format!("{:?} is not a time", c.from),
+                })?,
+            None => from,
         };
-        let now = Utc::now();
+        let end = to.min(Utc::now() - chrono::Duration::seconds(settle_secs as i64));
         Ok(WindowClock::bounded(
             pos,
-            now - chrono::Duration::seconds(settle_secs as i64),
+            end,
             window_days,
             max_open_age_secs,
         ))
     }
 
-    /// A run over `[from, end)` (a backfill, or the incremental case above).
+    /// A run over `[from, end)`. Both ends are cut to whole seconds, the precision the
+    /// vendors' query parameters are sent with.
     pub fn bounded(
         from: DateTime<Utc>,
         end: DateTime<Utc>,
@@ -99,8 +124,8 @@ impl WindowClock {
         max_open_age_secs: u64,
     ) -> WindowClock {
         WindowClock {
-            pos: from,
-            end,
+            pos: whole_second(from),
+            end: whole_second(end),
             window: chrono::Duration::days(window_days.max(1) as i64),
             open_cutoff: (Utc::now() - chrono::Duration::seconds(max_open_age_secs as i64))
                 .timestamp_micros(),

@@ -53,4 +53,20 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX runs_by_source ON runs (source_id, id);
     "#,
+    // 2: backfills (explicit date ranges), resumable: their own cursor, apart from the
+    // source's incremental one.
+    r#"
+    CREATE TABLE backfills (
+        id          INTEGER PRIMARY KEY,
+        source_id   INTEGER NOT NULL,
+        from_day    TEXT NOT NULL,
+        to_day      TEXT NOT NULL,
+        cursor      TEXT,
+        status      TEXT NOT NULL DEFAULT 'running',
+        rows        INTEGER NOT NULL DEFAULT 0,
+        started_at  TEXT NOT NULL,
+        updated_at  TEXT NOT NULL,
+        UNIQUE (source_id, from_day, to_day)
+    );
+    "#,
 ];

@@ -60,6 +60,9 @@ pub struct Commit<'a> {
     pub keys: &'a [String],
     /// The cursor to store; `None` keeps the current one.
     pub cursor: Option<&'a Cursor>,
+    /// The backfill this commit belongs to: its cursor is stored there, and the source's
+    /// incremental cursor is left alone.
+    pub backfill_id: Option<i64>,
     pub rows: u64,
     pub rejects: u64,
 }
@@ -87,6 +90,20 @@ pub struct SourceStatus {
     pub last_run: Option<RunInfo>,
     /// The most recent error of any run (it may be older than the last run).
     pub last_error: Option<String>,
+    /// Backfills not finished (running, interrupted or failed).
+    pub backfills: Vec<BackfillInfo>,
+}
+
+/// A backfill not finished yet, for `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct BackfillInfo {
+    pub from_day: String,
+    pub to_day: String,
+    pub status: String,
+    pub cursor: Option<serde_json::Value>,
+    pub rows: i64,
+    pub started_at: String,
+    pub updated_at: String,
 }
 
 /// An open state database.
@@ -236,10 +253,22 @@ impl State {
             "INSERT INTO commits (id, source_id, run_id, committed_at, rows, rejects, cursor) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             params![c.commit_id, c.source_id, c.run_id, now(), c.rows as i64, c.rejects as i64, cursor_text],
         )?;
-        tx.execute(
-            "UPDATE sources SET cursor = COALESCE(?2, cursor), rows_total = rows_total + ?3, rejects_total = rejects_total + ?4 WHERE id = ?1",
-            params![c.source_id, cursor_text, c.rows as i64, c.rejects as i64],
-        )?;
+        match c.backfill_id {
+            None => tx.execute(
+                "UPDATE sources SET cursor = COALESCE(?2, cursor), rows_total = rows_total + ?3, rejects_total = rejects_total + ?4 WHERE id = ?1",
+                params![c.source_id, cursor_text, c.rows as i64, c.rejects as i64],
+            )?,
+            Some(b) => {
+                tx.execute(
+                    "UPDATE backfills SET cursor = COALESCE(?2, cursor), rows = rows + ?3, updated_at = ?4 WHERE id = ?1",
+                    params![b, cursor_text, c.rows as i64, now()],
+                )?;
+                tx.execute(
+                    "UPDATE sources SET rows_total = rows_total + ?2, rejects_total = rejects_total + ?3 WHERE id = ?1",
+                    params![c.source_id, c.rows as i64, c.rejects as i64],
+                )?
+            }
+        };
         tx.execute(
             "UPDATE runs SET rows = rows + ?2, rejects = rejects + ?3 WHERE id = ?1",
             params![c.run_id, c.rows as i64, c.rejects as i64],
@@ -304,6 +333,46 @@ impl State {
         Ok(())
     }
 
+    /// The backfill of `source_id` over `[from_day, to_day]`: created, resumed where it
+    /// stopped, or (when it had finished) started again from the beginning.
+    pub fn backfill_start(
+        &self,
+        source_id: i64,
+        from_day: &str,
+        to_day: &str,
+    ) -> Result<(i64, Option<Cursor>), StateError> {
+        self.conn.execute(
+            "INSERT INTO backfills (source_id, from_day, to_day, started_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?4)
+             ON CONFLICT(source_id, from_day, to_day) DO UPDATE SET
+               cursor = CASE WHEN status = 'done' THEN NULL ELSE cursor END,
+               rows = CASE WHEN status = 'done' THEN 0 ELSE rows END,
+               started_at = CASE WHEN status = 'done' THEN ?4 ELSE started_at END,
+               status = 'running', updated_at = ?4",
+            params![source_id, from_day, to_day, now()],
+        )?;
+        let (id, cursor): (i64, Option<String>) = self.conn.query_row(
+            "SELECT id, cursor FROM backfills WHERE source_id = ?1 AND from_day = ?2 AND to_day = ?3",
+            params![source_id, from_day, to_day],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let cursor = cursor
+            .map(|c| {
+                serde_json::from_str(&c)
+                    .map_err(|e| StateError::Cursor(format!("backfill {id}"), e.to_string()))
+            })
+            .transpose()?;
+        Ok((id, cursor))
+    }
+
+    /// Marks a backfill `done` (or `failed`, kept resumable).
+    pub fn backfill_finish(&self, id: i64, status: &str) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE backfills SET status = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, status, now()],
+        )?;
+        Ok(())
+    }
+
     /// Status of every source the state knows.
     pub fn status(&self) -> Result<Vec<SourceStatus>, StateError> {
         let mut stmt = self.conn.prepare(
@@ -349,7 +418,27 @@ impl State {
                     |r| r.get(0),
                 )
                 .optional()?;
+            let mut stmt = self.conn.prepare_cached(
+                "SELECT from_day, to_day, status, cursor, rows, started_at, updated_at FROM backfills
+                 WHERE source_id = ?1 AND status <> 'done' ORDER BY id",
+            )?;
+            let backfills = stmt
+                .query_map([id], |r| {
+                    Ok(BackfillInfo {
+                        from_day: r.get(0)?,
+                        to_day: r.get(1)?,
+                        status: r.get(2)?,
+                        cursor: r
+                            .get::<_, Option<String>>(3)?
+                            .and_then(|c| serde_json::from_str(&c).ok()),
+                        rows: r.get(4)?,
+                        started_at: r.get(5)?,
+                        updated_at: r.get(6)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
             out.push(SourceStatus {
+                backfills,
                 name,
                 kind,
                 cursor: cursor.and_then(|c| serde_json::from_str(&c).ok()),

@@ -3,6 +3,8 @@
 
 mod helpers;
 
+mod backfill;
+
 mod commit_protocol;
 mod config_errors;
 mod credentials;

@@ -149,12 +149,6 @@ impl VoiceCallsSource {
         cfg: &VoiceCallsConfig,
         cursor: Option<&Cursor>,
     ) -> Result<Self, SourceError> {
-        let secret_ref =
-            SecretRef::from_pair(&cfg.token_env, &cfg.token_file).ok_or(SourceError::Protocol {
-                source_name: source_name.to_string(),
-                reason: "no token configured".into(),
-            })?;
-        let token = resolve_secret(source_name, &secret_ref)?;
         let clock = WindowClock::incremental(
             source_name,
             &cfg.start_date,
@@ -163,6 +157,21 @@ impl VoiceCallsSource {
             cfg.settle_secs,
             cfg.max_open_age_secs,
         )?;
+        Self::with_clock(source_name, cfg, clock)
+    }
+
+    /// A run over an explicit clock (backfill).
+    pub fn with_clock(
+        source_name: &str,
+        cfg: &VoiceCallsConfig,
+        clock: WindowClock,
+    ) -> Result<Self, SourceError> {
+        let secret_ref =
+            SecretRef::from_pair(&cfg.token_env, &cfg.token_file).ok_or(SourceError::Protocol {
+                source_name: source_name.to_string(),
+                reason: "no token configured".into(),
+            })?;
+        let token = resolve_secret(source_name, &secret_ref)?;
         Ok(VoiceCallsSource {
             client: VoiceCallsClient::new(source_name, &cfg.base_url, &cfg.http, &token)?,
             cfg: cfg.clone(),

@@ -48,4 +48,22 @@ impl VoicegainClient {
             .append_pair("page", "1");
         Ok(self.http.get_ok(&url).await?.body)
     }
+
+    /// One page of the calls started in `[from_time, to_time]` (RFC 3339), for backfill:
+    /// no `consecutive`, so unfinished calls are listed too.
+    pub async fn range_page(
+        &self,
+        from_time: &str,
+        to_time: &str,
+        page: u32,
+    ) -> Result<Bytes, SourceError> {
+        let mut url = self.http.url(&self.base_url, "/sa/call")?;
+        url.query_pairs_mut()
+            .append_pair("format", "csv")
+            .append_pair("fromTime", from_time)
+            .append_pair("toTime", to_time)
+            .append_pair("per_page", &self.per_page.to_string())
+            .append_pair("page", &page.to_string());
+        Ok(self.http.get_ok(&url).await?.body)
+    }
 }

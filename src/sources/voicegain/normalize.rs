@@ -22,10 +22,17 @@ pub struct ParsedPage {
     pub max_call_id: Option<u64>,
     /// True when the page held a call that is not DONE/ERROR (the export stops there).
     pub stopped_at_open: bool,
+    /// Unfinished calls passed over (`skip_open`: time-range queries list them too).
+    pub skipped_open: usize,
 }
 
-/// Parses one page of the CSV export.
-pub fn parse_page(source_name: &str, body: &[u8]) -> Result<ParsedPage, SourceError> {
+/// Parses one page of the CSV export. An unfinished call ends the page (consecutive export),
+/// or with `skip_open` is passed over (time-range export, which lists them too).
+pub fn parse_page(
+    source_name: &str,
+    body: &[u8],
+    skip_open: bool,
+) -> Result<ParsedPage, SourceError> {
     let protocol = |reason: String| SourceError::Protocol {
         source_name: source_name.to_string(),
         reason,
@@ -95,6 +102,11 @@ pub fn parse_page(source_name: &str, body: &[u8]) -> Result<ParsedPage, SourceEr
         let call_id = id_text.parse::<u64>().ok();
         let phase = cols.progress_phase.and_then(|i| rec.get(i)).unwrap_or("");
         if !phase.trim().is_empty() && !is_final_phase(phase) {
+            if skip_open {
+                page.skipped_open += 1;
+                bytes = rec.into_byte_record();
+                continue;
+            }
             // The consecutive export should already stop before this row; stop anyway and
             // do not move the cursor past it.
             page.stopped_at_open = true;
@@ -319,7 +331,7 @@ mod tests {
 
     #[test]
     fn rows_map_to_the_call_schema_and_bad_rows_become_rejects() {
-        let p = parse_page("vg", CSV.as_bytes()).unwrap();
+        let p = parse_page("vg", CSV.as_bytes(), false).unwrap();
         assert!(p.stopped_at_open);
         assert_eq!(p.max_call_id, Some(8));
         let b = p.calls.unwrap();
@@ -360,8 +372,17 @@ mod tests {
     }
 
     #[test]
+    fn a_time_range_page_passes_over_unfinished_calls() {
+        let p = parse_page("vg", CSV.as_bytes(), true).unwrap();
+        assert!(!p.stopped_at_open);
+        assert_eq!(p.skipped_open, 1);
+        assert_eq!(p.calls.unwrap().num_rows(), 2);
+        assert_eq!(p.rows, 4);
+    }
+
+    #[test]
     fn header_only_csv_is_an_empty_page() {
-        let p = parse_page("vg", b"callId,startTime\n").unwrap();
+        let p = parse_page("vg", b"callId,startTime\n", false).unwrap();
         assert_eq!(p.rows, 0);
         assert!(p.calls.is_none() && p.rejects.is_empty());
     }
