@@ -248,19 +248,38 @@ pub fn demo(
     data.add_calls(calls - pending);
     data.pending_ratio = 1.0;
     data.add_calls(pending);
-    let token = data.token.clone();
     let sim = rt
         .block_on(Simulator::start(data))
         .context("starting the simulator")?;
+    // Vonage insights sessions and voice-bot calls over the last five days; a few of the
+    // newest are still in progress.
+    let now = chrono::Utc::now();
+    let (five_days_ago, an_hour_ago) = (now - chrono::Duration::days(5), now - chrono::Duration::hours(1));
+    let windowed = (calls / 5).max(1);
+    sim.vonage().add_sessions(
+        windowed,
+        five_days_ago.timestamp_micros(),
+        an_hour_ago.timestamp_micros(),
+        0.01,
+    );
+    sim.voice_calls()
+        .add_calls(windowed, five_days_ago.timestamp(), an_hour_ago.timestamp(), 0.01);
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    let token_file = dir.join("voicegain.token");
-    std::fs::write(&token_file, format!("{token}\n"))?;
+    let secret = |name: &str, value: String| -> anyhow::Result<String> {
+        let p = dir.join(name);
+        std::fs::write(&p, format!("{value}\n"))?;
+        Ok(p.display().to_string())
+    };
+    let vg_token = secret("voicegain.token", sim.voicegain().token.clone())?;
+    let vn_key = secret("vonage.key", sim.vonage().api_key.clone())?;
+    let vc_token = secret("voice-calls.token", sim.voice_calls().token.clone())?;
     let config_path = dir.join("callsync.toml");
     let warehouse = dir.join("warehouse");
     let state_path = dir.join("state").join("callsync.db");
+    let start_date = (now - chrono::Duration::days(7)).format("%Y-%m-%d").to_string();
     let text = format!(
-        r#"# Written by `callsync demo`: a Voicegain source pointed at the built-in simulator.
+        r#"# Written by `callsync demo`: one source of each pull kind, pointed at the built-in simulator.
 [warehouse]
 root = {warehouse:?}
 
@@ -269,21 +288,35 @@ path = {state:?}
 
 [sources.voicegain_demo]
 kind = "voicegain"
-base_url = {base:?}
-token_file = {token:?}
+base_url = {vg_base:?}
+token_file = {vg_token:?}
 per_page = 1000
-schedule = "0 */15 * * * *"
+
+[sources.vonage_demo]
+kind = "vonage_insights"
+base_url = {vn_base:?}
+api_key_file = {vn_key:?}
+start_date = {start_date:?}
+window_days = 7
+
+[sources.voice_calls_demo]
+kind = "voice_calls"
+base_url = {vc_base:?}
+token_file = {vc_token:?}
+start_date = {start_date:?}
+window_days = 7
 "#,
         warehouse = warehouse.display().to_string(),
         state = state_path.display().to_string(),
-        base = sim.voicegain_base_url(),
-        token = token_file.display().to_string(),
+        vg_base = sim.voicegain_base_url(),
+        vn_base = sim.vonage_base_url(),
+        vc_base = sim.voice_calls_base_url(),
     );
     std::fs::write(&config_path, text)?;
     let cfg = Config::load(&config_path)?;
     writeln!(
         out,
-        "simulator: {} ({calls} generated Voicegain calls)",
+        "simulator: {} ({calls} Voicegain calls, {windowed} Vonage sessions, {windowed} voice-bot calls)",
         sim.base_url()
     )?;
     writeln!(out, "config:    {}", config_path.display())?;

@@ -34,6 +34,13 @@ assert types["tags"] == "VARCHAR[]", types["tags"]
 assert types["date"] == "DATE", types["date"]
 assert types["source"] == "VARCHAR", types["source"]
 
+# Transcripts read back as lists of structs with their roles.
+turns = con.execute(
+    f"SELECT count(*) FROM (SELECT unnest(transcript) AS t FROM read_parquet('{glob}', hive_partitioning=true)) "
+    "WHERE t.role IN ('agent', 'customer') AND t.text IS NOT NULL"
+).fetchall()[0][0]
+assert turns > 0, "no transcript turn could be read"
+
 # Partition day equals the UTC day of started_at.
 bad = con.execute(
     f"SELECT count(*) FROM read_parquet('{glob}', hive_partitioning=true) "
