@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use callsync::lake::storage::LocalStorage;
 use callsync::lake::writer::CommitWriter;
-use callsync::simulator::{Simulator, VoicegainSim};
+use callsync::simulator::{FaultKind, FaultPlan, Simulator, VoicegainSim};
 use callsync::sources::voicegain::normalize::parse_page;
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -166,6 +166,51 @@ fn export_bench(rt: &tokio::runtime::Runtime, n: usize) -> (ChildRun, f64, usize
     (run, db_bytes / n as f64, files)
 }
 
+/// (d) voice-calls export of `n` calls with `latency` added to every request: wall seconds,
+/// requests made, and the `N × latency / detail_concurrency` figure it is compared with.
+fn voice_calls_bench(
+    rt: &tokio::runtime::Runtime,
+    n: usize,
+    latency: Duration,
+    concurrency: usize,
+) -> (f64, u64, f64) {
+    let sim = rt
+        .block_on(Simulator::start(VoicegainSim::new(1, 0)))
+        .unwrap();
+    let now = chrono::Utc::now().timestamp();
+    sim.voice_calls()
+        .add_calls(n, now - 5 * 86_400, now - 3600, 0.0);
+    sim.set_faults(FaultPlan::every(1, vec![FaultKind::Slow(latency)]));
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, sim.voice_calls().token.clone()).unwrap();
+    let config = dir.path().join("callsync.toml");
+    let start = chrono::DateTime::from_timestamp(now - 6 * 86_400, 0)
+        .unwrap()
+        .format("%Y-%m-%d");
+    std::fs::write(
+        &config,
+        format!(
+            "[warehouse]\nroot = \"{}\"\n[state]\npath = \"{}\"\n[sources.vc]\nkind = \"voice_calls\"\nbase_url = \"{}\"\n\
+             token_file = \"{}\"\nstart_date = \"{start}\"\npage_size = 100\nwindow_days = 7\ndetail_concurrency = {concurrency}\n",
+            dir.path().join("lake").display(),
+            dir.path().join("state.db").display(),
+            sim.voice_calls_base_url(),
+            token.display()
+        ),
+    )
+    .unwrap();
+    let run = run_child(
+        Command::new(env!("CARGO_BIN_EXE_callsync"))
+            .arg("--config")
+            .arg(&config)
+            .arg("sync")
+            .env("RUST_LOG", "warn"),
+    );
+    let ideal = n as f64 * latency.as_secs_f64() / concurrency as f64;
+    (run.wall, sim.requests(), ideal)
+}
+
 fn count_parquet(dir: &Path) -> usize {
     std::fs::read_dir(dir)
         .map(|rd| {
@@ -253,6 +298,15 @@ fn main() {
         return;
     }
 
+    let vc_calls = env_usize("CALLSYNC_BENCH_VC_CALLS", 5000);
+    if std::env::var("CALLSYNC_BENCH_ONLY").as_deref() == Ok("voice_calls") {
+        let (wall, requests, ideal) =
+            voice_calls_bench(&rt, vc_calls, Duration::from_millis(50), 8);
+        println!(
+            "(d) {vc_calls} calls: {wall:.1} s wall, {requests} requests, N x latency / concurrency = {ideal:.1} s"
+        );
+        return;
+    }
     if std::env::var("CALLSYNC_BENCH_ONLY").as_deref() == Ok("export") {
         let (r, state, _) = export_bench(&rt, rows);
         println!(
@@ -264,6 +318,7 @@ fn main() {
     let duck = duckdb_bench(&csv_path);
     let (exp, exp_state, exp_files) = export_bench(&rt, rows);
     let big_run = (big > 0).then(|| export_bench(&rt, big));
+    let vc = (vc_calls > 0).then(|| voice_calls_bench(&rt, vc_calls, Duration::from_millis(50), 8));
 
     println!("\ncallsync benchmarks ({rows} Voicegain rows, {csv_mb:.1} MB of CSV)\n");
     println!("| measure | value |");
@@ -292,5 +347,10 @@ fn main() {
             r.cpu, r.wall, r.max_rss_mb
         );
         println!("| (c) state bytes per exported call | {state:.1} |");
+    }
+    if let Some((wall, requests, ideal)) = vc {
+        println!(
+            "| (d) voice-calls sync, {vc_calls} calls, 50 ms per request, detail_concurrency 8 | {wall:.1} s wall ({requests} requests); N × latency / concurrency = {ideal:.1} s |"
+        );
     }
 }

@@ -254,7 +254,10 @@ pub fn demo(
     // Vonage insights sessions and voice-bot calls over the last five days; a few of the
     // newest are still in progress.
     let now = chrono::Utc::now();
-    let (five_days_ago, an_hour_ago) = (now - chrono::Duration::days(5), now - chrono::Duration::hours(1));
+    let (five_days_ago, an_hour_ago) = (
+        now - chrono::Duration::days(5),
+        now - chrono::Duration::hours(1),
+    );
     let windowed = (calls / 5).max(1);
     sim.vonage().add_sessions(
         windowed,
@@ -262,8 +265,12 @@ pub fn demo(
         an_hour_ago.timestamp_micros(),
         0.01,
     );
-    sim.voice_calls()
-        .add_calls(windowed, five_days_ago.timestamp(), an_hour_ago.timestamp(), 0.01);
+    sim.voice_calls().add_calls(
+        windowed,
+        five_days_ago.timestamp(),
+        an_hour_ago.timestamp(),
+        0.01,
+    );
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let secret = |name: &str, value: String| -> anyhow::Result<String> {
@@ -277,7 +284,9 @@ pub fn demo(
     let config_path = dir.join("callsync.toml");
     let warehouse = dir.join("warehouse");
     let state_path = dir.join("state").join("callsync.db");
-    let start_date = (now - chrono::Duration::days(7)).format("%Y-%m-%d").to_string();
+    let start_date = (now - chrono::Duration::days(7))
+        .format("%Y-%m-%d")
+        .to_string();
     let text = format!(
         r#"# Written by `callsync demo`: one source of each pull kind, pointed at the built-in simulator.
 [warehouse]

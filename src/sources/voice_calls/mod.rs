@@ -268,7 +268,7 @@ impl VoiceCallsSource {
         let fetched: Vec<Result<Result<Fetched, Reject>, SourceError>> =
             futures_util::stream::iter(wanted)
                 .map(|item| Self::fetch(client.clone(), item))
-                .buffered(self.cfg.detail_concurrency)
+                .buffer_unordered(self.cfg.detail_concurrency)
                 .collect()
                 .await;
         let mut builder = CallBatchBuilder::new();
