@@ -82,6 +82,15 @@ impl std::fmt::Debug for HttpClient {
     }
 }
 
+/// How a download ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Download {
+    /// The body is in the file, synced.
+    Done { bytes: u64 },
+    /// The server answered this (non-retryable) status.
+    Refused { status: u16 },
+}
+
 /// What to do with one attempt's outcome.
 enum Outcome {
     Done(Response),
@@ -195,13 +204,83 @@ impl HttpClient {
         }
     }
 
-    async fn attempt(&self, url: &Url) -> Result<Outcome, HttpError> {
+    /// Streams a GET's body into `dest` (created or truncated per attempt), with the same
+    /// retries as `get`. Any other non-2xx status, 401/403 included, comes back as
+    /// `Download::Refused` for the caller to judge (a signed URL answers 403 once expired).
+    pub async fn download(&self, url: &Url, dest: &std::path::Path) -> Result<Download, HttpError> {
+        use tokio::io::AsyncWriteExt;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let (reason, retry_after) = match self.send(url).await {
+                Err(e) => (describe(&e), None),
+                Ok(resp) => {
+                    let status = resp.status();
+                    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+                        let ra = resp
+                            .headers()
+                            .get(RETRY_AFTER)
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(parse_retry_after);
+                        (format!("HTTP {}", status.as_u16()), ra)
+                    } else if !status.is_success() {
+                        return Ok(Download::Refused {
+                            status: status.as_u16(),
+                        });
+                    } else {
+                        let io = |e: std::io::Error| HttpError::Url {
+                            source_name: self.source_name.clone(),
+                            url: dest.display().to_string(),
+                            reason: format!("writing the download: {e}"),
+                        };
+                        let mut file = tokio::fs::File::create(dest).await.map_err(io)?;
+                        let mut resp = resp;
+                        let mut bytes = 0u64;
+                        let streamed = loop {
+                            match resp.chunk().await {
+                                Ok(Some(chunk)) => {
+                                    bytes += chunk.len() as u64;
+                                    file.write_all(&chunk).await.map_err(io)?;
+                                }
+                                Ok(None) => break Ok(()),
+                                Err(e) => break Err(describe(&e)),
+                            }
+                        };
+                        match streamed {
+                            Ok(()) => {
+                                file.sync_all().await.map_err(io)?;
+                                return Ok(Download::Done { bytes });
+                            }
+                            Err(reason) => (format!("reading the body: {reason}"), None),
+                        }
+                    }
+                }
+            };
+            if attempt >= self.policy.max_attempts {
+                return Err(HttpError::Exhausted {
+                    source_name: self.source_name.clone(),
+                    attempts: attempt,
+                    url: redact_url(url),
+                    last: reason,
+                });
+            }
+            let delay = self.delay(attempt, retry_after);
+            warn!(source = %self.source_name, attempt, reason = %reason, "Download failed, retrying.");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn send(&self, url: &Url) -> Result<reqwest::Response, reqwest::Error> {
         let mut req = self.inner.get(url.clone());
         if let Some((name, value)) = &self.auth {
             req = req.header(name.clone(), value.clone());
         }
         debug!(source = %self.source_name, url = %redact_url(url), "GET");
-        let resp = match req.send().await {
+        req.send().await
+    }
+
+    async fn attempt(&self, url: &Url) -> Result<Outcome, HttpError> {
+        let resp = match self.send(url).await {
             Ok(r) => r,
             Err(e) => {
                 return Ok(Outcome::Retry {

@@ -16,9 +16,9 @@ use tracing::{debug, info, warn};
 
 use crate::config::WarehouseConfig;
 use crate::lake::storage::{LocalStorage, Storage};
-use crate::lake::writer::CommitWriter;
+use crate::lake::writer::{CommitWriter, StagedFile};
 use crate::lake::{self, LakeError};
-use crate::sources::{Cursor, Page, SourceConfig, SourceError};
+use crate::sources::{Cursor, OpenContext, Page, SourceConfig, SourceError};
 use crate::state::lock::{LockError, SourceLock};
 use crate::state::{Commit, ManifestRow, State, StateError};
 
@@ -170,13 +170,19 @@ fn run_inner(
     lake::recover(&storage, &state, row.id, name)?;
     let run_id = state.start_run(row.id, mode.name())?;
     info!(source = %name, kind = cfg.kind(), mode = mode.name(), "Run started.");
+    let open_ctx = OpenContext {
+        warehouse_root: ctx.warehouse.root.clone(),
+    };
     let (opened, backfill_id) = match mode {
-        RunMode::Sync => (cfg.open(name, row.cursor.as_ref()), None),
+        RunMode::Sync => (cfg.open(name, row.cursor.as_ref(), &open_ctx), None),
         RunMode::Backfill { from, to } => {
             let (id, cursor) = state.backfill_start(row.id, &from.to_string(), &to.to_string())?;
             let start = from.and_time(NaiveTime::MIN).and_utc();
             let end = to.and_time(NaiveTime::MIN).and_utc() + chrono::Duration::days(1);
-            (cfg.open_range(name, start, end, cursor.as_ref()), Some(id))
+            (
+                cfg.open_range(name, start, end, cursor.as_ref(), &open_ctx),
+                Some(id),
+            )
         }
     };
     let result = match opened {
@@ -324,6 +330,7 @@ impl<'a> Exporter<'a> {
     }
 
     fn add_page(&mut self, batch: &mut Batch<'a>, page: Page) -> Result<(), PipelineError> {
+        let mut written: HashSet<String> = HashSet::new();
         if let Some(calls) = page.calls {
             let ids = calls
                 .column_by_name("call_id")
@@ -339,6 +346,9 @@ impl<'a> Exporter<'a> {
             for id in ids.iter() {
                 let id = id.unwrap_or_default();
                 let new = !exported.contains(id) && batch.keys.insert(id.to_string());
+                if new && !page.files.is_empty() {
+                    written.insert(id.to_string());
+                }
                 keep.push(new);
             }
             let dropped = keep.iter().filter(|k| !**k).count();
@@ -350,6 +360,20 @@ impl<'a> Exporter<'a> {
             };
             if calls.num_rows() > 0 {
                 batch.writer.add_calls(&calls)?;
+            }
+        }
+        // Files travel with their call: committed with it, or deleted when it is not written
+        // (already exported, or rejected).
+        for f in page.files {
+            if written.contains(&f.call_id) {
+                batch.writer.add_file(StagedFile {
+                    staged: f.staged,
+                    final_path: f.final_path,
+                    rows: 0,
+                    bytes: f.bytes,
+                });
+            } else {
+                self.storage.delete(&f.staged).map_err(LakeError::from)?;
             }
         }
         for r in &page.rejects {

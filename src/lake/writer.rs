@@ -238,6 +238,11 @@ impl<'a> CommitWriter<'a> {
         Ok(())
     }
 
+    /// Adds a file already staged (synced) by someone else, e.g. a downloaded recording.
+    pub fn add_file(&mut self, file: StagedFile) {
+        self.finished.push(file);
+    }
+
     /// Adds a reject to the rejects file of the extraction day.
     pub fn add_reject(&mut self, r: &Reject) -> Result<(), LakeError> {
         if self.rejects.is_none() {

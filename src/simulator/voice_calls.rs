@@ -42,6 +42,29 @@ pub struct VcCall {
     pub epa_score: Option<f64>,
     /// Whether the EPA results come inline in the detail (else at `/epa-results`).
     pub epa_inline: bool,
+    /// Whether the call has a recording.
+    pub has_recording: bool,
+}
+
+/// The audio bytes of a call's recording (deterministic, so tests can compare them).
+pub fn recording_bytes(id: &str) -> Vec<u8> {
+    let seed = id
+        .bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
+    let mut rng = fastrand::Rng::with_seed(seed);
+    let mut out = b"RIFF\0\0\0\0WAVEfmt ".to_vec();
+    out.extend((0..20_000 + rng.usize(0..20_000)).map(|_| rng.u8(..)));
+    out
+}
+
+fn signature(file: &str, expires: i64) -> String {
+    let h = file
+        .bytes()
+        .chain(expires.to_string().into_bytes())
+        .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+        });
+    format!("{h:016x}")
 }
 
 impl VcCall {
@@ -104,6 +127,15 @@ pub struct VoiceCallsSim {
     pub envelope: Envelope,
     /// Largest page the list returns, whatever `pageSize` asks.
     pub page_cap: usize,
+    /// Lifetime of a signed recording URL.
+    pub url_ttl_secs: i64,
+    /// The first URL issued for each call is already expired (its download answers 403).
+    pub expire_first_url: bool,
+    issued: HashMap<String, u32>,
+    /// Blob downloads that carried an `Authorization` header (must stay 0).
+    pub blob_requests_with_auth: u64,
+    /// Blob downloads answered 403 (expired or bad signature).
+    pub blob_refusals: u64,
 }
 
 impl Default for VoiceCallsSim {
@@ -132,6 +164,11 @@ impl VoiceCallsSim {
             next: 0,
             envelope: Envelope::Items,
             page_cap: 1000,
+            url_ttl_secs: 900,
+            expire_first_url: false,
+            issued: HashMap::new(),
+            blob_requests_with_auth: 0,
+            blob_refusals: 0,
         }
     }
 
@@ -180,6 +217,7 @@ impl VoiceCallsSim {
                 turns,
                 epa_score: (self.rng.u8(0..3) > 0).then(|| self.rng.u8(0..=100) as f64 + 0.5),
                 epa_inline: self.rng.bool(),
+                has_recording: state == "Completed",
             };
             self.calls.push(call);
             ids.push(id);
@@ -213,6 +251,11 @@ pub fn routes() -> Router<Arc<Shared>> {
         .route("/voicecalls/api/v1/voice-calls", get(list))
         .route("/voicecalls/api/v1/voice-calls/{id}", get(detail))
         .route("/voicecalls/api/v1/voice-calls/{id}/epa-results", get(epa))
+        .route(
+            "/voicecalls/api/v1/voice-calls/{id}/recording-url",
+            get(recording_url),
+        )
+        .route("/voicecalls/blob/{file}", get(blob))
 }
 
 /// Faults and auth shared by every route: `Err` is the answer to send instead.
@@ -340,4 +383,88 @@ async fn epa(
         }
     };
     answer(drop, body)
+}
+
+async fn recording_url(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    let drop = match gate(&shared, &headers).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("127.0.0.1")
+        .to_string();
+    let body = {
+        let mut sim = super::lock(&shared.voice_calls);
+        if !find(&sim, &id).is_some_and(|c| c.has_recording) {
+            return (
+                StatusCode::NOT_FOUND,
+                Json(json!({"error": "no recording"})),
+            )
+                .into_response();
+        }
+        let n = {
+            let n = sim.issued.entry(id.clone()).or_insert(0);
+            *n += 1;
+            *n
+        };
+        let now = chrono::Utc::now().timestamp();
+        let expires = if sim.expire_first_url && n == 1 {
+            now - 1
+        } else {
+            now + sim.url_ttl_secs
+        };
+        let file = format!("{id}.wav");
+        let url = format!(
+            "http://{host}/voicecalls/blob/{file}?sv=2024-01-01&se={expires}&sig={}",
+            signature(&file, expires)
+        );
+        let at = chrono::DateTime::from_timestamp(expires, 0)
+            .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+            .unwrap_or_default();
+        json!({"recordingUrl": url, "expiresAt": at})
+    };
+    answer(drop, body)
+}
+
+/// The pre-signed download: no API token, the signature and expiry are the credential.
+async fn blob(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    Path(file): Path<String>,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let fault = inject(&shared);
+    match fault {
+        Injected::Respond(r) => return r,
+        Injected::Delay(d) => tokio::time::sleep(d).await,
+        _ => {}
+    }
+    let mut sim = super::lock(&shared.voice_calls);
+    if headers.contains_key(header::AUTHORIZATION) {
+        sim.blob_requests_with_auth += 1;
+    }
+    let expires: i64 = q.get("se").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let valid = q.get("sig").map(String::as_str) == Some(signature(&file, expires).as_str())
+        && expires >= chrono::Utc::now().timestamp();
+    if !valid {
+        sim.blob_refusals += 1;
+        return (
+            StatusCode::FORBIDDEN,
+            "<Error><Code>AuthenticationFailed</Code></Error>",
+        )
+            .into_response();
+    }
+    let id = file.trim_end_matches(".wav").to_string();
+    std::mem::drop(sim);
+    let bytes = recording_bytes(&id);
+    if matches!(fault, Injected::DropBody) {
+        return dropped_body("audio/wav", String::from_utf8_lossy(&bytes).into_owned());
+    }
+    ([(header::CONTENT_TYPE, "audio/wav")], bytes).into_response()
 }

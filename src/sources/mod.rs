@@ -31,8 +31,30 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 pub struct Page {
     pub calls: Option<RecordBatch>,
     pub rejects: Vec<Reject>,
+    /// Files (recordings) the source already wrote, synced, under the staging area; they
+    /// are committed with the calls they belong to, or deleted.
+    pub files: Vec<Attachment>,
     /// The cursor after this page; `None` leaves the stored cursor as it is.
     pub cursor: Option<Cursor>,
+}
+
+/// A file a source downloaded for a call, spooled in the staging area.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    /// The call it belongs to: kept only if that call is written.
+    pub call_id: String,
+    /// Lake-relative path of the spooled, synced file (under `_staging/<source>/`).
+    pub staged: String,
+    /// Lake-relative final path (what the row's `recording_ref` says).
+    pub final_path: String,
+    pub bytes: u64,
+}
+
+/// What a source may use from its surroundings: where to spool downloads.
+#[derive(Debug, Clone)]
+pub struct OpenContext {
+    /// The warehouse root (spooled files go under `_staging/<source>/`).
+    pub warehouse_root: PathBuf,
 }
 
 /// A vendor extractor. `next_page` is called until it returns `Ok(None)`.
@@ -185,6 +207,7 @@ impl SourceConfig {
         from: chrono::DateTime<chrono::Utc>,
         to: chrono::DateTime<chrono::Utc>,
         cursor: Option<&Cursor>,
+        ctx: &OpenContext,
     ) -> Result<Box<dyn Source>, SourceError> {
         use window::WindowClock;
         Ok(match self {
@@ -209,6 +232,7 @@ impl SourceConfig {
                     source_name,
                     c,
                     clock,
+                    ctx,
                 )?)
             }
             SourceConfig::VonageInsights(c) => {
@@ -235,6 +259,7 @@ impl SourceConfig {
         &self,
         source_name: &str,
         cursor: Option<&Cursor>,
+        ctx: &OpenContext,
     ) -> Result<Box<dyn Source>, SourceError> {
         match self {
             SourceConfig::Voicegain(c) => Ok(Box::new(voicegain::VoicegainSource::new(
@@ -246,6 +271,7 @@ impl SourceConfig {
                 source_name,
                 c,
                 cursor,
+                ctx,
             )?)),
             SourceConfig::VonageInsights(c) => Ok(Box::new(
                 vonage_insights::VonageInsightsSource::new(source_name, c, cursor)?,

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use callsync::simulator::voice_calls::recording_bytes;
 use callsync::simulator::{Envelope, FaultKind, FaultPlan, VcCall, VoicegainSim};
 
 use crate::helpers::*;
@@ -59,7 +60,7 @@ fn expected(c: &VcCall) -> VcRow {
 
 /// A simulator with `n` voice calls over the last five days (fraction `open` in progress,
 /// all of those within the last 12 hours), and a config with source `vc`.
-fn setup(n: usize, open: f64, envelope: Envelope, page_cap: usize) -> Env {
+fn setup(n: usize, open: f64, envelope: Envelope, page_cap: usize, extra_keys: &str) -> Env {
     let env = Env::new(VoicegainSim::new(1, 0), 100);
     let now = chrono::Utc::now().timestamp();
     {
@@ -76,7 +77,7 @@ fn setup(n: usize, open: f64, envelope: Envelope, page_cap: usize) -> Env {
     env.write_config(
         &format!(
             "[sources.vc]\nkind = \"voice_calls\"\nbase_url = \"{}\"\ntoken_file = \"{}\"\nstart_date = \"{start}\"\n\
-             page_size = 20\nwindow_days = 2\ndetail_concurrency = 4\n\
+             page_size = 20\nwindow_days = 2\ndetail_concurrency = 4\n{extra_keys}\
              [sources.vc.http]\nmax_attempts = 8\nbackoff_initial_ms = 5\nbackoff_max_ms = 50\n",
             env.sim.voice_calls_base_url(),
             token.display()
@@ -105,7 +106,7 @@ fn assert_exact(env: &Env) {
 
 #[test]
 fn voice_calls_export_equals_the_ground_truth_with_transcripts_and_surveys() {
-    let env = setup(300, 0.0, Envelope::Data, 15);
+    let env = setup(300, 0.0, Envelope::Data, 15, "");
     env.sync_ok();
     assert_exact(&env);
     let vc = env.sim.voice_calls();
@@ -123,7 +124,7 @@ fn voice_calls_export_equals_the_ground_truth_with_transcripts_and_surveys() {
 
 #[test]
 fn voice_calls_in_progress_hold_the_cursor_and_are_exported_once_finished() {
-    let env = setup(200, 0.3, Envelope::Bare, 1000);
+    let env = setup(200, 0.3, Envelope::Bare, 1000, "");
     env.sync_ok();
     assert_exact(&env);
     let open = env
@@ -150,7 +151,7 @@ fn voice_calls_in_progress_hold_the_cursor_and_are_exported_once_finished() {
 
 #[test]
 fn voice_calls_with_faults_still_end_exact() {
-    let env = setup(250, 0.0, Envelope::VoiceCalls, 1000);
+    let env = setup(250, 0.0, Envelope::VoiceCalls, 1000, "");
     env.sim.set_faults(FaultPlan::every(
         3,
         vec![
@@ -163,4 +164,75 @@ fn voice_calls_with_faults_still_end_exact() {
     ));
     env.sync_ok();
     assert_exact(&env);
+}
+
+#[test]
+fn voice_calls_recordings_are_downloaded_through_the_commit_path_with_fresh_signed_urls() {
+    let env = setup(
+        150,
+        0.0,
+        Envelope::Items,
+        1000,
+        "download_recordings = true\n",
+    );
+    // Every call's first signed URL has already expired: callsync must ask for a new one.
+    env.sim.voice_calls().expire_first_url = true;
+    env.sim.set_faults(FaultPlan::every(
+        7,
+        vec![FaultKind::Drop, FaultKind::ServerError(503)],
+    ));
+    env.sync_ok();
+    assert_exact(&env);
+    let rows = rows_by_id(&env, "vc");
+    let vc = env.sim.voice_calls();
+    let mut recordings = 0;
+    for c in vc.calls().iter().filter(|c| c.is_final()) {
+        let r = &rows[&c.id];
+        if !c.has_recording {
+            assert_eq!(r.recording_ref, None, "{}", c.id);
+            continue;
+        }
+        recordings += 1;
+        let day = chrono::DateTime::from_timestamp(c.start_secs, 0)
+            .unwrap()
+            .format("%Y-%m-%d");
+        let want = format!("recordings/source=vc/date={day}/{}.wav", c.id);
+        assert_eq!(r.recording_ref.as_deref(), Some(want.as_str()));
+        let bytes = std::fs::read(env.warehouse().join(&want)).unwrap();
+        assert!(
+            bytes == recording_bytes(&c.id),
+            "recording of {} differs",
+            c.id
+        );
+    }
+    assert!(recordings > 50);
+    // Nearly every first URL was refused (a first URL whose answer was dropped by a fault
+    // never reached callsync, which asked again and got a valid one).
+    assert!(
+        vc.blob_refusals >= recordings * 9 / 10,
+        "each first URL was expired: {} refusals for {recordings} recordings",
+        vc.blob_refusals
+    );
+    assert_eq!(
+        vc.blob_requests_with_auth, 0,
+        "the API token was sent to the signed URL"
+    );
+    drop(vc);
+    assert!(staging_files(&env.warehouse()).is_empty());
+    // The signed URL is never stored.
+    for path in files_with_suffix(env.dir.path(), "") {
+        let bytes = std::fs::read(&path).unwrap();
+        assert!(
+            !bytes.windows(4).any(|w| w == b"sig="),
+            "a signed URL is stored in {}",
+            path.display()
+        );
+    }
+    // A second sync downloads nothing again.
+    let before = files_with_suffix(&env.warehouse().join("recordings"), ".wav").len();
+    env.sync_ok();
+    assert_eq!(
+        files_with_suffix(&env.warehouse().join("recordings"), ".wav").len(),
+        before
+    );
 }

@@ -90,6 +90,23 @@ impl VoiceCallsClient {
         self.get_optional(&url).await
     }
 
+    /// A fresh signed recording URL (valid about 15 minutes); `None` when the API says 404.
+    pub async fn recording_url(&self, id: &str) -> Result<Option<String>, SourceError> {
+        let url = self.call_url(id, Some("recording-url"))?;
+        let Some(body) = self.get_optional(&url).await? else {
+            return Ok(None);
+        };
+        let v: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+            self.protocol(format!("the recording URL answer of {id} is not JSON: {e}"))
+        })?;
+        match v.get("recordingUrl").and_then(|u| u.as_str()) {
+            Some(u) => Ok(Some(u.to_string())),
+            None => Err(self.protocol(format!(
+                "the recording URL answer of {id} has no recordingUrl"
+            ))),
+        }
+    }
+
     /// A call's EPA results; `None` when the API says 404 (no survey).
     pub async fn epa_results(&self, id: &str) -> Result<Option<EpaResults>, SourceError> {
         let url = self.call_url(id, Some("epa-results"))?;

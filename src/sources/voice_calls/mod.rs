@@ -18,11 +18,14 @@ use std::path::PathBuf;
 use chrono::Utc;
 use futures_util::StreamExt;
 use serde::Deserialize;
+use tracing::debug;
 
 use crate::config::{HttpConfig, Problems};
+use crate::http::{Download, HttpClient};
 use crate::record::{CallBatchBuilder, Reject};
 use crate::secret::SecretRef;
 use crate::sources::window::{WindowClock, parse_day, parse_time, rfc3339};
+use crate::sources::{Attachment, OpenContext};
 use crate::sources::{
     BoxFuture, Cursor, Page, Source, SourceError, resolve_secret, validate_base_url,
     validate_secret,
@@ -67,6 +70,10 @@ pub struct VoiceCallsConfig {
     /// States in which a call is final (exported); any other state is still in progress.
     #[serde(default = "default_final_states")]
     pub final_states: Vec<String>,
+    /// Download each exported call's recording into `recordings/` (through the commit path);
+    /// `recording_ref` then holds its lake-relative path.
+    #[serde(default)]
+    pub download_recordings: bool,
     /// Cron expression (with seconds) the daemon runs this source on.
     #[serde(default = "super::voicegain::default_schedule")]
     pub schedule: String,
@@ -136,6 +143,7 @@ impl VoiceCallsConfig {
 /// One incremental run of a voice-calls source.
 pub struct VoiceCallsSource {
     client: VoiceCallsClient,
+    recorder: Option<Recorder>,
     cfg: VoiceCallsConfig,
     clock: WindowClock,
     page: u32,
@@ -148,6 +156,7 @@ impl VoiceCallsSource {
         source_name: &str,
         cfg: &VoiceCallsConfig,
         cursor: Option<&Cursor>,
+        ctx: &OpenContext,
     ) -> Result<Self, SourceError> {
         let clock = WindowClock::incremental(
             source_name,
@@ -157,7 +166,7 @@ impl VoiceCallsSource {
             cfg.settle_secs,
             cfg.max_open_age_secs,
         )?;
-        Self::with_clock(source_name, cfg, clock)
+        Self::with_clock(source_name, cfg, clock, ctx)
     }
 
     /// A run over an explicit clock (backfill).
@@ -165,6 +174,7 @@ impl VoiceCallsSource {
         source_name: &str,
         cfg: &VoiceCallsConfig,
         clock: WindowClock,
+        ctx: &OpenContext,
     ) -> Result<Self, SourceError> {
         let secret_ref =
             SecretRef::from_pair(&cfg.token_env, &cfg.token_file).ok_or(SourceError::Protocol {
@@ -172,8 +182,21 @@ impl VoiceCallsSource {
                 reason: "no token configured".into(),
             })?;
         let token = resolve_secret(source_name, &secret_ref)?;
+        let client = VoiceCallsClient::new(source_name, &cfg.base_url, &cfg.http, &token)?;
+        let recorder = if cfg.download_recordings {
+            Some(Recorder {
+                api: client.clone(),
+                // The signed URL is its own credential: the API token is never sent to it.
+                blob: HttpClient::new(source_name, &cfg.http, None)?,
+                root: ctx.warehouse_root.clone(),
+                source: source_name.to_string(),
+            })
+        } else {
+            None
+        };
         Ok(VoiceCallsSource {
-            client: VoiceCallsClient::new(source_name, &cfg.base_url, &cfg.http, &token)?,
+            recorder,
+            client,
             cfg: cfg.clone(),
             clock,
             page: 1,
@@ -193,6 +216,7 @@ impl VoiceCallsSource {
     /// Fetches a call's detail, and its EPA results when they are not inline.
     async fn fetch(
         client: VoiceCallsClient,
+        recorder: Option<Recorder>,
         item: serde_json::Value,
     ) -> Result<Result<Fetched, Reject>, SourceError> {
         let id = item
@@ -223,7 +247,17 @@ impl VoiceCallsSource {
         } else {
             None
         };
-        Ok(Ok(Fetched { call, raw, epa }))
+        let started = call.start_time.as_deref().and_then(parse_time);
+        let recording = match (recorder, started) {
+            (Some(r), Some(started)) => r.download(&id, started).await?,
+            _ => None,
+        };
+        Ok(Ok(Fetched {
+            call,
+            raw,
+            epa,
+            recording,
+        }))
     }
 
     async fn read_page(&mut self) -> Result<Option<Page>, SourceError> {
@@ -267,14 +301,18 @@ impl VoiceCallsSource {
         let client = self.client.clone();
         let fetched: Vec<Result<Result<Fetched, Reject>, SourceError>> =
             futures_util::stream::iter(wanted)
-                .map(|item| Self::fetch(client.clone(), item))
+                .map(|item| Self::fetch(client.clone(), self.recorder.clone(), item))
                 .buffer_unordered(self.cfg.detail_concurrency)
                 .collect()
                 .await;
         let mut builder = CallBatchBuilder::new();
+        let mut fetched_files = Vec::new();
         for f in fetched {
             match f? {
                 Ok(f) => {
+                    // Attached even when the row is rejected below: the pipeline then
+                    // deletes it with the other files of calls it does not write.
+                    fetched_files.extend(f.recording.clone());
                     if let Err(error) = normalize::append(&mut builder, &f) {
                         rejects.push(Reject {
                             call_id: f.call.id.clone(),
@@ -310,6 +348,7 @@ impl VoiceCallsSource {
             })?)
         };
         Ok(Some(Page {
+            files: fetched_files,
             calls,
             rejects,
             cursor,
@@ -320,5 +359,75 @@ impl VoiceCallsSource {
 impl Source for VoiceCallsSource {
     fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>, SourceError>> {
         Box::pin(self.read_page())
+    }
+}
+
+/// Downloads recordings into the staging area: a fresh signed URL right before each
+/// download (they expire after 15 minutes), and another one if the first is refused.
+#[derive(Clone)]
+struct Recorder {
+    api: VoiceCallsClient,
+    blob: HttpClient,
+    root: std::path::PathBuf,
+    source: String,
+}
+
+impl Recorder {
+    /// Signed URLs asked for per recording before giving up.
+    const URL_ATTEMPTS: u32 = 3;
+
+    async fn download(&self, id: &str, started_at: i64) -> Result<Option<Attachment>, SourceError> {
+        let protocol = |reason: String| SourceError::Protocol {
+            source_name: self.source.clone(),
+            reason,
+        };
+        let staged = format!(
+            "_staging/{}/rec-{}.tmp",
+            self.source,
+            uuid::Uuid::now_v7().simple()
+        );
+        let path = self.root.join(&staged);
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| protocol(format!("cannot create {}: {e}", dir.display())))?;
+        }
+        for _ in 0..Self::URL_ATTEMPTS {
+            let Some(signed) = self.api.recording_url(id).await? else {
+                return Ok(None);
+            };
+            let url = reqwest::Url::parse(&signed)
+                .map_err(|e| protocol(format!("the recording URL of {id} is not a URL: {e}")))?;
+            match self.blob.download(&url, &path).await? {
+                Download::Done { bytes } => {
+                    let ext = url.path().rsplit_once('.').map(|(_, e)| e).unwrap_or("");
+                    return Ok(Some(Attachment {
+                        call_id: id.to_string(),
+                        staged,
+                        final_path: crate::lake::recording_path(&self.source, started_at, id, ext),
+                        bytes,
+                    }));
+                }
+                // Expired (or otherwise refused) signature: ask for a new URL.
+                Download::Refused { status: 401 | 403 } => {
+                    debug!(source = %self.source, call_id = %id, "Signed recording URL refused; asking for a new one.");
+                }
+                Download::Refused { status: 404 } => {
+                    let _ = tokio::fs::remove_file(&path).await;
+                    return Ok(None);
+                }
+                Download::Refused { status } => {
+                    let _ = tokio::fs::remove_file(&path).await;
+                    return Err(protocol(format!(
+                        "the recording of {id} was refused with HTTP {status}"
+                    )));
+                }
+            }
+        }
+        let _ = tokio::fs::remove_file(&path).await;
+        Err(protocol(format!(
+            "the recording of {id} was refused {} times, each with a fresh signed URL",
+            Self::URL_ATTEMPTS
+        )))
     }
 }

@@ -12,6 +12,8 @@ pub struct Fetched {
     pub call: VoiceCall,
     pub raw: String,
     pub epa: Option<EpaResults>,
+    /// The downloaded recording, if any.
+    pub recording: Option<crate::sources::Attachment>,
 }
 
 /// Transcript turns: role as given, offset from `timestamp` (an offset from the call's start,
@@ -74,8 +76,9 @@ pub fn append(b: &mut CallBatchBuilder, f: &Fetched) -> Result<(), String> {
         vendor_status: c.state.as_deref(),
         transcript: turns.as_deref(),
         survey_score: survey,
-        // The recording URL is signed and expires: it is fetched on demand, never stored.
-        recording_ref: None,
+        // The recording URL is signed and expires: it is never stored; a downloaded recording
+        // is referred to by its lake-relative path.
+        recording_ref: f.recording.as_ref().map(|a| a.final_path.as_str()),
         raw: &f.raw,
         ..CallRow::default()
     });
@@ -99,6 +102,7 @@ mod tests {
             call: serde_json::from_str(raw).unwrap(),
             raw: raw.to_string(),
             epa: None,
+            recording: None,
         };
         let mut b = CallBatchBuilder::new();
         append(&mut b, &f).unwrap();

@@ -134,6 +134,7 @@ impl Source for VoicegainSource {
                 self.done = true;
             }
             Ok(Some(Page {
+                files: Vec::new(),
                 calls: parsed.calls,
                 rejects: parsed.rejects,
                 cursor: Some(
@@ -196,6 +197,7 @@ impl VoicegainRangeSource {
             None
         };
         Ok(Some(Page {
+            files: Vec::new(),
             calls: parsed.calls,
             rejects: parsed.rejects,
             cursor,

@@ -279,6 +279,7 @@ impl VonageInsightsSource {
                 )
             };
             return Ok(Some(Page {
+                files: Vec::new(),
                 calls,
                 rejects,
                 cursor,
