@@ -22,6 +22,18 @@ pub const EXIT_FAILED: i32 = 1;
 /// Exit code: usage or config error.
 pub const EXIT_USAGE: i32 = 2;
 
+/// Reports a `--source` that the config does not have (a usage error).
+fn unknown_source(cfg: &Config, name: &str, out: &mut dyn Write) -> anyhow::Result<i32> {
+    let known: Vec<&str> = cfg.sources.keys().map(String::as_str).collect();
+    writeln!(
+        out,
+        "error: no source named {name:?} in {} (configured: {})",
+        cfg.file.display(),
+        known.join(", ")
+    )?;
+    Ok(EXIT_USAGE)
+}
+
 /// Runs one incremental pass over the named sources (all when `only` is empty), each
 /// independently and concurrently; prints one line per source.
 pub fn sync(
@@ -33,14 +45,7 @@ pub fn sync(
 ) -> anyhow::Result<i32> {
     for name in only {
         if !cfg.sources.contains_key(name) {
-            let known: Vec<&str> = cfg.sources.keys().map(String::as_str).collect();
-            writeln!(
-                out,
-                "error: no source named {name:?} in {} (configured: {})",
-                cfg.file.display(),
-                known.join(", ")
-            )?;
-            return Ok(EXIT_USAGE);
+            return unknown_source(cfg, name, out);
         }
     }
     // Create and migrate the state once, before the sources open it concurrently.
@@ -99,14 +104,7 @@ pub fn backfill(
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
     let Some(scfg) = cfg.sources.get(source).cloned() else {
-        let known: Vec<&str> = cfg.sources.keys().map(String::as_str).collect();
-        writeln!(
-            out,
-            "error: no source named {source:?} in {} (configured: {})",
-            cfg.file.display(),
-            known.join(", ")
-        )?;
-        return Ok(EXIT_USAGE);
+        return unknown_source(cfg, source, out);
     };
     if from > to {
         writeln!(out, "error: --from {from} is after --to {to}")?;

@@ -216,13 +216,8 @@ impl HttpClient {
                 Err(e) => (describe(&e), None),
                 Ok(resp) => {
                     let status = resp.status();
-                    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-                        let ra = resp
-                            .headers()
-                            .get(RETRY_AFTER)
-                            .and_then(|v| v.to_str().ok())
-                            .and_then(parse_retry_after);
-                        (format!("HTTP {}", status.as_u16()), ra)
+                    if let Some(retry) = retryable(status, resp.headers()) {
+                        retry
                     } else if !status.is_success() {
                         return Ok(Download::Refused {
                             status: status.as_u16(),
@@ -299,13 +294,9 @@ impl HttpClient {
                 detail: excerpt(&body),
             });
         }
-        if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
-            let retry_after = headers
-                .get(RETRY_AFTER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_retry_after);
+        if let Some((reason, retry_after)) = retryable(status, &headers) {
             return Ok(Outcome::Retry {
-                reason: format!("HTTP {}", status.as_u16()),
+                reason,
                 retry_after,
             });
         }
@@ -337,6 +328,18 @@ impl HttpClient {
         let half = ceiling / 2;
         Duration::from_millis(half + fastrand::u64(0..=half.max(1)))
     }
+}
+
+/// For 429 and 5xx: the retry reason and the vendor's `Retry-After`, if any.
+fn retryable(status: StatusCode, headers: &HeaderMap) -> Option<(String, Option<Duration>)> {
+    if status != StatusCode::TOO_MANY_REQUESTS && !status.is_server_error() {
+        return None;
+    }
+    let retry_after = headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after);
+    Some((format!("HTTP {}", status.as_u16()), retry_after))
 }
 
 /// `Retry-After` as seconds; HTTP-date forms are ignored (backoff applies instead).

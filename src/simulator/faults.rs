@@ -81,6 +81,20 @@ pub fn inject(shared: &Shared) -> Injected {
     }
 }
 
+/// Counts the request and applies its fault: `Err` is the answer to send instead, `Ok(true)`
+/// asks the handler to answer with a body that breaks off (after any delay was slept).
+pub async fn apply(shared: &Shared) -> Result<bool, Response> {
+    match inject(shared) {
+        Injected::Respond(r) => Err(r),
+        Injected::Delay(d) => {
+            tokio::time::sleep(d).await;
+            Ok(false)
+        }
+        Injected::DropBody => Ok(true),
+        Injected::None => Ok(false),
+    }
+}
+
 /// A 200 whose body breaks off after a few bytes (the client sees a dropped connection).
 pub fn dropped_body(content_type: &'static str, body: String) -> Response {
     let cut = body.len().min(16);

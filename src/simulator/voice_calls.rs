@@ -14,7 +14,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::Shared;
-use super::faults::{Injected, dropped_body, inject};
+use super::faults::{apply, dropped_body};
 
 /// How the list wraps its array (the vendor does not document it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -260,12 +260,7 @@ pub fn routes() -> Router<Arc<Shared>> {
 
 /// Faults and auth shared by every route: `Err` is the answer to send instead.
 async fn gate(shared: &Shared, headers: &HeaderMap) -> Result<bool, Response> {
-    let fault = inject(shared);
-    match fault {
-        Injected::Respond(r) => return Err(r),
-        Injected::Delay(d) => tokio::time::sleep(d).await,
-        _ => {}
-    }
+    let cut = apply(shared).await?;
     let expected = format!("Bearer {}", super::lock(&shared.voice_calls).token);
     if headers
         .get(header::AUTHORIZATION)
@@ -278,7 +273,7 @@ async fn gate(shared: &Shared, headers: &HeaderMap) -> Result<bool, Response> {
         )
             .into_response());
     }
-    Ok(matches!(fault, Injected::DropBody))
+    Ok(cut)
 }
 
 fn answer(drop: bool, v: Value) -> Response {
@@ -439,12 +434,10 @@ async fn blob(
     Path(file): Path<String>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let fault = inject(&shared);
-    match fault {
-        Injected::Respond(r) => return r,
-        Injected::Delay(d) => tokio::time::sleep(d).await,
-        _ => {}
-    }
+    let cut = match apply(&shared).await {
+        Ok(cut) => cut,
+        Err(r) => return r,
+    };
     let mut sim = super::lock(&shared.voice_calls);
     if headers.contains_key(header::AUTHORIZATION) {
         sim.blob_requests_with_auth += 1;
@@ -463,7 +456,7 @@ async fn blob(
     let id = file.trim_end_matches(".wav").to_string();
     std::mem::drop(sim);
     let bytes = recording_bytes(&id);
-    if matches!(fault, Injected::DropBody) {
+    if cut {
         return dropped_body("audio/wav", String::from_utf8_lossy(&bytes).into_owned());
     }
     ([(header::CONTENT_TYPE, "audio/wav")], bytes).into_response()

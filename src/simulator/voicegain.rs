@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 
 use super::Shared;
-use super::faults::{Injected, dropped_body, inject};
+use super::faults::{apply, dropped_body};
 
 /// One simulated call.
 #[derive(Debug, Clone, PartialEq)]
@@ -305,12 +305,10 @@ async fn sa_call(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let fault = inject(&shared);
-    match fault {
-        Injected::Respond(r) => return r,
-        Injected::Delay(d) => tokio::time::sleep(d).await,
-        _ => {}
-    }
+    let cut = match apply(&shared).await {
+        Ok(cut) => cut,
+        Err(r) => return r,
+    };
     let body = {
         let sim = super::lock(&shared.voicegain);
         let expected = format!("Bearer {}", sim.token);
@@ -330,7 +328,7 @@ async fn sa_call(
             Err(r) => return *r,
         }
     };
-    if matches!(fault, Injected::DropBody) {
+    if cut {
         return dropped_body("text/csv", body);
     }
     ([(header::CONTENT_TYPE, "text/csv")], body).into_response()

@@ -15,7 +15,7 @@ use axum::routing::get;
 use serde_json::{Value, json};
 
 use super::Shared;
-use super::faults::{Injected, dropped_body, inject};
+use super::faults::{apply, dropped_body};
 
 /// One simulated session.
 #[derive(Debug, Clone, PartialEq)]
@@ -204,12 +204,10 @@ async fn search(
     headers: HeaderMap,
     Query(q): Query<HashMap<String, String>>,
 ) -> Response {
-    let fault = inject(&shared);
-    match fault {
-        Injected::Respond(r) => return r,
-        Injected::Delay(d) => tokio::time::sleep(d).await,
-        _ => {}
-    }
+    let cut = match apply(&shared).await {
+        Ok(cut) => cut,
+        Err(r) => return r,
+    };
     let body = {
         let mut sim = super::lock(&shared.vonage);
         if headers.get("x-vgai-key").and_then(|v| v.to_str().ok()) != Some(sim.api_key.as_str()) {
@@ -278,7 +276,7 @@ async fn search(
         }
         json!({"total": total, "hits": page_hits, "page_size": size.to_string(), "page_number": page.to_string()})
     };
-    if matches!(fault, Injected::DropBody) {
+    if cut {
         return dropped_body("application/json", body.to_string());
     }
     Json(body).into_response()

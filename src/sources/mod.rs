@@ -98,6 +98,20 @@ pub fn resolve_secret(source_name: &str, r: &SecretRef) -> Result<Secret, Source
     })
 }
 
+/// Reads the secret configured as `<name>_env` / `<name>_file` (validation made sure exactly
+/// one is set).
+pub fn secret_from(
+    source_name: &str,
+    env: &Option<String>,
+    file: &Option<PathBuf>,
+) -> Result<Secret, SourceError> {
+    let r = SecretRef::from_pair(env, file).ok_or_else(|| SourceError::Protocol {
+        source_name: source_name.to_string(),
+        reason: "no credential configured".into(),
+    })?;
+    resolve_secret(source_name, &r)
+}
+
 /// Decodes a stored cursor into a source's own type (`None` when nothing is stored yet).
 pub fn decode_cursor<T: serde::de::DeserializeOwned>(
     source_name: &str,

@@ -46,6 +46,29 @@ pub fn whole_second(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp(t.timestamp(), 0).unwrap_or(t)
 }
 
+/// An optional time field of a vendor record (empty counts as absent); the `Err` names it.
+pub fn optional_time(field: &str, value: Option<&str>) -> Result<Option<i64>, String> {
+    match value.map(str::trim).filter(|v| !v.is_empty()) {
+        None => Ok(None),
+        Some(v) => parse_time(v)
+            .map(Some)
+            .ok_or_else(|| format!("{field} {v:?} is not an ISO 8601 time")),
+    }
+}
+
+/// An optional duration field, in `unit_ms` milliseconds per unit; the `Err` names it.
+pub fn optional_duration_ms(
+    field: &str,
+    value: Option<f64>,
+    unit_ms: f64,
+) -> Result<Option<i64>, String> {
+    match value {
+        None => Ok(None),
+        Some(d) if d.is_finite() && d >= 0.0 => Ok(Some((d * unit_ms).round() as i64)),
+        Some(d) => Err(format!("{field} {d} is not a duration")),
+    }
+}
+
 /// How a windowed run walks time.
 #[derive(Debug, Clone)]
 pub struct WindowClock {

@@ -23,12 +23,10 @@ use tracing::debug;
 use crate::config::{HttpConfig, Problems};
 use crate::http::{Download, HttpClient};
 use crate::record::{CallBatchBuilder, Reject};
-use crate::secret::SecretRef;
 use crate::sources::window::{WindowClock, parse_day, parse_time, rfc3339};
 use crate::sources::{Attachment, OpenContext};
 use crate::sources::{
-    BoxFuture, Cursor, Page, Source, SourceError, resolve_secret, validate_base_url,
-    validate_secret,
+    BoxFuture, Cursor, Page, Source, SourceError, secret_from, validate_base_url, validate_secret,
 };
 
 use client::VoiceCallsClient;
@@ -176,12 +174,7 @@ impl VoiceCallsSource {
         clock: WindowClock,
         ctx: &OpenContext,
     ) -> Result<Self, SourceError> {
-        let secret_ref =
-            SecretRef::from_pair(&cfg.token_env, &cfg.token_file).ok_or(SourceError::Protocol {
-                source_name: source_name.to_string(),
-                reason: "no token configured".into(),
-            })?;
-        let token = resolve_secret(source_name, &secret_ref)?;
+        let token = secret_from(source_name, &cfg.token_env, &cfg.token_file)?;
         let client = VoiceCallsClient::new(source_name, &cfg.base_url, &cfg.http, &token)?;
         let recorder = if cfg.download_recordings {
             Some(Recorder {

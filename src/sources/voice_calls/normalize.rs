@@ -1,6 +1,7 @@
 //! voice-calls detail objects → call rows of the call schema (or a reject reason).
 
 use crate::record::{CallBatchBuilder, CallRow, Turn};
+use crate::sources::window::{optional_duration_ms, optional_time};
 
 use super::KIND;
 use super::model::{EpaResults, VoiceCall, parse_offset_ms, parse_time};
@@ -49,15 +50,8 @@ pub fn append(b: &mut CallBatchBuilder, f: &Fetched) -> Result<(), String> {
     let start = c.start_time.as_deref().ok_or("the call has no startTime")?;
     let started_at =
         parse_time(start).ok_or_else(|| format!("startTime {start:?} is not RFC 3339"))?;
-    let ended_at = match c.end_time.as_deref().filter(|s| !s.trim().is_empty()) {
-        None => None,
-        Some(e) => Some(parse_time(e).ok_or_else(|| format!("endTime {e:?} is not RFC 3339"))?),
-    };
-    let duration_ms = match c.duration_seconds {
-        None => None,
-        Some(d) if d.is_finite() && d >= 0.0 => Some((d * 1000.0).round() as i64),
-        Some(d) => return Err(format!("durationSeconds {d} is not a duration")),
-    };
+    let ended_at = optional_time("endTime", c.end_time.as_deref())?;
+    let duration_ms = optional_duration_ms("durationSeconds", c.duration_seconds, 1000.0)?;
     let direction = c.direction.as_deref().map(str::to_ascii_lowercase);
     let turns = turns(c, Some(started_at));
     let survey = f

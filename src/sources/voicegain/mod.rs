@@ -14,9 +14,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use crate::config::{HttpConfig, Problems};
-use crate::secret::SecretRef;
 use crate::sources::{
-    BoxFuture, Cursor, Page, Source, SourceError, decode_cursor, resolve_secret, validate_base_url,
+    BoxFuture, Cursor, Page, Source, SourceError, decode_cursor, secret_from, validate_base_url,
     validate_secret,
 };
 
@@ -86,12 +85,7 @@ pub struct VoicegainSource {
 }
 
 fn client(source_name: &str, cfg: &VoicegainConfig) -> Result<VoicegainClient, SourceError> {
-    let secret_ref =
-        SecretRef::from_pair(&cfg.token_env, &cfg.token_file).ok_or(SourceError::Protocol {
-            source_name: source_name.to_string(),
-            reason: "no token configured".into(),
-        })?;
-    let token = resolve_secret(source_name, &secret_ref)?;
+    let token = secret_from(source_name, &cfg.token_env, &cfg.token_file)?;
     VoicegainClient::new(source_name, cfg, &token)
 }
 

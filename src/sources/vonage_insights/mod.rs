@@ -15,11 +15,9 @@ use tracing::{debug, warn};
 
 use crate::config::{HttpConfig, Problems};
 use crate::record::{CallBatchBuilder, Reject};
-use crate::secret::SecretRef;
 use crate::sources::window::{WindowClock, parse_day, parse_time};
 use crate::sources::{
-    BoxFuture, Cursor, Page, Source, SourceError, resolve_secret, validate_base_url,
-    validate_secret,
+    BoxFuture, Cursor, Page, Source, SourceError, secret_from, validate_base_url, validate_secret,
 };
 
 use client::VonageClient;
@@ -156,13 +154,7 @@ impl VonageInsightsSource {
         cfg: &VonageInsightsConfig,
         clock: WindowClock,
     ) -> Result<Self, SourceError> {
-        let secret_ref = SecretRef::from_pair(&cfg.api_key_env, &cfg.api_key_file).ok_or(
-            SourceError::Protocol {
-                source_name: source_name.to_string(),
-                reason: "no api key configured".into(),
-            },
-        )?;
-        let key = resolve_secret(source_name, &secret_ref)?;
+        let key = secret_from(source_name, &cfg.api_key_env, &cfg.api_key_file)?;
         Ok(VonageInsightsSource {
             client: VonageClient::new(source_name, &cfg.base_url, &cfg.http, key)?,
             cfg: cfg.clone(),

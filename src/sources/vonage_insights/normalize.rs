@@ -1,7 +1,7 @@
 //! Vonage insights session hits → call rows of the call schema (or a reject reason).
 
 use crate::record::{CallBatchBuilder, CallRow, StrList, Turn};
-use crate::sources::window::parse_time;
+use crate::sources::window::{optional_duration_ms, optional_time, parse_time};
 
 use super::KIND;
 use super::model::{Session, scalar_text};
@@ -47,22 +47,13 @@ pub fn append(b: &mut CallBatchBuilder, s: &Session, raw: &str) -> Result<(), St
         .ok_or("the session has no session_start_time")?;
     let started_at =
         parse_time(start).ok_or_else(|| format!("session_start_time {start:?} is not ISO 8601"))?;
-    let ended_at = match s
-        .session_end_time
-        .as_deref()
-        .filter(|t| !t.trim().is_empty())
-    {
-        None => None,
-        Some(t) => {
-            Some(parse_time(t).ok_or_else(|| format!("session_end_time {t:?} is not ISO 8601"))?)
-        }
-    };
+    let ended_at = optional_time("session_end_time", s.session_end_time.as_deref())?;
     let channel = s.channel_data.as_ref();
-    let duration_ms = match channel.and_then(|c| c.duration) {
-        None => None,
-        Some(d) if d.is_finite() && d >= 0.0 => Some(d.round() as i64),
-        Some(d) => return Err(format!("channel_data.duration {d} is not a duration")),
-    };
+    let duration_ms = optional_duration_ms(
+        "channel_data.duration",
+        channel.and_then(|c| c.duration),
+        1.0,
+    )?;
     let from = s.source.as_ref().and_then(scalar_text);
     let to = s.destination.as_ref().and_then(scalar_text);
     let tags: Option<Vec<String>> = s
