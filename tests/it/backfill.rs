@@ -181,4 +181,13 @@ fn windowed_sources_backfill_exactly_their_range() {
         rows_by_id(&env, "vn").len(),
         env.sim.vonage().sessions().len()
     );
+    // And a backfill after the sync adds nothing.
+    for source in ["vc", "vn"] {
+        let out = backfill(&env, source, &from, &to);
+        assert!(text(&out).contains("ok: 0 calls written"), "{}", text(&out));
+    }
+    assert_eq!(
+        rows_by_id(&env, "vc").len(),
+        env.sim.voice_calls().calls().len()
+    );
 }
