@@ -96,3 +96,37 @@ fn a_second_process_on_the_same_source_is_refused_and_touches_nothing() {
     env.sync_ok();
     assert_lake_matches_truth(&env);
 }
+
+#[test]
+fn sigterm_commits_what_was_read_and_the_next_sync_finishes_exact() {
+    let env = Env::with_max_rows(VoicegainSim::new(12, 0), 50, 1_000_000);
+    env.sim.voicegain().add_calls(3000);
+    env.sim.set_faults(FaultPlan::every(
+        1,
+        vec![FaultKind::Slow(Duration::from_millis(50))],
+    ));
+    let mut child = env.spawn(&["sync"]);
+    let t0 = Instant::now();
+    while staging_files(&env.warehouse()).is_empty() && t0.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // SAFETY: sending a signal to our own child process.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let t1 = Instant::now();
+    let status = child.wait().unwrap();
+    assert!(
+        t1.elapsed() < Duration::from_secs(10),
+        "SIGTERM took {:?}",
+        t1.elapsed()
+    );
+    assert_eq!(status.code(), Some(0), "a stopped sync is not a failure");
+    let committed = unique_ids(&env.lake());
+    assert!(
+        !committed.is_empty(),
+        "what was read before the signal is committed"
+    );
+    assert!(staging_files(&env.warehouse()).is_empty());
+    env.sim.set_faults(FaultPlan::default());
+    env.sync_ok();
+    assert_lake_matches_truth(&env);
+}
