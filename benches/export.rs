@@ -289,7 +289,10 @@ fn main() {
 
     // (a) best of 3, in pages of 1000 rows (the default per_page)
     let all: Vec<&callsync::simulator::VgCall> = sim.calls().collect();
-    let pages: Vec<String> = all.chunks(1000).map(|c| VoicegainSim::csv(c.iter().copied())).collect();
+    let pages: Vec<String> = all
+        .chunks(1000)
+        .map(|c| VoicegainSim::csv(c.iter().copied()))
+        .collect();
     let mut best = (f64::MAX, f64::MAX, 0.0);
     for _ in 0..3 {
         let r = encode_bench(&pages, rows);

@@ -106,6 +106,27 @@ pub struct BackfillInfo {
     pub updated_at: String,
 }
 
+/// Call ids per lookup or insert statement (one statement per chunk, not per call).
+const KEY_CHUNK: usize = 500;
+
+/// `SELECT call_id … IN (?2, …)` for `n` ids (`?1` is the source id).
+fn lookup_sql(n: usize) -> String {
+    let marks: Vec<String> = (2..n + 2).map(|i| format!("?{i}")).collect();
+    format!(
+        "SELECT call_id FROM exported WHERE source_id = ?1 AND call_id IN ({})",
+        marks.join(",")
+    )
+}
+
+/// A multi-row `INSERT OR IGNORE` of `n` ids (`?1` is the source id).
+fn insert_sql(n: usize) -> String {
+    let rows: Vec<String> = (2..n + 2).map(|i| format!("(?1,?{i})")).collect();
+    format!(
+        "INSERT OR IGNORE INTO exported (source_id, call_id) VALUES {}",
+        rows.join(",")
+    )
+}
+
 /// An open state database.
 pub struct State {
     conn: Connection,
@@ -207,15 +228,19 @@ impl State {
         source_id: i64,
         call_ids: impl IntoIterator<Item = &'a str>,
     ) -> Result<HashSet<String>, StateError> {
+        let ids: Vec<&str> = call_ids.into_iter().collect();
         let tx = self.conn.unchecked_transaction()?;
         let mut found = HashSet::new();
-        {
-            let mut stmt =
-                tx.prepare_cached("SELECT 1 FROM exported WHERE source_id = ?1 AND call_id = ?2")?;
-            for id in call_ids {
-                if stmt.exists(params![source_id, id])? {
-                    found.insert(id.to_string());
-                }
+        for chunk in ids.chunks(KEY_CHUNK) {
+            let mut stmt = tx.prepare_cached(&lookup_sql(chunk.len()))?;
+            let args = std::iter::once(rusqlite::types::Value::Integer(source_id)).chain(
+                chunk
+                    .iter()
+                    .map(|id| rusqlite::types::Value::Text(id.to_string())),
+            );
+            let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
+            while let Some(row) = rows.next()? {
+                found.insert(row.get::<_, String>(0)?);
             }
         }
         tx.commit()?;
@@ -242,11 +267,14 @@ impl State {
                     f.bytes as i64
                 ])?;
             }
-            let mut k = tx.prepare_cached(
-                "INSERT OR IGNORE INTO exported (source_id, call_id) VALUES (?1, ?2)",
-            )?;
-            for key in c.keys {
-                k.execute(params![c.source_id, key])?;
+            for chunk in c.keys.chunks(KEY_CHUNK) {
+                let mut k = tx.prepare_cached(&insert_sql(chunk.len()))?;
+                let args = std::iter::once(rusqlite::types::Value::Integer(c.source_id)).chain(
+                    chunk
+                        .iter()
+                        .map(|id| rusqlite::types::Value::Text(id.clone())),
+                );
+                k.execute(rusqlite::params_from_iter(args))?;
             }
         }
         tx.execute(
