@@ -479,3 +479,50 @@ impl State {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exported_keys_are_found_across_statement_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = State::open(&dir.path().join("s.db")).unwrap();
+        let src = s.source("vg", "voicegain").unwrap().id;
+        let other = s.source("other", "voicegain").unwrap().id;
+        let run = s.start_run(src, "sync").unwrap();
+        let keys: Vec<String> = (0..1234)
+            .filter(|i| i % 3 == 0)
+            .map(|i| format!("c{i}"))
+            .collect();
+        let cursor = serde_json::json!({"after_call_id": 7});
+        s.commit(&Commit {
+            commit_id: "c1",
+            source_id: src,
+            run_id: run,
+            files: &[],
+            keys: &keys,
+            cursor: Some(&cursor),
+            backfill_id: None,
+            rows: keys.len() as u64,
+            rejects: 0,
+        })
+        .unwrap();
+        let asked: Vec<String> = (0..1234).map(|i| format!("c{i}")).collect();
+        let found = s
+            .exported_among(src, asked.iter().map(String::as_str))
+            .unwrap();
+        assert_eq!(found.len(), keys.len());
+        assert!(keys.iter().all(|k| found.contains(k)));
+        assert!(
+            s.exported_among(other, asked.iter().map(String::as_str))
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(s.source("vg", "voicegain").unwrap().cursor, Some(cursor));
+        assert!(matches!(
+            s.source("vg", "vonage_insights"),
+            Err(StateError::KindChanged { .. })
+        ));
+    }
+}
