@@ -393,6 +393,13 @@ impl Recorder {
                 .map_err(|e| protocol(format!("the recording URL of {id} is not a URL: {e}")))?;
             match self.blob.download(&url, &path).await? {
                 Download::Done { bytes } => {
+                    // The file is synced; sync its directory entry too, so a commit that
+                    // names it never outlives it.
+                    if let Some(dir) = path.parent() {
+                        std::fs::File::open(dir)
+                            .and_then(|d| d.sync_all())
+                            .map_err(|e| protocol(format!("cannot sync {}: {e}", dir.display())))?;
+                    }
                     let ext = url.path().rsplit_once('.').map(|(_, e)| e).unwrap_or("");
                     return Ok(Some(Attachment {
                         call_id: id.to_string(),
