@@ -167,23 +167,7 @@ impl HttpClient {
                     reason,
                     retry_after,
                 } => {
-                    if attempt >= self.policy.max_attempts {
-                        return Err(HttpError::Exhausted {
-                            source_name: self.source_name.clone(),
-                            attempts: attempt,
-                            url: redact_url(url),
-                            last: reason,
-                        });
-                    }
-                    let delay = self.delay(attempt, retry_after);
-                    warn!(
-                        source = %self.source_name,
-                        attempt,
-                        delay_ms = delay.as_millis() as u64,
-                        reason = %reason,
-                        "Request failed, retrying."
-                    );
-                    tokio::time::sleep(delay).await;
+                    self.back_off(url, attempt, reason, retry_after).await?;
                 }
             }
         }
@@ -251,18 +235,37 @@ impl HttpClient {
                     }
                 }
             };
-            if attempt >= self.policy.max_attempts {
-                return Err(HttpError::Exhausted {
-                    source_name: self.source_name.clone(),
-                    attempts: attempt,
-                    url: redact_url(url),
-                    last: reason,
-                });
-            }
-            let delay = self.delay(attempt, retry_after);
-            warn!(source = %self.source_name, attempt, reason = %reason, "Download failed, retrying.");
-            tokio::time::sleep(delay).await;
+            self.back_off(url, attempt, reason, retry_after).await?;
         }
+    }
+
+    /// After a failed attempt: give up once `max_attempts` is reached, else wait (backoff or
+    /// the vendor's `Retry-After`) before the next one.
+    async fn back_off(
+        &self,
+        url: &Url,
+        attempt: u32,
+        reason: String,
+        retry_after: Option<Duration>,
+    ) -> Result<(), HttpError> {
+        if attempt >= self.policy.max_attempts {
+            return Err(HttpError::Exhausted {
+                source_name: self.source_name.clone(),
+                attempts: attempt,
+                url: redact_url(url),
+                last: reason,
+            });
+        }
+        let delay = self.delay(attempt, retry_after);
+        warn!(
+            source = %self.source_name,
+            attempt,
+            delay_ms = delay.as_millis() as u64,
+            reason = %reason,
+            "Request failed, retrying."
+        );
+        tokio::time::sleep(delay).await;
+        Ok(())
     }
 
     async fn send(&self, url: &Url) -> Result<reqwest::Response, reqwest::Error> {

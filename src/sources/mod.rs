@@ -223,7 +223,9 @@ impl SourceConfig {
         cursor: Option<&Cursor>,
         ctx: &OpenContext,
     ) -> Result<Box<dyn Source>, SourceError> {
-        use window::WindowClock;
+        let clock = |days, settle, max_open_age| {
+            window::WindowClock::range(source_name, from, to, cursor, days, settle, max_open_age)
+        };
         Ok(match self {
             SourceConfig::Voicegain(c) => Box::new(voicegain::VoicegainRangeSource::new(
                 source_name,
@@ -233,15 +235,7 @@ impl SourceConfig {
                 cursor,
             )?),
             SourceConfig::VoiceCalls(c) => {
-                let clock = WindowClock::range(
-                    source_name,
-                    from,
-                    to,
-                    cursor,
-                    c.window_days,
-                    c.settle_secs,
-                    c.max_open_age_secs,
-                )?;
+                let clock = clock(c.window_days, c.settle_secs, c.max_open_age_secs)?;
                 Box::new(voice_calls::VoiceCallsSource::with_clock(
                     source_name,
                     c,
@@ -250,15 +244,7 @@ impl SourceConfig {
                 )?)
             }
             SourceConfig::VonageInsights(c) => {
-                let clock = WindowClock::range(
-                    source_name,
-                    from,
-                    to,
-                    cursor,
-                    c.window_days,
-                    c.settle_secs,
-                    c.max_open_age_secs,
-                )?;
+                let clock = clock(c.window_days, c.settle_secs, c.max_open_age_secs)?;
                 Box::new(vonage_insights::VonageInsightsSource::with_clock(
                     source_name,
                     c,
