@@ -131,6 +131,17 @@ fn run_child(cmd: &mut Command) -> ChildRun {
     }
 }
 
+/// `callsync --config <config> sync` with the release binary, measured.
+fn sync_child(config: &Path) -> ChildRun {
+    run_child(
+        Command::new(env!("CARGO_BIN_EXE_callsync"))
+            .arg("--config")
+            .arg(config)
+            .arg("sync")
+            .env("RUST_LOG", "warn"),
+    )
+}
+
 /// (b)/(c) A whole export from the simulator by the release binary.
 fn export_bench(rt: &tokio::runtime::Runtime, n: usize) -> (ChildRun, f64, usize) {
     let data = generate(n);
@@ -152,13 +163,7 @@ fn export_bench(rt: &tokio::runtime::Runtime, n: usize) -> (ChildRun, f64, usize
         ),
     )
     .unwrap();
-    let run = run_child(
-        Command::new(env!("CARGO_BIN_EXE_callsync"))
-            .arg("--config")
-            .arg(&config)
-            .arg("sync")
-            .env("RUST_LOG", "warn"),
-    );
+    let run = sync_child(&config);
     let conn = rusqlite::Connection::open(&state).unwrap();
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
         .unwrap();
@@ -206,13 +211,7 @@ fn voice_calls_bench(
         ),
     )
     .unwrap();
-    let run = run_child(
-        Command::new(env!("CARGO_BIN_EXE_callsync"))
-            .arg("--config")
-            .arg(&config)
-            .arg("sync")
-            .env("RUST_LOG", "warn"),
-    );
+    let run = sync_child(&config);
     let ideal = n as f64 * latency.as_secs_f64() / concurrency as f64;
     (run.wall, sim.requests(), ideal)
 }

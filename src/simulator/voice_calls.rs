@@ -336,26 +336,38 @@ fn find<'a>(sim: &'a VoiceCallsSim, id: &str) -> Option<&'a VcCall> {
     sim.calls.iter().find(|c| c.id == id)
 }
 
+fn not_found(msg: &str) -> Response {
+    (StatusCode::NOT_FOUND, Json(json!({ "error": msg }))).into_response()
+}
+
+/// Answers a per-call route with what `pick` makes of the call, or 404 with `missing`.
+async fn per_call(
+    shared: &Shared,
+    headers: &HeaderMap,
+    id: &str,
+    missing: &str,
+    pick: impl Fn(&VcCall) -> Option<Value>,
+) -> Response {
+    let drop = match gate(shared, headers).await {
+        Ok(d) => d,
+        Err(r) => return r,
+    };
+    let body = find(&super::lock(&shared.voice_calls), id).and_then(pick);
+    match body {
+        Some(b) => answer(drop, b),
+        None => not_found(missing),
+    }
+}
+
 async fn detail(
     State(shared): State<Arc<Shared>>,
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let drop = match gate(&shared, &headers).await {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
-    let body = {
-        let sim = super::lock(&shared.voice_calls);
-        match find(&sim, &id) {
-            Some(c) => c.object(true),
-            None => {
-                return (StatusCode::NOT_FOUND, Json(json!({"error": "not found"})))
-                    .into_response();
-            }
-        }
-    };
-    answer(drop, body)
+    per_call(&shared, &headers, &id, "not found", |c| {
+        Some(c.object(true))
+    })
+    .await
 }
 
 async fn epa(
@@ -363,21 +375,10 @@ async fn epa(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let drop = match gate(&shared, &headers).await {
-        Ok(d) => d,
-        Err(r) => return r,
-    };
-    let body = {
-        let sim = super::lock(&shared.voice_calls);
-        match find(&sim, &id).and_then(|c| if c.epa_inline { None } else { c.epa() }) {
-            Some(e) => e,
-            None => {
-                return (StatusCode::NOT_FOUND, Json(json!({"error": "no survey"})))
-                    .into_response();
-            }
-        }
-    };
-    answer(drop, body)
+    per_call(&shared, &headers, &id, "no survey", |c| {
+        if c.epa_inline { None } else { c.epa() }
+    })
+    .await
 }
 
 async fn recording_url(
@@ -397,11 +398,7 @@ async fn recording_url(
     let body = {
         let mut sim = super::lock(&shared.voice_calls);
         if !find(&sim, &id).is_some_and(|c| c.has_recording) {
-            return (
-                StatusCode::NOT_FOUND,
-                Json(json!({"error": "no recording"})),
-            )
-                .into_response();
+            return not_found("no recording");
         }
         let n = {
             let n = sim.issued.entry(id.clone()).or_insert(0);

@@ -2,7 +2,7 @@
 //! for every pull kind, through the same commit path: it never duplicates what a sync wrote
 //! (or the reverse), never moves the incremental cursor, and resumes after a kill -9.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use callsync::simulator::{FaultKind, FaultPlan, VoicegainSim};
 
@@ -87,12 +87,9 @@ fn a_backfill_killed_with_sigkill_resumes_and_ends_exact() {
         vec![FaultKind::Slow(Duration::from_millis(40))],
     ));
     let mut child = env.spawn(&["backfill", "--source", "vg", "--from", &from, "--to", &to]);
-    let t0 = Instant::now();
-    while files_with_suffix(&env.warehouse().join("calls"), ".parquet").len() < 2
-        && t0.elapsed() < Duration::from_secs(30)
-    {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_until(30, || {
+        files_with_suffix(&env.warehouse().join("calls"), ".parquet").len() >= 2
+    });
     assert!(
         child.try_wait().unwrap().is_none(),
         "the backfill ended before it could be killed"

@@ -71,10 +71,7 @@ fn a_second_process_on_the_same_source_is_refused_and_touches_nothing() {
     ));
     let mut first = env.spawn(&["sync"]);
     // Wait until the first process has staged its file.
-    let t0 = Instant::now();
-    while staging_files(&env.warehouse()).is_empty() && t0.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(30, || !staging_files(&env.warehouse()).is_empty());
     let staged = staging_files(&env.warehouse());
     assert!(!staged.is_empty(), "the first sync never staged a file");
     let second = env.run(&["sync"]);
@@ -106,10 +103,7 @@ fn sigterm_commits_what_was_read_and_the_next_sync_finishes_exact() {
         vec![FaultKind::Slow(Duration::from_millis(50))],
     ));
     let mut child = env.spawn(&["sync"]);
-    let t0 = Instant::now();
-    while staging_files(&env.warehouse()).is_empty() && t0.elapsed() < Duration::from_secs(30) {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(30, || !staging_files(&env.warehouse()).is_empty());
     // SAFETY: sending a signal to our own child process.
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let t1 = Instant::now();

@@ -420,6 +420,18 @@ pub fn assert_lake_matches_truth(env: &Env) {
     }
 }
 
+/// Polls `done` every few milliseconds until it holds or `secs` pass; returns whether it held.
+pub fn wait_until(secs: u64, mut done: impl FnMut() -> bool) -> bool {
+    let t0 = std::time::Instant::now();
+    while !done() {
+        if t0.elapsed() > std::time::Duration::from_secs(secs) {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    true
+}
+
 /// No staged file is left behind.
 pub fn staging_files(root: &Path) -> Vec<PathBuf> {
     files_with_suffix(&root.join("_staging"), ".tmp")
