@@ -1,6 +1,7 @@
 //! callsync: exports call records from voice and contact-center platforms into a
 //! Hive-partitioned Parquet lake, exactly once, with its state in SQLite.
 
+pub mod alloc;
 pub mod app;
 pub mod config;
 pub mod http;

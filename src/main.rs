@@ -65,6 +65,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    callsync::alloc::tune();
     let cli = Cli::parse();
     let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()

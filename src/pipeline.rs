@@ -1,7 +1,6 @@
 //! Runs one source: pages → exported-key skip → staged files → one commit → publish.
 //! The only place that ties sources to the lake and the state.
 
-use std::collections::HashSet;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,7 +19,7 @@ use crate::lake::writer::{CommitWriter, StagedFile};
 use crate::lake::{self, LakeError};
 use crate::sources::{Cursor, OpenContext, Page, SourceConfig, SourceError};
 use crate::state::lock::{LockError, SourceLock};
-use crate::state::{Commit, ManifestRow, State, StateError};
+use crate::state::{Commit, KeySet, ManifestRow, State, StateError};
 
 /// A batch is committed at least this often, so a long run keeps its progress.
 const COMMIT_INTERVAL: Duration = Duration::from_secs(60);
@@ -255,7 +254,7 @@ fn run_inner(
 /// The records of one commit being staged.
 struct Batch<'a> {
     writer: CommitWriter<'a>,
-    keys: HashSet<String>,
+    keys: KeySet,
     cursor: Option<Cursor>,
     started: Instant,
 }
@@ -282,7 +281,7 @@ impl<'a> Exporter<'a> {
                 &commit_id,
                 chrono::Utc::now().timestamp_micros(),
             ),
-            keys: HashSet::new(),
+            keys: KeySet::default(),
             cursor: None,
             started: Instant::now(),
         }
@@ -330,7 +329,7 @@ impl<'a> Exporter<'a> {
     }
 
     fn add_page(&mut self, batch: &mut Batch<'a>, page: Page) -> Result<(), PipelineError> {
-        let mut written: HashSet<String> = HashSet::new();
+        let mut written = KeySet::default();
         if let Some(calls) = page.calls {
             let ids = calls
                 .column_by_name("call_id")

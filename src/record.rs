@@ -147,31 +147,33 @@ impl CallBatchBuilder {
     /// page is built without regrowing its buffers.
     pub fn with_capacity(rows: usize, raw_bytes: usize) -> Self {
         let ts = || TimestampMicrosecondBuilder::with_capacity(rows).with_timezone("UTC");
-        let list = || ListBuilder::new(StringBuilder::new()).with_field(utf8_item());
+        // Short text: about 16 bytes a value.
+        let text = || StringBuilder::with_capacity(rows, rows * 16);
+        let list = || ListBuilder::with_capacity(text(), rows).with_field(utf8_item());
         CallBatchBuilder {
-            call_id: StringBuilder::with_capacity(rows, rows * 16),
-            source_kind: StringBuilder::new(),
+            call_id: text(),
+            source_kind: text(),
             started_at: ts(),
             ended_at: ts(),
-            duration_ms: Int64Builder::new(),
-            direction: StringBuilder::new(),
-            from_number: StringBuilder::new(),
-            to_number: StringBuilder::new(),
-            agent_id: StringBuilder::new(),
-            agent_name: StringBuilder::new(),
-            queue_name: StringBuilder::new(),
-            campaign_id: StringBuilder::new(),
-            vendor_status: StringBuilder::new(),
-            language: StringBuilder::new(),
-            sentiment_score: Float64Builder::new(),
-            sentiment_label: StringBuilder::new(),
-            summary: StringBuilder::new(),
+            duration_ms: Int64Builder::with_capacity(rows),
+            direction: text(),
+            from_number: text(),
+            to_number: text(),
+            agent_id: text(),
+            agent_name: text(),
+            queue_name: text(),
+            campaign_id: text(),
+            vendor_status: text(),
+            language: text(),
+            sentiment_score: Float64Builder::with_capacity(rows),
+            sentiment_label: text(),
+            summary: StringBuilder::with_capacity(rows, rows * 64),
             tags: list(),
             topics: list(),
             transcript: ListBuilder::new(StructBuilder::from_fields(turn_fields(), 0))
                 .with_field(turn_item()),
-            survey_score: Float64Builder::new(),
-            recording_ref: StringBuilder::new(),
+            survey_score: Float64Builder::with_capacity(rows),
+            recording_ref: text(),
             raw: StringBuilder::with_capacity(rows, raw_bytes),
             len: 0,
         }

@@ -47,8 +47,9 @@ pub struct StagedFile {
 pub fn writer_properties() -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
-        // Row-group (chunk) statistics are what readers prune on; per-page ones cost more.
-        .set_statistics_enabled(EnabledStatistics::Chunk)
+        // Min/max statistics only where readers prune on them (below); on free text they
+        // cost a comparison per value and prune nothing.
+        .set_statistics_enabled(EnabledStatistics::None)
         .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_created_by(concat!("callsync ", env!("CARGO_PKG_VERSION")).to_string())
         .set_key_value_metadata(Some(vec![KeyValue::new(
@@ -68,9 +69,18 @@ pub fn writer_properties() -> WriterProperties {
     ] {
         b = b.set_column_dictionary_enabled(ColumnPath::from(col), false);
     }
-    // Long text: min/max statistics are never used for pruning.
-    for col in ["raw", "summary", "recording_ref"] {
-        b = b.set_column_statistics_enabled(ColumnPath::from(col), EnabledStatistics::None);
+    // Row-group (chunk) statistics, which readers prune on; per-page ones cost more.
+    for col in [
+        "call_id",
+        "source_kind",
+        "started_at",
+        "ended_at",
+        "duration_ms",
+        "sentiment_score",
+        "survey_score",
+        "extracted_at",
+    ] {
+        b = b.set_column_statistics_enabled(ColumnPath::from(col), EnabledStatistics::Chunk);
     }
     let text = ColumnPath::new(vec![
         "transcript".into(),
@@ -78,10 +88,7 @@ pub fn writer_properties() -> WriterProperties {
         "item".into(),
         "text".into(),
     ]);
-    b = b
-        .set_column_dictionary_enabled(text.clone(), false)
-        .set_column_statistics_enabled(text, EnabledStatistics::None);
-    b.build()
+    b.set_column_dictionary_enabled(text, false).build()
 }
 
 struct Partition {

@@ -109,12 +109,28 @@ pub struct BackfillInfo {
 /// Call ids per lookup or insert statement (one statement per chunk, not per call).
 const KEY_CHUNK: usize = 500;
 
+/// A set of call ids. foldhash (hashbrown's default hasher, seeded per process) hashes short
+/// ids several times faster than the standard SipHash.
+pub type KeySet = HashSet<String, foldhash::fast::RandomState>;
+
 /// `SELECT call_id … IN (?2, …)` for `n` ids (`?1` is the source id).
 fn lookup_sql(n: usize) -> String {
     let marks: Vec<String> = (2..n + 2).map(|i| format!("?{i}")).collect();
     format!(
         "SELECT call_id FROM exported WHERE source_id = ?1 AND call_id IN ({})",
         marks.join(",")
+    )
+}
+
+/// `?1` = the source id, then the ids, bound without copying them.
+fn key_args<'a>(
+    source_id: i64,
+    ids: &'a [&'a str],
+) -> impl Iterator<Item = rusqlite::types::ToSqlOutput<'a>> + 'a {
+    use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+    std::iter::once(ToSqlOutput::Owned(Value::Integer(source_id))).chain(
+        ids.iter()
+            .map(|id| ToSqlOutput::Borrowed(ValueRef::Text(id.as_bytes()))),
     )
 }
 
@@ -227,22 +243,44 @@ impl State {
         &self,
         source_id: i64,
         call_ids: impl IntoIterator<Item = &'a str>,
-    ) -> Result<HashSet<String>, StateError> {
+    ) -> Result<KeySet, StateError> {
         let ids: Vec<&str> = call_ids.into_iter().collect();
+        let (Some(&least), Some(&greatest)) = (ids.iter().min(), ids.iter().max()) else {
+            return Ok(KeySet::default());
+        };
         let tx = self.conn.unchecked_transaction()?;
-        let mut found = HashSet::new();
-        for chunk in ids.chunks(KEY_CHUNK) {
-            let mut stmt = tx.prepare_cached(&lookup_sql(chunk.len()))?;
-            let args = std::iter::once(rusqlite::types::Value::Integer(source_id)).chain(
-                chunk
-                    .iter()
-                    .map(|id| rusqlite::types::Value::Text(id.to_string())),
-            );
-            let mut rows = stmt.query(rusqlite::params_from_iter(args))?;
-            while let Some(row) = rows.next()? {
-                found.insert(row.get::<_, String>(0)?);
+        // Where ids grow (most vendors', and any first export), few or no exported keys lie
+        // between a page's least and greatest id, so one range read answers the whole page.
+        // Otherwise (random ids after a backfill, say) each id is looked up.
+        let limit = ids.len() * 2;
+        let in_range: Vec<String> = tx
+            .prepare_cached(
+                "SELECT call_id FROM exported WHERE source_id = ?1 AND call_id BETWEEN ?2 AND ?3 LIMIT ?4",
+            )?
+            .query_map(params![source_id, least, greatest, limit as i64 + 1], |r| {
+                r.get(0)
+            })?
+            .collect::<Result<_, _>>()?;
+        let found = if in_range.is_empty() {
+            KeySet::default()
+        } else if in_range.len() <= limit {
+            let wanted: HashSet<&str, foldhash::fast::RandomState> = ids.iter().copied().collect();
+            in_range
+                .into_iter()
+                .filter(|k| wanted.contains(k.as_str()))
+                .collect()
+        } else {
+            let mut found = KeySet::default();
+            for chunk in ids.chunks(KEY_CHUNK) {
+                let mut stmt = tx.prepare_cached(&lookup_sql(chunk.len()))?;
+                let mut rows =
+                    stmt.query(rusqlite::params_from_iter(key_args(source_id, chunk)))?;
+                while let Some(row) = rows.next()? {
+                    found.insert(row.get::<_, String>(0)?);
+                }
             }
-        }
+            found
+        };
         tx.commit()?;
         Ok(found)
     }
@@ -267,14 +305,12 @@ impl State {
                     f.bytes as i64
                 ])?;
             }
-            for chunk in c.keys.chunks(KEY_CHUNK) {
+            // In key order, the B-tree grows at its edge instead of splitting pages all over.
+            let mut keys: Vec<&str> = c.keys.iter().map(String::as_str).collect();
+            keys.sort_unstable();
+            for chunk in keys.chunks(KEY_CHUNK) {
                 let mut k = tx.prepare_cached(&insert_sql(chunk.len()))?;
-                let args = std::iter::once(rusqlite::types::Value::Integer(c.source_id)).chain(
-                    chunk
-                        .iter()
-                        .map(|id| rusqlite::types::Value::Text(id.clone())),
-                );
-                k.execute(rusqlite::params_from_iter(args))?;
+                k.execute(rusqlite::params_from_iter(key_args(c.source_id, chunk)))?;
             }
         }
         tx.execute(
@@ -514,6 +550,13 @@ mod tests {
             .unwrap();
         assert_eq!(found.len(), keys.len());
         assert!(keys.iter().all(|k| found.contains(k)));
+        // A few ids spread over many exported keys: looked up one by one, same answer.
+        let spread = ["c0", "c1", "c999", "c1230", "zz"];
+        let found = s.exported_among(src, spread).unwrap();
+        let mut found: Vec<&str> = found.iter().map(String::as_str).collect();
+        found.sort_unstable();
+        assert_eq!(found, ["c0", "c1230", "c999"]);
+        assert!(s.exported_among(src, []).unwrap().is_empty());
         assert!(
             s.exported_among(other, asked.iter().map(String::as_str))
                 .unwrap()

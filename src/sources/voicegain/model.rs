@@ -62,9 +62,17 @@ impl Columns {
     }
 }
 
+/// `str::trim`, with a fast path for the common field that has no white space at its ends.
+pub fn trim(s: &str) -> &str {
+    match (s.as_bytes().first(), s.as_bytes().last()) {
+        (Some(&a), Some(&b)) if a > b' ' && a < 0x80 && b > b' ' && b < 0x80 => s,
+        _ => s.trim(),
+    }
+}
+
 /// Whether a `progressPhase` is final (DONE or ERROR; the vendor's doc also spells ERRROR).
 pub fn is_final_phase(phase: &str) -> bool {
-    let p = phase.trim();
+    let p = trim(phase);
     p.eq_ignore_ascii_case("DONE")
         || p.eq_ignore_ascii_case("ERROR")
         || p.eq_ignore_ascii_case("ERRROR")
@@ -73,7 +81,7 @@ pub fn is_final_phase(phase: &str) -> bool {
 /// Parses `MM-DD-YYYY h:mm:ss AM/PM` (UTC) into microseconds since the epoch.
 /// Hand-written: a format string per row is measurably slower on 100k-row pages.
 pub fn parse_time(s: &str) -> Option<i64> {
-    let b = s.trim().as_bytes();
+    let b = trim(s).as_bytes();
     // MM-DD-YYYY
     if b.len() < 18 || b[2] != b'-' || b[5] != b'-' || b[10] != b' ' {
         return None;

@@ -7,7 +7,7 @@ use crate::record::{CallBatchBuilder, CallRow, Reject, StrList};
 use crate::sources::SourceError;
 
 use super::KIND;
-use super::model::{Columns, is_final_phase, parse_time};
+use super::model::{Columns, is_final_phase, parse_time, trim};
 
 /// What one CSV page held.
 #[derive(Debug, Default)]
@@ -61,9 +61,11 @@ pub fn parse_page(
         )));
     };
     let keys = json_keys(&names);
-    let mut builder = CallBatchBuilder::new();
+    // Sized for the page up front: its raw JSON is about twice its CSV bytes (keys added),
+    // and a row is rarely under 64 bytes.
+    let mut builder = CallBatchBuilder::with_capacity(body.len() / 64, body.len() * 2);
     let mut bytes = csv::ByteRecord::new();
-    let mut raw = String::with_capacity(1024);
+    let mut raw = Vec::with_capacity(1024);
     let mut lower = String::new();
     loop {
         match rdr.read_byte_record(&mut bytes) {
@@ -80,31 +82,25 @@ pub fn parse_page(
             }
         }
         page.rows += 1;
-        let rec = match csv::StringRecord::from_byte_record(std::mem::take(&mut bytes)) {
-            Ok(rec) => rec,
-            Err(e) => {
-                let b = e.into_byte_record();
-                let lossy: Vec<String> = b
-                    .iter()
-                    .map(|f| String::from_utf8_lossy(f).into_owned())
-                    .collect();
-                raw_json(&keys, lossy.iter().map(String::as_str), &mut raw);
-                page.rejects.push(Reject {
-                    call_id: lossy.get(id_col).map(|s| s.trim().to_string()),
-                    error: "row is not valid UTF-8".into(),
-                    raw: raw.clone(),
-                });
-                bytes = b;
-                continue;
-            }
+        let Some(rec) = Row::new(&bytes) else {
+            let lossy: Vec<String> = bytes
+                .iter()
+                .map(|f| String::from_utf8_lossy(f).into_owned())
+                .collect();
+            let raw = raw_json(&keys, lossy.iter().map(String::as_str), &mut raw);
+            page.rejects.push(Reject {
+                call_id: lossy.get(id_col).map(|s| s.trim().to_string()),
+                error: "row is not valid UTF-8".into(),
+                raw: raw.to_string(),
+            });
+            continue;
         };
-        let id_text = rec.get(id_col).unwrap_or("").trim();
+        let id_text = trim(rec.get(id_col).unwrap_or(""));
         let call_id = id_text.parse::<u64>().ok();
         let phase = cols.progress_phase.and_then(|i| rec.get(i)).unwrap_or("");
-        if !phase.trim().is_empty() && !is_final_phase(phase) {
+        if !trim(phase).is_empty() && !is_final_phase(phase) {
             if skip_open {
                 page.skipped_open += 1;
-                bytes = rec.into_byte_record();
                 continue;
             }
             // The consecutive export should already stop before this row; stop anyway and
@@ -115,24 +111,23 @@ pub fn parse_page(
         if let Some(id) = call_id {
             page.max_call_id = Some(page.max_call_id.map_or(id, |m| m.max(id)));
         }
-        raw_json(&keys, rec.iter(), &mut raw);
+        let raw = raw_json(&keys, rec.iter(), &mut raw);
         if rec.len() != names.len() {
             page.rejects.push(Reject {
                 call_id: call_id.map(|_| id_text.to_string()),
                 error: format!("expected {} fields, found {}", names.len(), rec.len()),
-                raw: raw.clone(),
+                raw: raw.to_string(),
             });
         } else {
-            match normalize_row(&cols, &rec, call_id, id_text, &raw, &mut lower) {
+            match normalize_row(&cols, &rec, call_id, id_text, raw, &mut lower) {
                 Ok(row) => builder.append(&row),
                 Err(error) => page.rejects.push(Reject {
                     call_id: (!id_text.is_empty()).then(|| id_text.to_string()),
                     error,
-                    raw: raw.clone(),
+                    raw: raw.to_string(),
                 }),
             }
         }
-        bytes = rec.into_byte_record();
     }
     if !builder.is_empty() {
         let batch = builder
@@ -143,8 +138,35 @@ pub fn parse_page(
     Ok(page)
 }
 
+/// One CSV row whose bytes are valid UTF-8 with every field on a character boundary,
+/// read in place (no copy into a `StringRecord`).
+struct Row<'r> {
+    text: &'r str,
+    rec: &'r csv::ByteRecord,
+}
+
+impl<'r> Row<'r> {
+    fn new(rec: &'r csv::ByteRecord) -> Option<Self> {
+        let text = std::str::from_utf8(rec.as_slice()).ok()?;
+        let row = Row { text, rec };
+        (0..rec.len()).all(|i| row.get(i).is_some()).then_some(row)
+    }
+
+    fn get(&self, i: usize) -> Option<&'r str> {
+        self.text.get(self.rec.range(i)?)
+    }
+
+    fn len(&self) -> usize {
+        self.rec.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &'r str> + '_ {
+        (0..self.len()).map(|i| self.get(i).unwrap_or(""))
+    }
+}
+
 fn opt(s: &str) -> Option<&str> {
-    let t = s.trim();
+    let t = trim(s);
     (!t.is_empty()).then_some(t)
 }
 
@@ -152,7 +174,7 @@ fn opt(s: &str) -> Option<&str> {
 /// lowercased direction.
 fn normalize_row<'a>(
     cols: &Columns,
-    f: &'a csv::StringRecord,
+    f: &Row<'a>,
     call_id: Option<u64>,
     id_text: &'a str,
     raw: &'a str,
@@ -166,7 +188,7 @@ fn normalize_row<'a>(
     let started_at = parse_time(start)
         .ok_or_else(|| format!("startTime {start:?} is not MM-DD-YYYY h:mm:ss AM/PM"))?;
     let end = get(cols.end_time);
-    let ended_at = if end.trim().is_empty() {
+    let ended_at = if trim(end).is_empty() {
         None
     } else {
         Some(
@@ -174,7 +196,7 @@ fn normalize_row<'a>(
                 .ok_or_else(|| format!("endTime {end:?} is not MM-DD-YYYY h:mm:ss AM/PM"))?,
         )
     };
-    let dur = get(cols.duration).trim();
+    let dur = trim(get(cols.duration));
     let duration_ms = if dur.is_empty() {
         None
     } else {
@@ -185,7 +207,7 @@ fn normalize_row<'a>(
             .ok_or_else(|| format!("duration {dur:?} is not a number of seconds"))?;
         Some((secs * 1000.0).round() as i64)
     };
-    let sent = get(cols.sentiment).trim();
+    let sent = trim(get(cols.sentiment));
     let sentiment_score = if sent.is_empty() {
         None
     } else {
@@ -234,86 +256,39 @@ fn normalize_row<'a>(
 }
 
 /// `"name":` prefixes for each header, JSON-escaped once per page.
-fn json_keys(names: &[String]) -> Vec<String> {
-    names
-        .iter()
-        .map(|n| {
-            let mut k = String::with_capacity(n.len() + 3);
-            escape_json_str(n, &mut k);
-            k.push(':');
-            k
-        })
-        .collect()
+fn json_keys(names: &[String]) -> Vec<Vec<u8>> {
+    names.iter().map(|n| json_key(n)).collect()
 }
 
-/// The row as a JSON object of strings, written into one reused buffer.
-fn raw_json<'a>(keys: &[String], fields: impl Iterator<Item = &'a str>, out: &mut String) {
+fn json_key(name: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(name.len() + 3);
+    json_escape_simd::escape_into(name, &mut k);
+    k.push(b':');
+    k
+}
+
+/// The row as a JSON object of strings, written into one reused buffer (escaping is the
+/// SIMD kernel of `json-escape-simd`).
+fn raw_json<'b, 'a>(
+    keys: &[Vec<u8>],
+    fields: impl Iterator<Item = &'a str>,
+    out: &'b mut Vec<u8>,
+) -> &'b str {
     out.clear();
-    out.push('{');
+    out.push(b'{');
     for (i, value) in fields.enumerate() {
         if i > 0 {
-            out.push(',');
+            out.push(b',');
         }
         match keys.get(i) {
-            Some(k) => out.push_str(k),
-            None => out.push_str(&format!("\"_extra{i}\":")),
+            Some(k) => out.extend_from_slice(k),
+            None => out.extend_from_slice(&json_key(&format!("_extra{i}"))),
         }
-        escape_json_str(value, out);
+        json_escape_simd::escape_into(value, out);
     }
-    out.push('}');
-}
-
-/// Whether any byte of `w` is `"`, `\` or below 0x20 (SWAR: eight bytes at a time).
-#[inline]
-fn word_needs_escape(w: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let has_zero = |x: u64| x.wrapping_sub(ONES) & !x & HIGH;
-    let below_0x20 = w.wrapping_sub(ONES * 0x20) & !w & HIGH;
-    (has_zero(w ^ (ONES * b'"' as u64)) | has_zero(w ^ (ONES * b'\\' as u64)) | below_0x20) != 0
-}
-
-/// Appends `s` as a JSON string literal. Escapes are ASCII, so slicing `s` at their
-/// positions stays on char boundaries.
-fn escape_json_str(s: &str, out: &mut String) {
-    out.push('"');
-    let bytes = s.as_bytes();
-    let mut start = 0;
-    let mut i = 0;
-    while i < bytes.len() {
-        if i + 8 <= bytes.len() {
-            let w = u64::from_le_bytes(bytes[i..i + 8].try_into().expect("8 bytes"));
-            if !word_needs_escape(w) {
-                i += 8;
-                continue;
-            }
-        }
-        let b = bytes[i];
-        let esc: &str = match b {
-            b'"' => "\\\"",
-            b'\\' => "\\\\",
-            b'\n' => "\\n",
-            b'\r' => "\\r",
-            b'\t' => "\\t",
-            0..=0x1f => {
-                out.push_str(&s[start..i]);
-                out.push_str(&format!("\\u{b:04x}"));
-                i += 1;
-                start = i;
-                continue;
-            }
-            _ => {
-                i += 1;
-                continue;
-            }
-        };
-        out.push_str(&s[start..i]);
-        out.push_str(esc);
-        i += 1;
-        start = i;
-    }
-    out.push_str(&s[start..]);
-    out.push('"');
+    out.push(b'}');
+    // Escaped `str`s joined by ASCII punctuation are UTF-8 by construction.
+    std::str::from_utf8(out).expect("escaped UTF-8 pieces are UTF-8")
 }
 
 #[cfg(test)]
@@ -388,18 +363,22 @@ mod tests {
     }
 
     #[test]
-    fn json_escaping_handles_control_characters_quotes_and_long_runs() {
-        for input in [
+    fn raw_json_escapes_control_characters_quotes_and_long_runs() {
+        let fields = [
             "a\u{1}b\"\\\t",
             "plain text that is longer than eight bytes, no escapes at all",
             "0123456\"89abcdef\\ghij\nklmnopq\u{1f}rs é ünïcödé \"end\"",
             "",
             "\"",
-        ] {
-            let mut out = String::new();
-            escape_json_str(input, &mut out);
-            let back: String = serde_json::from_str(&out).unwrap();
-            assert_eq!(back, input);
-        }
+        ];
+        let names: Vec<String> = ["a", "b\"q", "c", "d"].map(String::from).to_vec();
+        let mut buf = Vec::new();
+        let raw = raw_json(&json_keys(&names), fields.iter().copied(), &mut buf);
+        let v: serde_json::Value = serde_json::from_str(raw).unwrap();
+        assert_eq!(v["a"], fields[0]);
+        assert_eq!(v["b\"q"], fields[1]);
+        assert_eq!(v["c"], fields[2]);
+        assert_eq!(v["d"], fields[3]);
+        assert_eq!(v["_extra4"], fields[4]);
     }
 }
