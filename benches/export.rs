@@ -3,7 +3,8 @@
 //! (c) 1M calls end to end: peak RSS and state bytes per exported call.
 //!
 //! Environment: `CALLSYNC_BENCH_ROWS` (default 100000), `CALLSYNC_BENCH_BIG_ROWS` (default
-//! 1000000, 0 skips (c)), `CALLSYNC_BENCH_REPS` (runs of (a), best kept; default 5),
+//! 1000000, 0 skips (c)), `CALLSYNC_BENCH_REPS` (runs of (a) and (b), least CPU kept;
+//! default 5),
 //! `CALLSYNC_TEST_PYTHON` (a Python with duckdb; default
 //! `target/pyenv/bin/python`).
 
@@ -38,6 +39,9 @@ fn generate(n: usize) -> VoicegainSim {
     let mut sim = VoicegainSim::new(7, 0);
     sim.spacing_secs = 1..15;
     sim.add_calls(n);
+    // The vendor's servers do not share callsync's cores in production: render the pages
+    // ahead so the simulator's work during (b)/(c) is little more than sending bytes.
+    sim.prerender();
     sim
 }
 
@@ -143,11 +147,30 @@ fn sync_child(config: &Path) -> ChildRun {
     )
 }
 
-/// (b)/(c) A whole export from the simulator by the release binary.
-fn export_bench(rt: &tokio::runtime::Runtime, n: usize) -> (ChildRun, f64, usize) {
+/// (b)/(c) A whole export from the simulator by the release binary, `reps` times into fresh
+/// state: the least CPU (this machine's timings vary run to run) with the greatest peak RSS.
+fn export_bench(rt: &tokio::runtime::Runtime, n: usize, reps: usize) -> (ChildRun, f64, usize) {
     let data = generate(n);
     let token = data.token.clone();
     let sim = rt.block_on(Simulator::start(data)).unwrap();
+    let mut best: Option<(ChildRun, f64, usize)> = None;
+    for _ in 0..reps.max(1) {
+        let (run, state, files) = export_once(&sim, &token, n);
+        let peak = best
+            .as_ref()
+            .map_or(0.0, |b| b.0.max_rss_mb)
+            .max(run.max_rss_mb);
+        if best.as_ref().is_none_or(|b| run.cpu < b.0.cpu) {
+            best = Some((run, state, files));
+        }
+        if let Some(b) = best.as_mut() {
+            b.0.max_rss_mb = peak;
+        }
+    }
+    best.expect("at least one run")
+}
+
+fn export_once(sim: &Simulator, token: &str, n: usize) -> (ChildRun, f64, usize) {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, token).unwrap();
@@ -295,7 +318,8 @@ fn main() {
         .map(|c| VoicegainSim::csv(c.iter().copied()))
         .collect();
     let mut best = (f64::MAX, f64::MAX, 0.0);
-    for _ in 0..env_usize("CALLSYNC_BENCH_REPS", 5) {
+    let reps = env_usize("CALLSYNC_BENCH_REPS", 5);
+    for _ in 0..reps {
         let r = encode_bench(&pages, rows);
         if r.1 < best.1 {
             best = r;
@@ -320,16 +344,19 @@ fn main() {
         return;
     }
     if std::env::var("CALLSYNC_BENCH_ONLY").as_deref() == Ok("export") {
-        let (r, state, _) = export_bench(&rt, rows);
+        let (r, state, _) = export_bench(&rt, rows, reps);
         println!(
             "(b) {:.3} s CPU, {:.1} MB peak RSS, {state:.1} state bytes/call",
             r.cpu, r.max_rss_mb
         );
         return;
     }
-    let duck = duckdb_bench(&csv_path);
-    let (exp, exp_state, exp_files) = export_bench(&rt, rows);
-    let big_run = (big > 0).then(|| export_bench(&rt, big));
+    // DuckDB gets the same best-of-`reps` treatment.
+    let duck = (0..reps)
+        .filter_map(|_| duckdb_bench(&csv_path))
+        .min_by(|a, b| a.0.total_cmp(&b.0));
+    let (exp, exp_state, exp_files) = export_bench(&rt, rows, reps);
+    let big_run = (big > 0).then(|| export_bench(&rt, big, 1));
     let vc = (vc_calls > 0).then(|| voice_calls_bench(&rt, vc_calls, Duration::from_millis(50), 8));
 
     println!("\ncallsync benchmarks ({rows} Voicegain rows, {csv_mb:.1} MB of CSV)\n");

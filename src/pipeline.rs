@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use arrow_array::BooleanArray;
 use arrow_array::cast::AsArray;
-use arrow_array::{Array, BooleanArray};
 use arrow_select::filter::filter_record_batch;
 use chrono::{NaiveDate, NaiveTime};
 use tokio::runtime::Handle;
@@ -18,6 +18,7 @@ use crate::lake::storage::{LocalStorage, Storage};
 use crate::lake::writer::{CommitWriter, StagedFile};
 use crate::lake::{self, LakeError};
 use crate::sources::{Cursor, OpenContext, Page, SourceConfig, SourceError};
+use crate::state::keys::CommitKeys;
 use crate::state::lock::{LockError, SourceLock};
 use crate::state::{Commit, KeySet, ManifestRow, State, StateError};
 
@@ -254,7 +255,7 @@ fn run_inner(
 /// The records of one commit being staged.
 struct Batch<'a> {
     writer: CommitWriter<'a>,
-    keys: KeySet,
+    keys: CommitKeys,
     cursor: Option<Cursor>,
     started: Instant,
 }
@@ -281,7 +282,7 @@ impl<'a> Exporter<'a> {
                 &commit_id,
                 chrono::Utc::now().timestamp_micros(),
             ),
-            keys: KeySet::default(),
+            keys: CommitKeys::default(),
             cursor: None,
             started: Instant::now(),
         }
@@ -341,14 +342,13 @@ impl<'a> Exporter<'a> {
                 .state
                 .exported_among(self.source_id, ids.iter().flatten())?;
             // Skip calls already exported, and repeats inside this commit.
-            let mut keep = Vec::with_capacity(ids.len());
-            for id in ids.iter() {
-                let id = id.unwrap_or_default();
-                let new = !exported.contains(id) && batch.keys.insert(id.to_string());
-                if new && !page.files.is_empty() {
-                    written.insert(id.to_string());
-                }
-                keep.push(new);
+            let keep = batch.keys.add_page(ids, |id| !exported.contains(id));
+            if !page.files.is_empty() {
+                written.extend(
+                    keep.iter()
+                        .zip(ids.iter())
+                        .filter_map(|(k, id)| id.filter(|_| *k).map(String::from)),
+                );
             }
             let dropped = keep.iter().filter(|k| !**k).count();
             self.summary.skipped += dropped as u64;
@@ -395,7 +395,7 @@ impl<'a> Exporter<'a> {
         let commit_id = batch.writer.commit_id().to_string();
         let files = batch.writer.finish()?;
         failpoint("after_stage");
-        let keys: Vec<String> = batch.keys.into_iter().collect();
+        let keys: Vec<&str> = batch.keys.iter().collect();
         let commit = Commit {
             commit_id: &commit_id,
             source_id: self.source_id,

@@ -1,6 +1,7 @@
 //! SQLite state: migrations, per-source cursors, the file manifest, exported keys, runs.
 //! One transaction records a commit's files, keys, counts and cursor together.
 
+pub mod keys;
 pub mod lock;
 mod migrations;
 
@@ -57,7 +58,7 @@ pub struct Commit<'a> {
     pub source_id: i64,
     pub run_id: i64,
     pub files: &'a [StagedFile],
-    pub keys: &'a [String],
+    pub keys: &'a [&'a str],
     /// The cursor to store; `None` keeps the current one.
     pub cursor: Option<&'a Cursor>,
     /// The backfill this commit belongs to: its cursor is stored there, and the source's
@@ -306,7 +307,7 @@ impl State {
                 ])?;
             }
             // In key order, the B-tree grows at its edge instead of splitting pages all over.
-            let mut keys: Vec<&str> = c.keys.iter().map(String::as_str).collect();
+            let mut keys: Vec<&str> = c.keys.to_vec();
             keys.sort_unstable();
             for chunk in keys.chunks(KEY_CHUNK) {
                 let mut k = tx.prepare_cached(&insert_sql(chunk.len()))?;
@@ -531,6 +532,7 @@ mod tests {
             .filter(|i| i % 3 == 0)
             .map(|i| format!("c{i}"))
             .collect();
+        let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         let cursor = serde_json::json!({"after_call_id": 7});
         s.commit(&Commit {
             commit_id: "c1",
@@ -549,7 +551,7 @@ mod tests {
             .exported_among(src, asked.iter().map(String::as_str))
             .unwrap();
         assert_eq!(found.len(), keys.len());
-        assert!(keys.iter().all(|k| found.contains(k)));
+        assert!(keys.iter().all(|k| found.contains(*k)));
         // A few ids spread over many exported keys: looked up one by one, same answer.
         let spread = ["c0", "c1", "c999", "c1230", "zz"];
         let found = s.exported_among(src, spread).unwrap();

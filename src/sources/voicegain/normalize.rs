@@ -62,8 +62,8 @@ pub fn parse_page(
     };
     let keys = json_keys(&names);
     // Sized for the page up front: its raw JSON is about twice its CSV bytes (keys added),
-    // and a row is rarely under 64 bytes.
-    let mut builder = CallBatchBuilder::with_capacity(body.len() / 64, body.len() * 2);
+    // and a row is about 400 bytes (a smaller one only makes the builders grow once more).
+    let mut builder = CallBatchBuilder::with_capacity(body.len() / 256 + 16, body.len() * 2);
     let mut bytes = csv::ByteRecord::new();
     let mut raw = Vec::with_capacity(1024);
     let mut lower = String::new();

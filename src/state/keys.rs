@@ -1,0 +1,94 @@
+//! The call ids of one commit being staged: kept in the pages' own `call_id` arrays and found
+//! through a hash table of (page, row) positions, with no string copied per call.
+
+use arrow_array::{Array, StringArray};
+use hashbrown::HashTable;
+
+/// Call ids staged in the current commit; answers "is this id already in it?".
+#[derive(Default)]
+pub struct CommitKeys {
+    pages: Vec<StringArray>,
+    table: HashTable<(u32, u32)>,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl CommitKeys {
+    /// Ids held.
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// Whether no id is held.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    fn id(&self, (page, row): (u32, u32)) -> &str {
+        self.pages[page as usize].value(row as usize)
+    }
+
+    /// Adds the non-null ids of `ids` for which `keep(id)` holds and that are not held yet
+    /// (repeats inside `ids` included); returns, per row, whether it was added.
+    pub fn add_page(&mut self, ids: &StringArray, mut keep: impl FnMut(&str) -> bool) -> Vec<bool> {
+        let page = self.pages.len() as u32;
+        self.pages.push(ids.clone());
+        self.table.reserve(ids.len(), |&p| {
+            let id = self.pages[p.0 as usize].value(p.1 as usize);
+            std::hash::BuildHasher::hash_one(&self.hasher, id)
+        });
+        let mut added = Vec::with_capacity(ids.len());
+        for row in 0..ids.len() {
+            if ids.is_null(row) {
+                added.push(false);
+                continue;
+            }
+            let id = ids.value(row);
+            let hash = std::hash::BuildHasher::hash_one(&self.hasher, id);
+            let held = self
+                .table
+                .find(hash, |&p| {
+                    self.pages[p.0 as usize].value(p.1 as usize) == id
+                })
+                .is_some();
+            let add = !held && keep(id);
+            if add {
+                let pages = &self.pages;
+                let hasher = &self.hasher;
+                self.table.insert_unique(hash, (page, row as u32), |&p| {
+                    std::hash::BuildHasher::hash_one(
+                        hasher,
+                        pages[p.0 as usize].value(p.1 as usize),
+                    )
+                });
+            }
+            added.push(add);
+        }
+        added
+    }
+
+    /// Every id held, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &str> {
+        self.table.iter().map(|&p| self.id(p))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_added_once_across_and_within_pages() {
+        let mut keys = CommitKeys::default();
+        let a = StringArray::from(vec![Some("1"), Some("2"), None, Some("2"), Some("3")]);
+        assert_eq!(
+            keys.add_page(&a, |id| id != "3"),
+            [true, true, false, false, false]
+        );
+        let b = StringArray::from(vec!["3", "1", "4"]);
+        assert_eq!(keys.add_page(&b, |_| true), [true, false, true]);
+        let mut all: Vec<&str> = keys.iter().collect();
+        all.sort_unstable();
+        assert_eq!(all, ["1", "2", "3", "4"]);
+        assert_eq!(keys.len(), 4);
+    }
+}
