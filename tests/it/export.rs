@@ -148,3 +148,59 @@ fn the_vendor_refuses_sorting_with_consecutive_and_callsync_never_sends_it() {
     });
     assert_eq!(status.as_u16(), 400);
 }
+
+#[test]
+fn parquet_files_are_zstd_with_statistics_where_queries_prune() {
+    use parquet::basic::Compression;
+    use parquet::file::reader::{FileReader, SerializedFileReader};
+    use parquet::file::statistics::Statistics;
+
+    let env = Env::new(VoicegainSim::new(4, 0), 300);
+    env.sim.voicegain().add_calls(900);
+    env.sync_ok();
+    let files = files_with_suffix(&env.warehouse().join("calls"), ".parquet");
+    assert!(!files.is_empty());
+    for f in files {
+        let day = f
+            .components()
+            .filter_map(|c| c.as_os_str().to_str()?.strip_prefix("date="))
+            .next()
+            .and_then(|d| chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").ok())
+            .unwrap_or_else(|| panic!("{} has no date partition", f.display()));
+        let day_start = day
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc()
+            .timestamp_micros();
+        let reader = SerializedFileReader::new(std::fs::File::open(&f).unwrap()).unwrap();
+        for rg in reader.metadata().row_groups() {
+            let col = |name: &str| {
+                rg.columns()
+                    .iter()
+                    .find(|c| c.column_path().string() == name)
+                    .unwrap_or_else(|| panic!("no column {name}"))
+            };
+            for c in rg.columns() {
+                assert!(
+                    matches!(c.compression(), Compression::ZSTD(_)),
+                    "{} in {} is {:?}",
+                    c.column_path(),
+                    f.display(),
+                    c.compression()
+                );
+            }
+            // Readers prune on the start time: its min/max lie within the partition's day.
+            match col("started_at").statistics() {
+                Some(Statistics::Int64(s)) => {
+                    let (min, max) = (*s.min_opt().unwrap(), *s.max_opt().unwrap());
+                    assert!(day_start <= min && min <= max && max < day_start + 86_400_000_000);
+                }
+                other => panic!("started_at statistics: {other:?}"),
+            }
+            assert!(col("call_id").statistics().is_some());
+            // Free text carries none: they would cost a comparison per value and prune nothing.
+            assert!(col("raw").statistics().is_none());
+            assert!(col("summary").statistics().is_none());
+        }
+    }
+}
