@@ -2,7 +2,10 @@
 //! through a hash table of (page, row) positions, with no string copied per call.
 
 use arrow_array::{Array, StringArray};
+use std::hash::BuildHasher;
+
 use hashbrown::HashTable;
+use hashbrown::hash_table::Entry;
 
 /// Call ids staged in the current commit; answers "is this id already in it?".
 #[derive(Default)]
@@ -32,38 +35,32 @@ impl CommitKeys {
     pub fn add_page(&mut self, ids: &StringArray, mut keep: impl FnMut(&str) -> bool) -> Vec<bool> {
         let page = self.pages.len() as u32;
         self.pages.push(ids.clone());
-        self.table.reserve(ids.len(), |&p| {
-            let id = self.pages[p.0 as usize].value(p.1 as usize);
-            std::hash::BuildHasher::hash_one(&self.hasher, id)
-        });
-        let mut added = Vec::with_capacity(ids.len());
-        for row in 0..ids.len() {
-            if ids.is_null(row) {
-                added.push(false);
-                continue;
-            }
-            let id = ids.value(row);
-            let hash = std::hash::BuildHasher::hash_one(&self.hasher, id);
-            let held = self
-                .table
-                .find(hash, |&p| {
-                    self.pages[p.0 as usize].value(p.1 as usize) == id
-                })
-                .is_some();
-            let add = !held && keep(id);
-            if add {
-                let pages = &self.pages;
-                let hasher = &self.hasher;
-                self.table.insert_unique(hash, (page, row as u32), |&p| {
-                    std::hash::BuildHasher::hash_one(
-                        hasher,
-                        pages[p.0 as usize].value(p.1 as usize),
-                    )
-                });
-            }
-            added.push(add);
-        }
-        added
+        let Self {
+            pages,
+            table,
+            hasher,
+        } = self;
+        let at = |&(p, r): &(u32, u32)| pages[p as usize].value(r as usize);
+        let rehash = |p: &(u32, u32)| hasher.hash_one(at(p));
+        table.reserve(ids.len(), rehash);
+        (0..ids.len())
+            .map(|row| {
+                if ids.is_null(row) {
+                    return false;
+                }
+                let id = ids.value(row);
+                match table.entry(hasher.hash_one(id), |p| at(p) == id, rehash) {
+                    Entry::Occupied(_) => false,
+                    Entry::Vacant(slot) => {
+                        let add = keep(id);
+                        if add {
+                            slot.insert((page, row as u32));
+                        }
+                        add
+                    }
+                }
+            })
+            .collect()
     }
 
     /// Every id held, in no particular order.
