@@ -53,6 +53,23 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Rebuilds a source's state from its lake (after the state was lost or restored from an
+    /// older copy): manifest, exported keys, a safe cursor and the lake marker.
+    Repair {
+        /// Only this source (repeatable); all configured sources otherwise.
+        #[arg(long = "source", value_name = "NAME")]
+        sources: Vec<String>,
+        /// Rebuild even a source whose state agrees with the lake.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Holds the lake against the state: every committed file present with its size, no
+    /// data file no commit names; exit 0 when clean, 1 with one line per problem.
+    Verify {
+        /// Only this source (repeatable).
+        #[arg(long = "source", value_name = "NAME")]
+        sources: Vec<String>,
+    },
     /// Runs the built-in simulator and syncs it into a demo lake: no credentials, no network.
     Demo {
         /// Directory for the demo config, state and lake.
@@ -118,6 +135,8 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Backfill { source, from, to } => {
             app::backfill(&cfg, &source, from, to, &rt, &stop, &mut out)
         }
+        Command::Repair { sources, force } => app::repair(&cfg, &sources, force, &mut out),
+        Command::Verify { sources } => app::verify(&cfg, &sources, &mut out),
         Command::Demo { .. } => unreachable!("handled above"),
     }
 }

@@ -16,8 +16,8 @@ use tracing::{debug, info, warn};
 use crate::config::WarehouseConfig;
 use crate::lake::storage::{LocalStorage, Storage};
 use crate::lake::writer::{CommitWriter, StagedFile};
-use crate::lake::{self, LakeError};
-use crate::sources::{Cursor, OpenContext, Page, SourceConfig, SourceError};
+use crate::lake::{self, LakeError, marker};
+use crate::sources::{Cursor, KnownKeys, OpenContext, Page, SourceConfig, SourceError};
 use crate::state::keys::CommitKeys;
 use crate::state::lock::{LockError, SourceLock};
 use crate::state::{Commit, KeySet, ManifestRow, State, StateError};
@@ -58,6 +58,15 @@ pub enum PipelineError {
     Lake(#[from] LakeError),
     #[error(transparent)]
     Source(#[from] SourceError),
+    #[error(
+        "source {source_name}: the lake {lake} and the state {state} disagree: {reason}. Exporting now could write calls the lake already holds a second time, so nothing was written; run `callsync repair --source {source_name}` to rebuild the state from the lake"
+    )]
+    Disagree {
+        source_name: String,
+        lake: String,
+        state: String,
+        reason: String,
+    },
     #[error("source {0}: the page fetcher stopped unexpectedly")]
     FetcherGone(String),
 }
@@ -167,14 +176,26 @@ fn run_inner(
     let mut state = State::open(&ctx.state_path)?;
     let row = state.source(name, cfg.kind())?;
     let storage = LocalStorage::new(&ctx.warehouse.root).map_err(LakeError::from)?;
-    lake::recover(&storage, &state, row.id, name)?;
     let run_id = state.start_run(row.id, mode.name())?;
+    if let Err(e) = prepare(ctx, &storage, &state, row.id, name) {
+        state.finish_run(run_id, "failed", Some(&e.to_string()))?;
+        warn!(source = %name, mode = mode.name(), error = %e, "Run refused.");
+        return Err(e);
+    }
     info!(source = %name, kind = cfg.kind(), mode = mode.name(), "Run started.");
     let open_ctx = OpenContext {
         warehouse_root: ctx.warehouse.root.clone(),
+        known: Arc::new(StateKeys {
+            state: std::sync::Mutex::new(State::open(&ctx.state_path)?),
+            source_id: row.id,
+        }),
     };
-    let (opened, backfill_id) = match mode {
-        RunMode::Sync => (cfg.open(name, row.cursor.as_ref(), &open_ctx), None),
+    let (opened, backfill_id, stored) = match mode {
+        RunMode::Sync => (
+            cfg.open(name, row.cursor.as_ref(), &open_ctx),
+            None,
+            row.cursor.clone(),
+        ),
         RunMode::Backfill { from, to } => {
             let (id, cursor) = state.backfill_start(row.id, &from.to_string(), &to.to_string())?;
             let start = from.and_time(NaiveTime::MIN).and_utc();
@@ -182,6 +203,7 @@ fn run_inner(
             (
                 cfg.open_range(name, start, end, cursor.as_ref(), &open_ctx),
                 Some(id),
+                cursor,
             )
         }
     };
@@ -194,6 +216,8 @@ fn run_inner(
                 source_id: row.id,
                 run_id,
                 backfill_id,
+                stored,
+                incremental: row.cursor.clone(),
                 max_rows: ctx.warehouse.max_rows_per_file,
                 summary,
                 on_page,
@@ -252,6 +276,50 @@ fn run_inner(
     result
 }
 
+/// Before a run exports anything: refuses a state that disagrees with the lake (nothing is
+/// touched then), recovers an interrupted run, and brings the lake marker up to date.
+fn prepare(
+    ctx: &RunContext,
+    storage: &dyn Storage,
+    state: &State,
+    source_id: i64,
+    name: &str,
+) -> Result<(), PipelineError> {
+    if let Some(reason) = marker::disagreement(storage, state, source_id, name)? {
+        return Err(PipelineError::Disagree {
+            source_name: name.to_string(),
+            lake: ctx.warehouse.root.display().to_string(),
+            state: ctx.state_path.display().to_string(),
+            reason,
+        });
+    }
+    lake::recover(storage, state, source_id, name)?;
+    marker::refresh(
+        storage,
+        state,
+        source_id,
+        name,
+        state.cursor(source_id)?.as_ref(),
+    )?;
+    Ok(())
+}
+
+/// The exported keys of one source, asked by the source itself before per-call work (its
+/// own connection: the source runs on the async runtime, the exporter on its thread).
+struct StateKeys {
+    state: std::sync::Mutex<State>,
+    source_id: i64,
+}
+
+impl KnownKeys for StateKeys {
+    fn exported_among(&self, ids: &[&str]) -> Result<KeySet, String> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .exported_among(self.source_id, ids.iter().copied())
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// The records of one commit being staged.
 struct Batch<'a> {
     writer: CommitWriter<'a>,
@@ -267,6 +335,10 @@ struct Exporter<'a> {
     source_id: i64,
     run_id: i64,
     backfill_id: Option<i64>,
+    /// The cursor as last committed (a commit that would change nothing is not made).
+    stored: Option<Cursor>,
+    /// The source's incremental cursor as committed (the lake marker carries it).
+    incremental: Option<Cursor>,
     max_rows: usize,
     summary: &'a mut RunSummary,
     on_page: OnPage<'a>,
@@ -330,6 +402,7 @@ impl<'a> Exporter<'a> {
     }
 
     fn add_page(&mut self, batch: &mut Batch<'a>, page: Page) -> Result<(), PipelineError> {
+        self.summary.skipped += page.known;
         let mut written = KeySet::default();
         if let Some(calls) = page.calls {
             let ids = calls
@@ -388,7 +461,7 @@ impl<'a> Exporter<'a> {
     /// Stage → commit → publish, in that order.
     fn commit(&mut self, batch: Batch<'a>) -> Result<(), PipelineError> {
         let (rows, rejects) = (batch.writer.calls(), batch.writer.rejected());
-        if rows == 0 && rejects == 0 && batch.cursor.is_none() {
+        if rows == 0 && rejects == 0 && (batch.cursor.is_none() || batch.cursor == self.stored) {
             batch.writer.abort();
             return Ok(());
         }
@@ -413,6 +486,12 @@ impl<'a> Exporter<'a> {
             }
             return Err(e.into());
         }
+        if batch.cursor.is_some() {
+            self.stored = batch.cursor.clone();
+            if self.backfill_id.is_none() {
+                self.incremental = batch.cursor.clone();
+            }
+        }
         failpoint("after_commit");
         let manifest: Vec<ManifestRow> = files
             .iter()
@@ -422,6 +501,12 @@ impl<'a> Exporter<'a> {
             })
             .collect();
         lake::publish(self.storage, self.state, &manifest)?;
+        marker::write(
+            self.storage,
+            self.source,
+            &commit_id,
+            self.incremental.as_ref(),
+        )?;
         self.summary.rows += rows;
         self.summary.staged = 0;
         self.summary.rejects += rejects;

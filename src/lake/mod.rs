@@ -5,6 +5,8 @@
 //! partitions. Recovery, under the source's lock, finishes publishes whose commit happened and
 //! deletes staged files no commit names.
 
+pub mod marker;
+pub mod repair;
 pub mod storage;
 pub mod writer;
 
@@ -18,14 +20,33 @@ use storage::Storage;
 /// A lake operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum LakeError {
-    #[error("lake I/O: {0}")]
+    #[error("lake I/O: {}", describe_io(.0))]
     Io(#[from] std::io::Error),
-    #[error("Parquet: {0}")]
+    #[error("Parquet: {}", describe(.0))]
     Parquet(#[from] parquet::errors::ParquetError),
     #[error("Arrow: {0}")]
     Arrow(#[from] arrow_schema::ArrowError),
     #[error(transparent)]
     State(#[from] StateError),
+}
+
+/// An I/O error, saying in plain words when the disk is full.
+fn describe_io(e: &std::io::Error) -> String {
+    if e.kind() == std::io::ErrorKind::StorageFull {
+        format!("the disk holding the lake is full ({e}); free space or grow it, then run again")
+    } else {
+        e.to_string()
+    }
+}
+
+/// Any error whose text shows a full disk (Parquet wraps the writer's I/O error).
+fn describe(e: &dyn std::fmt::Display) -> String {
+    let text = e.to_string();
+    if text.contains("No space left on device") || text.contains("os error 28") {
+        format!("the disk holding the lake is full ({text}); free space or grow it, then run again")
+    } else {
+        text
+    }
 }
 
 /// The lake-relative path of a call's recording: the call id when it is a safe file name

@@ -17,8 +17,24 @@ pub trait Storage: Send + Sync {
     fn exists(&self, rel: &str) -> io::Result<bool>;
     /// File names directly inside a directory (empty when it does not exist).
     fn list(&self, rel_dir: &str) -> io::Result<Vec<String>>;
+    /// Directory names directly inside a directory (empty when it does not exist).
+    fn list_dirs(&self, rel_dir: &str) -> io::Result<Vec<String>>;
     /// Deletes a file; a missing file is not an error.
     fn delete(&self, rel: &str) -> io::Result<()>;
+    /// A small file's bytes, or `None` when it does not exist.
+    fn read(&self, rel: &str) -> io::Result<Option<Vec<u8>>>;
+    /// Replaces a small file atomically and durably (write aside, sync, rename, sync dir).
+    fn put(&self, rel: &str, bytes: &[u8]) -> io::Result<()>;
+    /// Every file below a directory, recursively: lake-relative path and size, sorted
+    /// (empty when the directory does not exist).
+    fn walk(&self, rel_dir: &str) -> io::Result<Vec<(String, u64)>>;
+    /// Some file below a directory whose name ends with `suffix`, found without listing
+    /// the whole tree when one is near.
+    fn first_file(&self, rel_dir: &str, suffix: &str) -> io::Result<Option<String>>;
+    /// A file's size, or `None` when it does not exist.
+    fn size(&self, rel: &str) -> io::Result<Option<u64>>;
+    /// Opens a file for reading.
+    fn open(&self, rel: &str) -> io::Result<File>;
 }
 
 /// A warehouse in a local directory. Rename within one filesystem is atomic.
@@ -82,6 +98,23 @@ impl Storage for LocalStorage {
         self.path(rel).try_exists()
     }
 
+    fn list_dirs(&self, rel_dir: &str) -> io::Result<Vec<String>> {
+        let entries = match fs::read_dir(self.path(rel_dir)) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e),
+        };
+        let mut names = Vec::new();
+        for e in entries {
+            let e = e?;
+            if e.file_type()?.is_dir() {
+                names.push(e.file_name().to_string_lossy().into_owned());
+            }
+        }
+        names.sort();
+        Ok(names)
+    }
+
     fn list(&self, rel_dir: &str) -> io::Result<Vec<String>> {
         let dir = self.path(rel_dir);
         let entries = match fs::read_dir(&dir) {
@@ -104,6 +137,96 @@ impl Storage for LocalStorage {
         match fs::remove_file(self.path(rel)) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
             _ => Ok(()),
+        }
+    }
+
+    fn read(&self, rel: &str) -> io::Result<Option<Vec<u8>>> {
+        match fs::read(self.path(rel)) {
+            Ok(b) => Ok(Some(b)),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn put(&self, rel: &str, bytes: &[u8]) -> io::Result<()> {
+        use std::io::Write;
+        let to = self.path(rel);
+        let dir = to
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| self.root.clone());
+        fs::create_dir_all(&dir)?;
+        let name = to
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let aside = dir.join(format!(".{name}.{}.tmp", std::process::id()));
+        let mut f = File::create(&aside)?;
+        let written = f.write_all(bytes).and_then(|()| f.sync_all());
+        drop(f);
+        if let Err(e) = written.and_then(|()| fs::rename(&aside, &to)) {
+            let _ = fs::remove_file(&aside);
+            return Err(e);
+        }
+        sync_dir(&dir)
+    }
+
+    fn walk(&self, rel_dir: &str) -> io::Result<Vec<(String, u64)>> {
+        let mut out = Vec::new();
+        let mut dirs = vec![rel_dir.trim_end_matches('/').to_string()];
+        while let Some(d) = dirs.pop() {
+            let entries = match fs::read_dir(self.path(&d)) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for e in entries {
+                let e = e?;
+                let rel = format!("{d}/{}", e.file_name().to_string_lossy());
+                let t = e.file_type()?;
+                if t.is_dir() {
+                    dirs.push(rel);
+                } else if t.is_file() {
+                    out.push((rel, e.metadata()?.len()));
+                }
+            }
+        }
+        out.sort();
+        Ok(out)
+    }
+
+    fn first_file(&self, rel_dir: &str, suffix: &str) -> io::Result<Option<String>> {
+        let mut dirs = vec![rel_dir.trim_end_matches('/').to_string()];
+        while let Some(d) = dirs.pop() {
+            let entries = match fs::read_dir(self.path(&d)) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for e in entries {
+                let e = e?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                let rel = format!("{d}/{name}");
+                let t = e.file_type()?;
+                if t.is_dir() {
+                    dirs.push(rel);
+                } else if t.is_file() && name.ends_with(suffix) {
+                    return Ok(Some(rel));
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn open(&self, rel: &str) -> io::Result<File> {
+        File::open(self.path(rel))
+    }
+
+    fn size(&self, rel: &str) -> io::Result<Option<u64>> {
+        match fs::metadata(self.path(rel)) {
+            Ok(m) => Ok(Some(m.len())),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
         }
     }
 }

@@ -136,6 +136,10 @@ pub struct VoiceCallsSim {
     pub blob_requests_with_auth: u64,
     /// Blob downloads answered 403 (expired or bad signature).
     pub blob_refusals: u64,
+    /// List requests answered.
+    pub list_requests: u64,
+    /// Per-call requests (detail, EPA results, recording URL) asked, by call id.
+    pub per_call_requests: HashMap<String, u64>,
 }
 
 impl Default for VoiceCallsSim {
@@ -169,6 +173,8 @@ impl VoiceCallsSim {
             issued: HashMap::new(),
             blob_requests_with_auth: 0,
             blob_refusals: 0,
+            list_requests: 0,
+            per_call_requests: HashMap::new(),
         }
     }
 
@@ -306,7 +312,8 @@ async fn list(
         .and_then(|p| p.parse().ok())
         .filter(|p| *p >= 1)
         .unwrap_or(1);
-    let sim = super::lock(&shared.voice_calls);
+    let mut sim = super::lock(&shared.voice_calls);
+    sim.list_requests += 1;
     let size: usize = q
         .get("pageSize")
         .and_then(|p| p.parse().ok())
@@ -352,7 +359,11 @@ async fn per_call(
         Ok(d) => d,
         Err(r) => return r,
     };
-    let body = find(&super::lock(&shared.voice_calls), id).and_then(pick);
+    let body = {
+        let mut sim = super::lock(&shared.voice_calls);
+        *sim.per_call_requests.entry(id.to_string()).or_default() += 1;
+        find(&sim, id).and_then(pick)
+    };
     match body {
         Some(b) => answer(drop, b),
         None => not_found(missing),
@@ -397,6 +408,7 @@ async fn recording_url(
         .to_string();
     let body = {
         let mut sim = super::lock(&shared.voice_calls);
+        *sim.per_call_requests.entry(id.clone()).or_default() += 1;
         if !find(&sim, &id).is_some_and(|c| c.has_recording) {
             return not_found("no recording");
         }

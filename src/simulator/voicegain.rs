@@ -1,5 +1,8 @@
 //! Simulated Voicegain `GET /v1/sa/call`: consecutive export, CSV with quoted new lines,
 //! Bearer auth, 400 for sorting with `consecutive=true`, time-range queries for backfill.
+//! Rows carry all 43 documented columns, filled the way real exports are: many empty, UUIDs,
+//! random session ids, phone numbers, notes with quotes and new lines, word clouds, keywords
+//! and markers on some calls.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -13,7 +16,8 @@ use axum::routing::get;
 use super::Shared;
 use super::faults::{apply, dropped_body};
 
-/// One simulated call.
+/// One simulated call: the columns callsync maps (an empty string is an empty CSV cell),
+/// and a seed from which the other documented columns are rendered.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VgCall {
     pub id: u64,
@@ -23,11 +27,13 @@ pub struct VgCall {
     pub direction: String,
     pub external: String,
     pub internal: String,
+    /// Empty on voice-bot calls that never reached an agent.
     pub agent_id: String,
     pub agent_name: String,
     pub queue_name: String,
-    pub sentiment: f64,
-    /// Multi-line, with quotes and commas.
+    /// Absent on some calls.
+    pub sentiment: Option<f64>,
+    /// Multi-line, with quotes and commas; empty on some calls.
     pub notes: String,
     pub tags: Vec<String>,
     pub topics: Vec<String>,
@@ -37,12 +43,19 @@ pub struct VgCall {
     pub recording: String,
     /// A row whose startTime is not a time: must land in rejects.
     pub malformed: bool,
+    /// Seed of the columns callsync does not map (rendered, not stored).
+    pub seed: u64,
 }
 
 impl VgCall {
     /// Whether the call is finished (DONE or ERROR).
     pub fn is_final(&self) -> bool {
         self.phase == "DONE" || self.phase == "ERROR"
+    }
+
+    /// Whether a voice bot handled the call without an agent.
+    pub fn is_bot_only(&self) -> bool {
+        self.agent_id.is_empty()
     }
 }
 
@@ -71,26 +84,80 @@ impl Default for VoicegainSim {
     }
 }
 
-const AGENTS: &[(&str, &str)] = &[
-    ("436828", "Joe Shmoe"),
-    ("436829", "Ana Lima"),
-    ("436830", "Wei Zhang"),
-    ("436831", "Priya Nair"),
+const AGENTS: &[(&str, &str, &str)] = &[
+    ("436828", "Joe Shmoe", "joe"),
+    ("436829", "Ana Lima", "ana.lima"),
+    ("436830", "Wei Zhang", "wzhang"),
+    ("436831", "Priya Nair", "priya"),
+    ("436832", "Mateo García", "mateo.garcia"),
+    ("436833", "Zoë O'Brien", "zoe"),
 ];
-const QUEUES: &[&str] = &["Q-English-Member-Services", "Q-Spanish-Billing", "Q-Claims"];
+const QUEUES: &[(&str, &str)] = &[
+    ("873490", "Q-English-Member-Services"),
+    ("873491", "Q-Spanish-Billing"),
+    ("873492", "Q-Claims"),
+    ("873493", "Q-Provider-Line"),
+];
 const TAGS: &[&str] = &[
     "C_Member",
     "NEW_TAG",
     "V_Verified",
     "R_Coverage",
     "Escalated",
+    "Callback",
 ];
-const TOPICS: &[&str] = &["billing", "claim status", "address change", "cancel"];
-const NOTES: &[&str] = &[
-    "Caller asked about a claim.\nAgent verified identity and said \"it is approved\".",
+const TOPICS: &[&str] = &[
+    "billing",
+    "claim status",
+    "address change",
+    "cancel",
+    "coverage question",
+    "id card",
+];
+const SENTENCES: &[&str] = &[
+    "Caller asked about a claim.",
+    "Agent verified identity and said \"it is approved\".",
     "Billing question, resolved.",
-    "Customer upset, said: \"I've called three times, twice today\".\n\nEscalated to supervisor, callback promised.",
+    "Customer upset, said: \"I've called three times, twice today\".",
+    "Escalated to supervisor, callback promised.",
     "Address change, done in one call, no follow-up",
+    "Member asked for a new ID card; mailed to the address on file.",
+    "Provider called to check eligibility for a 12-visit plan.",
+    "Caller could not hear the agent; call dropped, \"please call back\" left on voicemail.",
+];
+const WORDS: &[&str] = &[
+    "claim",
+    "coverage",
+    "member",
+    "card",
+    "bill",
+    "payment",
+    "address",
+    "policy",
+    "doctor",
+    "visit",
+    "plan",
+    "deductible",
+    "refund",
+    "call",
+    "today",
+    "thanks",
+    "number",
+    "account",
+    "premium",
+    "provider",
+    "network",
+    "pharmacy",
+    "prescription",
+    "appointment",
+    "balance",
+];
+const MARKS: &[&str] = &[
+    "CC_ANSWER",
+    "CC_AGENT_ANSWER",
+    "CC_HOLD",
+    "CC_TRANSFER",
+    "BOT_START",
 ];
 
 impl VoicegainSim {
@@ -126,48 +193,87 @@ impl VoicegainSim {
             self.next_id += 1 + self.rng.u64(0..3);
             let id = self.next_id;
             self.now_secs += self.rng.i64(self.spacing_secs.clone());
-            let (agent_id, agent_name) = AGENTS[self.rng.usize(0..AGENTS.len())];
-            let mut tags: Vec<String> = Vec::new();
-            for t in TAGS {
-                if self.rng.u8(0..3) == 0 {
-                    tags.push(t.to_string());
-                }
-            }
-            let phase = if self.rng.f64() < self.pending_ratio {
-                "TRANSCRIBING"
-            } else if self.rng.u8(0..20) == 0 {
-                "ERROR"
-            } else {
-                "DONE"
-            };
-            let call = VgCall {
-                id,
-                start_secs: self.now_secs,
-                duration_secs: 5 + self.rng.u32(0..900),
-                direction: if self.rng.bool() {
-                    "inbound"
-                } else {
-                    "outbound"
-                }
-                .to_string(),
-                external: format!("+1469{:07}", self.rng.u32(0..10_000_000)),
-                internal: format!("1469333{:04}", self.rng.u32(0..10_000)),
-                agent_id: agent_id.to_string(),
-                agent_name: agent_name.to_string(),
-                queue_name: QUEUES[self.rng.usize(0..QUEUES.len())].to_string(),
-                sentiment: (self.rng.i32(-100..=100) as f64) / 100.0,
-                notes: NOTES[self.rng.usize(0..NOTES.len())].to_string(),
-                tags,
-                topics: vec![TOPICS[self.rng.usize(0..TOPICS.len())].to_string()],
-                phase: phase.to_string(),
-                language: if self.rng.u8(0..4) == 0 { "es" } else { "en" }.to_string(),
-                recording: format!("{:08x}-1f2a-4e5b-a8c8-9e301c5a749d", self.rng.u32(..)),
-                malformed: self.rng.f64() < self.malformed_ratio,
-            };
+            let call = self.random_call(id, self.now_secs);
             self.calls.insert(id, call);
             ids.push(id);
         }
         ids
+    }
+
+    fn random_call(&mut self, id: u64, start_secs: i64) -> VgCall {
+        let rng = &mut self.rng;
+        // A quarter of the calls are handled by a voice bot alone: no agent, no queue.
+        let bot_only = rng.u8(0..4) == 0;
+        let (agent_id, agent_name) = if bot_only {
+            (String::new(), String::new())
+        } else {
+            let (id, name, _) = AGENTS[rng.usize(0..AGENTS.len())];
+            (id.to_string(), name.to_string())
+        };
+        let queue_name = if bot_only {
+            String::new()
+        } else {
+            QUEUES[rng.usize(0..QUEUES.len())].1.to_string()
+        };
+        let tags = TAGS
+            .iter()
+            .filter(|_| rng.u8(0..4) == 0)
+            .map(|t| t.to_string())
+            .collect();
+        let topics = TOPICS
+            .iter()
+            .filter(|_| rng.u8(0..5) == 0)
+            .map(|t| t.to_string())
+            .collect();
+        // Notes: most calls, one to four sentences, sometimes split over lines.
+        let notes = if rng.u8(0..7) == 0 {
+            String::new()
+        } else {
+            let mut n = String::new();
+            for i in 0..rng.usize(1..=4) {
+                if i > 0 {
+                    n.push_str(if rng.u8(0..3) == 0 { "\n" } else { " " });
+                }
+                n.push_str(SENTENCES[rng.usize(0..SENTENCES.len())]);
+            }
+            n
+        };
+        let phase = if rng.f64() < self.pending_ratio {
+            if rng.bool() {
+                "TRANSCRIBING"
+            } else {
+                "ANALYZING"
+            }
+        } else if rng.u8(0..20) == 0 {
+            "ERROR"
+        } else {
+            "DONE"
+        };
+        VgCall {
+            id,
+            start_secs,
+            duration_secs: 5 + rng.u32(0..900),
+            direction: if rng.u8(0..3) > 0 {
+                "inbound"
+            } else {
+                "outbound"
+            }
+            .to_string(),
+            external: format!("+1{}{:07}", 200 + rng.u32(0..800), rng.u32(0..10_000_000)),
+            internal: format!("1469333{:04}", rng.u32(0..10_000)),
+            agent_id,
+            agent_name,
+            queue_name,
+            sentiment: (rng.u8(0..10) > 0).then(|| (rng.i32(-100..=100) as f64) / 100.0),
+            notes,
+            tags,
+            topics,
+            phase: phase.to_string(),
+            language: ["en", "en", "en", "es", "fr"][rng.usize(0..5)].to_string(),
+            recording: uuid(rng),
+            malformed: rng.f64() < self.malformed_ratio,
+            seed: rng.u64(..),
+        }
     }
 
     /// Finishes every unfinished call (DONE); returns their ids.
@@ -242,52 +348,175 @@ impl VoicegainSim {
             let _ = w.write_record(HEADER);
         }
         for c in rows {
-            let start = fmt_time(c.start_secs);
-            let end = fmt_time(c.start_secs + c.duration_secs as i64);
-            let start_field = if c.malformed {
-                "not-a-time".to_string()
-            } else {
-                start
-            };
-            let _ = w.write_record([
-                "f9f32f4b-845d-4110-8b9a-4f8eef06cfe5",
-                "17396f85-57b1-446c-874b-e40037998113",
-                &c.id.to_string(),
-                &start_field,
-                &end,
-                &c.duration_secs.to_string(),
-                &c.direction,
-                &c.external,
-                &c.internal,
-                &c.recording,
-                "USDVDArvLUwoDZFzCLDs",
-                &c.agent_id,
-                &format!(
-                    "{}@example.com",
-                    c.agent_name
-                        .split(' ')
-                        .next()
-                        .unwrap_or("agent")
-                        .to_lowercase()
-                ),
-                &c.agent_name,
-                "873490",
-                &c.queue_name,
-                &format!("{}", c.sentiment),
-                &c.notes,
-                &c.tags.join("|"),
-                "claim,coverage",
-                &c.topics.join("|"),
-                &c.phase,
-                &c.language,
-                "2",
-            ]);
+            let _ = w.write_record(c.cells());
         }
         String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
     }
 }
 
-const HEADER: [&str; 24] = [
+/// A random UUID (v4 layout).
+fn uuid(rng: &mut fastrand::Rng) -> String {
+    let (a, b) = (rng.u64(..), rng.u64(..));
+    format!(
+        "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        0x8000 | (b >> 48) & 0x3fff,
+        b & 0xffff_ffff_ffff
+    )
+}
+
+/// Random letters and digits, as Voicegain's session ids are.
+fn token(rng: &mut fastrand::Rng, len: usize) -> String {
+    (0..len).map(|_| rng.alphanumeric()).collect()
+}
+
+impl VgCall {
+    /// The 43 CSV cells of this call, in `HEADER` order.
+    pub fn cells(&self) -> Vec<String> {
+        let mut rng = fastrand::Rng::with_seed(self.seed);
+        let r = &mut rng;
+        let start = fmt_time(self.start_secs);
+        let end = fmt_time(self.start_secs + self.duration_secs as i64);
+        let start_field = if self.malformed {
+            "not-a-time".to_string()
+        } else {
+            start
+        };
+        let agent = AGENTS.iter().find(|a| a.0 == self.agent_id);
+        let queue_id = QUEUES
+            .iter()
+            .find(|q| q.1 == self.queue_name)
+            .map_or("", |q| q.0);
+        // One call in `one_in` has the field.
+        fn some(
+            r: &mut fastrand::Rng,
+            one_in: u8,
+            f: impl FnOnce(&mut fastrand::Rng) -> String,
+        ) -> String {
+            if r.u8(0..one_in) == 0 {
+                f(r)
+            } else {
+                String::new()
+            }
+        }
+        let bot = self.is_bot_only() || r.u8(0..5) == 0;
+        let qa = r.u8(0..8) == 0;
+        let keywords: Vec<&str> = WORDS.iter().filter(|_| r.u8(0..10) == 0).copied().collect();
+        let word_cloud = some(r, 4, |r| {
+            let n = r.usize(20..=100);
+            let words: Vec<String> = (0..n)
+                .map(|i| {
+                    format!(
+                        "{}:{}",
+                        WORDS[(i * 7 + r.usize(0..3)) % WORDS.len()],
+                        1 + r.u32(0..40)
+                    )
+                })
+                .collect();
+            words.join("|")
+        });
+        let markers = some(r, 3, |r| {
+            let n = r.usize(1..=4);
+            let m: Vec<String> = (0..n)
+                .map(|_| {
+                    format!(
+                        "{},{},null",
+                        r.u32(1000..400_000),
+                        MARKS[r.usize(0..MARKS.len())]
+                    )
+                })
+                .collect();
+            m.join("|")
+        });
+        let cell = |s: &str| s.to_string();
+        vec![
+            cell("f9f32f4b-845d-4110-8b9a-4f8eef06cfe5"),
+            cell("17396f85-57b1-446c-874b-e40037998113"),
+            self.id.to_string(),
+            start_field,
+            end,
+            self.duration_secs.to_string(),
+            self.direction.clone(),
+            self.external.clone(),
+            self.internal.clone(),
+            self.recording.clone(),
+            token(r, 20),
+            self.agent_id.clone(),
+            agent.map_or_else(String::new, |a| format!("{}@example.com", a.2)),
+            self.agent_name.clone(),
+            if agent.is_some() {
+                uuid(r)
+            } else {
+                String::new()
+            },
+            if agent.is_some() {
+                cell("right")
+            } else {
+                String::new()
+            },
+            cell(queue_id),
+            self.queue_name.clone(),
+            self.sentiment.map_or_else(String::new, |s| s.to_string()),
+            if qa { uuid(r) } else { String::new() },
+            if qa {
+                format!("{}", r.u8(40..=100))
+            } else {
+                String::new()
+            },
+            if qa {
+                cell(["REVIEWED", "PENDING"][r.usize(0..2)])
+            } else {
+                String::new()
+            },
+            if qa && r.bool() {
+                cell("Good empathy, missed the \"verify address\" step.")
+            } else {
+                String::new()
+            },
+            self.notes.clone(),
+            self.tags.join("|"),
+            keywords.join("|"),
+            self.topics.join("|"),
+            some(r, 3, |r| cell(["true", "false"][r.usize(0..2)])),
+            some(r, 2, |r| r.u8(0..4).to_string()),
+            word_cloud,
+            cell("2"),
+            cell("2"),
+            cell("2"),
+            if bot { uuid(r) } else { String::new() },
+            if bot { uuid(r) } else { String::new() },
+            if bot {
+                some(r, 3, |r| format!("{}", r.u64(1_000..9_000_000)))
+            } else {
+                String::new()
+            },
+            self.phase.clone(),
+            if bot && !self.is_bot_only() {
+                cell(["Internal", "Agency"][r.usize(0..2)])
+            } else {
+                String::new()
+            },
+            some(r, 2, |r| {
+                format!("{}", 2_000_000_000 + r.u64(0..999_999_999))
+            }),
+            self.language.clone(),
+            some(r, 10, |r| {
+                let n = r.usize(1..=6);
+                (0..n)
+                    .map(|_| r.u8(0..10).to_string())
+                    .collect::<Vec<_>>()
+                    .join("|")
+            }),
+            some(r, 3, |r| r.u8(1..5).to_string()),
+            markers,
+        ]
+    }
+}
+
+/// The 43 documented columns, in the documented order.
+pub const HEADER: [&str; 43] = [
     "accountId",
     "contextId",
     "callId",
@@ -302,16 +531,35 @@ const HEADER: [&str; 24] = [
     "agent.id",
     "agent.email",
     "agent.name",
+    "agent.userId",
+    "agent.channel",
     "queue.id",
     "queue.name",
     "sentiment",
+    "crAnswersId",
+    "score",
+    "reviewStatus",
+    "reviewNotes",
     "notes",
     "tags",
     "keywords",
     "topics",
-    "progressPhase",
-    "language",
+    "isCallResolved",
+    "incidents",
+    "wordCloud",
+    "numAudioChannels",
+    "numSpkChannels",
     "version",
+    "aivrAppId",
+    "aivrSessionId",
+    "originatingCallId",
+    "progressPhase",
+    "aivrTransferDestType",
+    "callCenterCallId",
+    "language",
+    "dtmfEvents",
+    "dailyRepeatCalls",
+    "markers",
 ];
 
 /// `MM-DD-YYYY h:mm:ss AM/PM`, UTC.

@@ -11,12 +11,13 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use crate::config::{Problems, typed};
 use crate::http::HttpError;
 use arrow_array::RecordBatch;
 
-use crate::record::Reject;
+use crate::record::{KeySet, Reject};
 use crate::secret::{Secret, SecretError, SecretRef};
 
 /// A source's position, stored opaquely by the state (each source has its own serde type).
@@ -36,6 +37,8 @@ pub struct Page {
     pub files: Vec<Attachment>,
     /// The cursor after this page; `None` leaves the stored cursor as it is.
     pub cursor: Option<Cursor>,
+    /// Listed records the source dropped because they were already exported.
+    pub known: u64,
 }
 
 /// A file a source downloaded for a call, spooled in the staging area.
@@ -50,11 +53,56 @@ pub struct Attachment {
     pub bytes: u64,
 }
 
-/// What a source may use from its surroundings: where to spool downloads.
-#[derive(Debug, Clone)]
+/// What a source may use from its surroundings: where to spool downloads, and which ids
+/// are already exported.
+#[derive(Clone)]
 pub struct OpenContext {
     /// The warehouse root (spooled files go under `_staging/<source>/`).
     pub warehouse_root: PathBuf,
+    /// Answers "which of these ids are already exported?" before any per-call work.
+    pub known: Arc<dyn KnownKeys>,
+}
+
+/// What the pipeline tells a source about its exported keys, so that a re-listed call costs
+/// no detail, survey or recording request and no normalizing. The answer covers committed
+/// exports; the pipeline still skips repeats inside the run being staged.
+pub trait KnownKeys: Send + Sync {
+    /// The ids among `ids` that are already exported; the `Err` says why it cannot tell.
+    fn exported_among(&self, ids: &[&str]) -> Result<KeySet, String>;
+}
+
+/// What a source's lake says about what was exported, for `repair` to rebuild a cursor
+/// from (the lake reads the files; each kind decides what position is safe).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct LakeFacts {
+    /// The greatest call id that is a non-negative integer, in the data files and rejects.
+    pub max_numeric_id: Option<u64>,
+    /// The latest `started_at` in the data files, µs since the epoch.
+    pub max_started_at: Option<i64>,
+}
+
+/// Knows no exported key: every id is new (tests, benchmarks).
+pub struct NothingKnown;
+
+impl KnownKeys for NothingKnown {
+    fn exported_among(&self, _ids: &[&str]) -> Result<KeySet, String> {
+        Ok(KeySet::default())
+    }
+}
+
+impl OpenContext {
+    /// Which of `ids` are already exported, as a `SourceError` naming the source on failure.
+    pub fn known_among(&self, source_name: &str, ids: &[&str]) -> Result<KeySet, SourceError> {
+        if ids.is_empty() {
+            return Ok(KeySet::default());
+        }
+        self.known
+            .exported_among(ids)
+            .map_err(|reason| SourceError::KnownKeys {
+                source_name: source_name.to_string(),
+                reason,
+            })
+    }
 }
 
 /// A vendor extractor. `next_page` is called until it returns `Ok(None)`.
@@ -76,6 +124,8 @@ pub enum SourceError {
     },
     #[error("source {source_name}: stored cursor is not valid for this kind: {reason}")]
     Cursor { source_name: String, reason: String },
+    #[error("source {source_name}: cannot look up which calls are exported: {reason}")]
+    KnownKeys { source_name: String, reason: String },
     #[error("source {source_name}: unexpected answer from the vendor: {reason}")]
     Protocol { source_name: String, reason: String },
 }
@@ -203,6 +253,21 @@ impl SourceConfig {
         }
     }
 
+    /// A cursor that loses nothing, for a state rebuilt from the lake: from what the lake
+    /// holds and the cursor the lake's marker recorded (the lesser when both are known;
+    /// re-listing more is harmless, exported keys skip it). `None` starts from the beginning.
+    pub fn repair_cursor(&self, facts: &LakeFacts, marker: Option<&Cursor>) -> Option<Cursor> {
+        match self {
+            SourceConfig::Voicegain(_) => voicegain::repair_cursor(facts, marker),
+            SourceConfig::VoiceCalls(c) => {
+                window::repair_cursor(facts, marker, c.window_settings())
+            }
+            SourceConfig::VonageInsights(c) => {
+                window::repair_cursor(facts, marker, c.window_settings())
+            }
+        }
+    }
+
     /// Reports every problem of this table.
     pub fn validate(&self, table: &str, problems: &mut Problems) {
         validate_schedule(table, self.schedule(), problems);
@@ -223,9 +288,7 @@ impl SourceConfig {
         cursor: Option<&Cursor>,
         ctx: &OpenContext,
     ) -> Result<Box<dyn Source>, SourceError> {
-        let clock = |days, settle, max_open_age| {
-            window::WindowClock::range(source_name, from, to, cursor, days, settle, max_open_age)
-        };
+        let clock = |w| window::WindowClock::range(source_name, from, to, cursor, w);
         Ok(match self {
             SourceConfig::Voicegain(c) => Box::new(voicegain::VoicegainRangeSource::new(
                 source_name,
@@ -235,7 +298,7 @@ impl SourceConfig {
                 cursor,
             )?),
             SourceConfig::VoiceCalls(c) => {
-                let clock = clock(c.window_days, c.settle_secs, c.max_open_age_secs)?;
+                let clock = clock(c.window_settings())?;
                 Box::new(voice_calls::VoiceCallsSource::with_clock(
                     source_name,
                     c,
@@ -244,11 +307,12 @@ impl SourceConfig {
                 )?)
             }
             SourceConfig::VonageInsights(c) => {
-                let clock = clock(c.window_days, c.settle_secs, c.max_open_age_secs)?;
+                let clock = clock(c.window_settings())?;
                 Box::new(vonage_insights::VonageInsightsSource::with_clock(
                     source_name,
                     c,
                     clock,
+                    ctx,
                 )?)
             }
         })
@@ -274,7 +338,7 @@ impl SourceConfig {
                 ctx,
             )?)),
             SourceConfig::VonageInsights(c) => Ok(Box::new(
-                vonage_insights::VonageInsightsSource::new(source_name, c, cursor)?,
+                vonage_insights::VonageInsightsSource::new(source_name, c, cursor, ctx)?,
             )),
         }
     }

@@ -69,4 +69,8 @@ pub const MIGRATIONS: &[&str] = &[
         UNIQUE (source_id, from_day, to_day)
     );
     "#,
+    // 3: commits by source, for the lake marker's checks and `repair`.
+    r#"
+    CREATE INDEX commits_by_source ON commits (source_id);
+    "#,
 ];

@@ -51,6 +51,16 @@ pub struct ManifestRow {
     pub final_path: String,
 }
 
+/// A manifest row with what `verify` compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestEntry {
+    pub staged: String,
+    pub final_path: String,
+    pub commit_id: String,
+    pub bytes: u64,
+    pub published: bool,
+}
+
 /// Everything one commit records, in one transaction.
 #[derive(Debug)]
 pub struct Commit<'a> {
@@ -110,9 +120,7 @@ pub struct BackfillInfo {
 /// Call ids per lookup or insert statement (one statement per chunk, not per call).
 const KEY_CHUNK: usize = 500;
 
-/// A set of call ids. foldhash (hashbrown's default hasher, seeded per process) hashes short
-/// ids several times faster than the standard SipHash.
-pub type KeySet = HashSet<String, foldhash::fast::RandomState>;
+pub use crate::record::KeySet;
 
 /// `SELECT call_id … IN (?2, …)` for `n` ids (`?1` is the source id).
 fn lookup_sql(n: usize) -> String {
@@ -342,6 +350,107 @@ impl State {
         Ok(())
     }
 
+    /// Whether `commit_id` is a commit of the source.
+    pub fn knows_commit(&self, source_id: i64, commit_id: &str) -> Result<bool, StateError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT 1 FROM commits WHERE id = ?1 AND source_id = ?2",
+                params![commit_id, source_id],
+                |_| Ok(()),
+            )
+            .optional()?
+            .is_some())
+    }
+
+    /// The source's last commit, if any.
+    pub fn last_commit(&self, source_id: i64) -> Result<Option<String>, StateError> {
+        Ok(self
+            .conn
+            .query_row(
+                "SELECT id FROM commits WHERE source_id = ?1 ORDER BY rowid DESC LIMIT 1",
+                [source_id],
+                |r| r.get(0),
+            )
+            .optional()?)
+    }
+
+    /// The source's incremental cursor.
+    pub fn cursor(&self, source_id: i64) -> Result<Option<Cursor>, StateError> {
+        let text: Option<String> = self.conn.query_row(
+            "SELECT cursor FROM sources WHERE id = ?1",
+            [source_id],
+            |r| r.get(0),
+        )?;
+        text.map(|c| {
+            serde_json::from_str(&c)
+                .map_err(|e| StateError::Cursor(source_id.to_string(), e.to_string()))
+        })
+        .transpose()
+    }
+
+    /// The source id of `name`, if the state has it.
+    pub fn source_id(&self, name: &str) -> Result<Option<i64>, StateError> {
+        Ok(self
+            .conn
+            .query_row("SELECT id FROM sources WHERE name = ?1", [name], |r| {
+                r.get(0)
+            })
+            .optional()?)
+    }
+
+    /// Every source name the state has.
+    pub fn source_names(&self) -> Result<Vec<String>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name FROM sources ORDER BY name")?;
+        let names = stmt
+            .query_map([], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(names)
+    }
+
+    /// Every manifest row of a source: (staged, final path, commit, bytes, published).
+    pub fn manifest(&self, source_id: i64) -> Result<Vec<ManifestEntry>, StateError> {
+        let mut stmt = self.conn.prepare(
+            "SELECT staged, final_path, commit_id, bytes, published FROM manifest WHERE source_id = ?1 ORDER BY final_path",
+        )?;
+        let rows = stmt
+            .query_map([source_id], |r| {
+                Ok(ManifestEntry {
+                    staged: r.get(0)?,
+                    final_path: r.get(1)?,
+                    commit_id: r.get(2)?,
+                    bytes: r.get::<_, i64>(3)? as u64,
+                    published: r.get::<_, i64>(4)? != 0,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Starts rebuilding a source's state from its lake (`repair`): one transaction that
+    /// first forgets the source's manifest, exported keys and commits (its backfills' progress
+    /// is kept: re-reading is skipped by key).
+    pub fn rebuild(&mut self, source_id: i64) -> Result<Rebuild<'_>, StateError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM exported WHERE source_id = ?1", [source_id])?;
+        tx.execute("DELETE FROM manifest WHERE source_id = ?1", [source_id])?;
+        tx.execute("DELETE FROM commits WHERE source_id = ?1", [source_id])?;
+        tx.execute(
+            "INSERT INTO runs (source_id, kind, started_at) VALUES (?1, 'repair', ?2)",
+            params![source_id, now()],
+        )?;
+        let run_id = tx.last_insert_rowid();
+        Ok(Rebuild {
+            tx,
+            source_id,
+            run_id,
+        })
+    }
+
     /// Manifest rows of a source whose publish is not recorded yet.
     pub fn unpublished(&self, source_id: i64) -> Result<Vec<ManifestRow>, StateError> {
         let mut stmt = self.conn.prepare_cached(
@@ -514,6 +623,93 @@ impl State {
             });
         }
         Ok(out)
+    }
+}
+
+/// A source's state being rebuilt from its lake; nothing is visible until `finish`.
+pub struct Rebuild<'a> {
+    tx: rusqlite::Transaction<'a>,
+    source_id: i64,
+    run_id: i64,
+}
+
+impl Rebuild<'_> {
+    /// Records a file present in the lake as published by `commit_id`.
+    pub fn add_file(
+        &self,
+        final_path: &str,
+        commit_id: &str,
+        rows: u64,
+        bytes: u64,
+    ) -> Result<(), StateError> {
+        self.tx.execute(
+            "INSERT INTO manifest (staged, final_path, source_id, commit_id, rows, bytes, published) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)",
+            params![
+                format!("repaired:{final_path}"),
+                final_path,
+                self.source_id,
+                commit_id,
+                rows as i64,
+                bytes as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Records exported keys.
+    pub fn add_keys(&self, keys: &[&str]) -> Result<(), StateError> {
+        for chunk in keys.chunks(KEY_CHUNK) {
+            let mut k = self.tx.prepare_cached(&insert_sql(chunk.len()))?;
+            k.execute(rusqlite::params_from_iter(key_args(self.source_id, chunk)))?;
+        }
+        Ok(())
+    }
+
+    /// Records a commit found in the lake (or the repair's own, with the cursor).
+    pub fn add_commit(
+        &self,
+        commit_id: &str,
+        rows: u64,
+        rejects: u64,
+        cursor: Option<&Cursor>,
+    ) -> Result<(), StateError> {
+        self.tx.execute(
+            "INSERT OR REPLACE INTO commits (id, source_id, run_id, committed_at, rows, rejects, cursor) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                commit_id,
+                self.source_id,
+                self.run_id,
+                now(),
+                rows as i64,
+                rejects as i64,
+                cursor.map(|c| c.to_string())
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Stores the cursor and totals, closes the repair's run record and commits.
+    pub fn finish(
+        self,
+        cursor: Option<&Cursor>,
+        rows: u64,
+        rejects: u64,
+    ) -> Result<(), StateError> {
+        self.tx.execute(
+            "UPDATE sources SET cursor = ?2, rows_total = ?3, rejects_total = ?4 WHERE id = ?1",
+            params![
+                self.source_id,
+                cursor.map(|c| c.to_string()),
+                rows as i64,
+                rejects as i64
+            ],
+        )?;
+        self.tx.execute(
+            "UPDATE runs SET ended_at = ?2, outcome = 'ok', rows = ?3, rejects = ?4 WHERE id = ?1",
+            params![self.run_id, now(), rows as i64, rejects as i64],
+        )?;
+        self.tx.commit()?;
+        Ok(())
     }
 }
 

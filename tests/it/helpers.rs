@@ -368,7 +368,16 @@ pub fn rejects(root: &Path) -> Vec<serde_json::Value> {
 
 /// The lake equals the simulator's consecutive-export ground truth, field by field.
 pub fn assert_lake_matches_truth(env: &Env) {
-    let rows = env.lake();
+    assert_lake_matches_truth_of(env, "vg")
+}
+
+/// As `assert_lake_matches_truth`, for the Voicegain source `source` among others.
+pub fn assert_lake_matches_truth_of(env: &Env, source: &str) {
+    let rows: Vec<LakeRow> = env
+        .lake()
+        .into_iter()
+        .filter(|r| r.source == source)
+        .collect();
     let got = unique_ids(&rows);
     let sim = env.sim.voicegain();
     let truth: BTreeMap<u64, callsync::simulator::VgCall> = sim
@@ -385,7 +394,7 @@ pub fn assert_lake_matches_truth(env: &Env) {
     assert_eq!(got, want, "call ids differ from the ground truth");
     for r in &rows {
         let c = &truth[&r.call_id.parse::<u64>().unwrap()];
-        assert_eq!(r.source, "vg");
+        assert_eq!(r.source, source);
         assert_eq!(
             r.started_at,
             Some(c.start_secs * 1_000_000),
@@ -400,11 +409,13 @@ pub fn assert_lake_matches_truth(env: &Env) {
         assert_eq!(r.direction.as_deref(), Some(c.direction.as_str()));
         assert_eq!(r.from_number.as_deref(), Some(c.external.as_str()));
         assert_eq!(r.to_number.as_deref(), Some(c.internal.as_str()));
-        assert_eq!(r.agent_name.as_deref(), Some(c.agent_name.as_str()));
-        assert_eq!(r.queue_name.as_deref(), Some(c.queue_name.as_str()));
+        let some = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        assert_eq!(r.agent_name, some(&c.agent_name));
+        assert_eq!(r.agent_id, some(&c.agent_id));
+        assert_eq!(r.queue_name, some(&c.queue_name));
         assert_eq!(
-            r.summary.as_deref(),
-            Some(c.notes.as_str()),
+            r.summary,
+            some(&c.notes),
             "summary keeps new lines and quotes"
         );
         let tags = (!c.tags.is_empty()).then(|| c.tags.clone());
@@ -417,6 +428,13 @@ pub fn assert_lake_matches_truth(env: &Env) {
         assert_eq!(r.date, day, "partition date of {}", c.id);
         let raw: serde_json::Value = serde_json::from_str(r.raw.as_deref().unwrap()).unwrap();
         assert_eq!(raw["callId"], c.id.to_string());
+        // Empty CSV fields are left out of `raw`, present ones kept as sent.
+        assert_eq!(
+            raw.get("agent.name").and_then(|v| v.as_str()),
+            some(&c.agent_name).as_deref()
+        );
+        assert!(raw.as_object().unwrap().values().all(|v| v != ""), "{raw}");
+        assert_eq!(raw["numAudioChannels"], "2");
     }
 }
 
@@ -435,4 +453,30 @@ pub fn wait_until(secs: u64, mut done: impl FnMut() -> bool) -> bool {
 /// No staged file is left behind.
 pub fn staging_files(root: &Path) -> Vec<PathBuf> {
     files_with_suffix(&root.join("_staging"), ".tmp")
+}
+
+/// DuckDB reads the lake: (rows, distinct call ids). `None` when no Python with duckdb is
+/// configured (`CALLSYNC_TEST_PYTHON`; `.ci/run` sets it).
+pub fn duckdb_counts(root: &std::path::Path) -> Option<(u64, u64)> {
+    let python = std::env::var("CALLSYNC_TEST_PYTHON").ok()?;
+    if files_with_suffix(&root.join("calls"), ".parquet").is_empty() {
+        return Some((0, 0));
+    }
+    let script = format!(
+        "import duckdb\nr = duckdb.connect().execute(\"SELECT count(*), count(DISTINCT call_id) FROM read_parquet('{}/calls/**/*.parquet', hive_partitioning=true)\").fetchall()[0]\nprint(r[0], r[1])",
+        root.display()
+    );
+    let out = std::process::Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "DuckDB could not read the lake: {}",
+        text(&out)
+    );
+    let s = String::from_utf8_lossy(&out.stdout);
+    let mut it = s.split_whitespace().map(|v| v.parse::<u64>().unwrap());
+    Some((it.next().unwrap(), it.next().unwrap()))
 }

@@ -2,34 +2,11 @@
 //! restart, the lake is readable (by our reader and by DuckDB when available) with no
 //! duplicate; a final sync makes it exact.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use callsync::simulator::{FaultKind, FaultPlan, VoicegainSim};
 
 use crate::helpers::*;
-
-/// DuckDB reads the lake: (rows, distinct call ids). `None` when no Python with duckdb is
-/// configured (`CALLSYNC_TEST_PYTHON`; `.ci/run` sets it).
-fn duckdb_counts(root: &std::path::Path) -> Option<(u64, u64)> {
-    let python = std::env::var("CALLSYNC_TEST_PYTHON").ok()?;
-    if files_with_suffix(&root.join("calls"), ".parquet").is_empty() {
-        return Some((0, 0));
-    }
-    let script = format!(
-        "import duckdb\nr = duckdb.connect().execute(\"SELECT count(*), count(DISTINCT call_id) FROM read_parquet('{}/calls/**/*.parquet', hive_partitioning=true)\").fetchall()[0]\nprint(r[0], r[1])",
-        root.display()
-    );
-    let out = Command::new(python).arg("-c").arg(script).output().unwrap();
-    assert!(
-        out.status.success(),
-        "DuckDB could not read the lake: {}",
-        text(&out)
-    );
-    let s = String::from_utf8_lossy(&out.stdout);
-    let mut it = s.split_whitespace().map(|v| v.parse::<u64>().unwrap());
-    Some((it.next().unwrap(), it.next().unwrap()))
-}
 
 fn parquet_count(root: &std::path::Path) -> usize {
     files_with_suffix(&root.join("calls"), ".parquet").len()

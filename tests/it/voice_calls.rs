@@ -60,7 +60,13 @@ fn expected(c: &VcCall) -> VcRow {
 
 /// A simulator with `n` voice calls over the last five days (fraction `open` in progress,
 /// all of those within the last 12 hours), and a config with source `vc`.
-fn setup(n: usize, open: f64, envelope: Envelope, page_cap: usize, extra_keys: &str) -> Env {
+pub(crate) fn setup(
+    n: usize,
+    open: f64,
+    envelope: Envelope,
+    page_cap: usize,
+    extra_keys: &str,
+) -> Env {
     let env = Env::new(VoicegainSim::new(1, 0), 100);
     let now = chrono::Utc::now().timestamp();
     {
@@ -87,7 +93,7 @@ fn setup(n: usize, open: f64, envelope: Envelope, page_cap: usize, extra_keys: &
     env
 }
 
-fn assert_exact(env: &Env) {
+pub(crate) fn assert_exact(env: &Env) {
     let got = read_voice_calls(env);
     let vc = env.sim.voice_calls();
     let want: BTreeMap<String, VcRow> = vc

@@ -15,7 +15,7 @@ const DAY_US: i64 = 86_400_000_000;
 
 /// A simulator with `n` ended sessions in the `days` days before the last hour, `n / 5` more
 /// in the last 12 hours of which a fraction `open` is in progress, and source `vn`.
-fn setup(n: usize, days: i64, open: f64, page_size: u32, window_days: u32) -> Env {
+pub(crate) fn setup(n: usize, days: i64, open: f64, page_size: u32, window_days: u32) -> Env {
     let env = Env::new(VoicegainSim::new(1, 0), 100);
     let now = chrono::Utc::now().timestamp_micros();
     {
@@ -43,7 +43,7 @@ fn setup(n: usize, days: i64, open: f64, page_size: u32, window_days: u32) -> En
 /// The lake holds exactly the ended sessions that started before `settled_before_us`, plus
 /// the ones still in progress after a day (exported as they are); `as_exported` lists ids
 /// whose simulator state changed after they were exported (fields not compared).
-fn assert_exact(env: &Env, settled_before_us: i64, as_exported: &[String]) {
+pub(crate) fn assert_exact(env: &Env, settled_before_us: i64, as_exported: &[String]) {
     let got = rows_by_id(env, "vn");
     let vn = env.sim.vonage();
     let expired = now_us() - DAY_US;
@@ -105,7 +105,7 @@ fn assert_exact(env: &Env, settled_before_us: i64, as_exported: &[String]) {
     }
 }
 
-fn now_us() -> i64 {
+pub(crate) fn now_us() -> i64 {
     chrono::Utc::now().timestamp_micros()
 }
 

@@ -23,7 +23,7 @@ use tracing::debug;
 use crate::config::{HttpConfig, Problems};
 use crate::http::{Download, HttpClient};
 use crate::record::{CallBatchBuilder, Reject};
-use crate::sources::window::{WindowClock, parse_day, parse_time, rfc3339};
+use crate::sources::window::{WindowClock, WindowSettings, parse_day, parse_time, rfc3339};
 use crate::sources::{Attachment, OpenContext};
 use crate::sources::{
     BoxFuture, Cursor, Page, Source, SourceError, secret_from, validate_base_url, validate_secret,
@@ -59,6 +59,10 @@ pub struct VoiceCallsConfig {
     /// Windows end this many seconds before now, so a window is closed before it is read.
     #[serde(default = "default_settle_secs")]
     pub settle_secs: u64,
+    /// Each sync re-lists this many seconds before `now - settle_secs`, so calls the vendor
+    /// lists late (indexing lag, a backlog) are still exported; 0 turns it off.
+    #[serde(default = "super::window::default_lookback_secs")]
+    pub lookback_secs: u64,
     /// An unfinished call older than this is exported as it is.
     #[serde(default = "default_max_open_age_secs")]
     pub max_open_age_secs: u64,
@@ -111,6 +115,16 @@ fn default_final_states() -> Vec<String> {
 }
 
 impl VoiceCallsConfig {
+    /// The window timing of this source.
+    pub fn window_settings(&self) -> WindowSettings {
+        WindowSettings {
+            window_days: self.window_days,
+            settle_secs: self.settle_secs,
+            lookback_secs: self.lookback_secs,
+            max_open_age_secs: self.max_open_age_secs,
+        }
+    }
+
     /// Reports every problem of this table.
     pub fn validate(&self, table: &str, problems: &mut Problems) {
         validate_base_url(table, &self.base_url, problems);
@@ -141,6 +155,7 @@ impl VoiceCallsConfig {
 /// One incremental run of a voice-calls source.
 pub struct VoiceCallsSource {
     client: VoiceCallsClient,
+    ctx: OpenContext,
     recorder: Option<Recorder>,
     cfg: VoiceCallsConfig,
     clock: WindowClock,
@@ -156,14 +171,8 @@ impl VoiceCallsSource {
         cursor: Option<&Cursor>,
         ctx: &OpenContext,
     ) -> Result<Self, SourceError> {
-        let clock = WindowClock::incremental(
-            source_name,
-            &cfg.start_date,
-            cursor,
-            cfg.window_days,
-            cfg.settle_secs,
-            cfg.max_open_age_secs,
-        )?;
+        let clock =
+            WindowClock::incremental(source_name, &cfg.start_date, cursor, cfg.window_settings())?;
         Self::with_clock(source_name, cfg, clock, ctx)
     }
 
@@ -188,6 +197,7 @@ impl VoiceCallsSource {
             None
         };
         Ok(VoiceCallsSource {
+            ctx: ctx.clone(),
             recorder,
             client,
             cfg: cfg.clone(),
@@ -291,6 +301,20 @@ impl VoiceCallsSource {
                 self.clock.hold_at(start);
             }
         }
+        // Calls already exported (a re-listed lookback) cost no detail, survey or recording
+        // request.
+        let ids: Vec<&str> = wanted
+            .iter()
+            .filter_map(|i| i.get("id").and_then(|v| v.as_str()))
+            .collect();
+        let known = self.ctx.known_among(self.client.source_name(), &ids)?;
+        let before = wanted.len();
+        wanted.retain(|i| {
+            !i.get("id")
+                .and_then(|v| v.as_str())
+                .is_some_and(|id| known.contains(id))
+        });
+        let dropped = (before - wanted.len()) as u64;
         let client = self.client.clone();
         let fetched: Vec<Result<Result<Fetched, Reject>, SourceError>> =
             futures_util::stream::iter(wanted)
@@ -341,6 +365,7 @@ impl VoiceCallsSource {
             })?)
         };
         Ok(Some(Page {
+            known: dropped,
             files: fetched_files,
             calls,
             rejects,

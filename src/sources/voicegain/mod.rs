@@ -15,13 +15,13 @@ use serde::Deserialize;
 
 use crate::config::{HttpConfig, Problems};
 use crate::sources::{
-    BoxFuture, Cursor, Page, Source, SourceError, decode_cursor, secret_from, validate_base_url,
-    validate_secret,
+    BoxFuture, Cursor, LakeFacts, Page, Source, SourceError, decode_cursor, secret_from,
+    validate_base_url, validate_secret,
 };
 
 use chrono::{DateTime, Utc};
 
-use crate::sources::window::{WindowClock, rfc3339};
+use crate::sources::window::{WindowClock, WindowSettings, rfc3339};
 use client::VoicegainClient;
 use model::VgCursor;
 
@@ -76,6 +76,23 @@ impl VoicegainConfig {
     }
 }
 
+/// A safe `afterCallId` for a state rebuilt from the lake: the highest callId in its files
+/// and rejects (everything up to it was final when the consecutive export passed it), or the
+/// marker's cursor when it is lower (calls a backfill exported past unfinished ones).
+pub fn repair_cursor(facts: &LakeFacts, marker: Option<&Cursor>) -> Option<Cursor> {
+    let from_marker = marker
+        .and_then(|m| serde_json::from_value::<VgCursor>(m.clone()).ok())
+        .map(|c| c.after_call_id);
+    let after = match (facts.max_numeric_id, from_marker) {
+        (Some(a), Some(b)) => a.min(b),
+        (a, b) => a.or(b)?,
+    };
+    serde_json::to_value(VgCursor {
+        after_call_id: after,
+    })
+    .ok()
+}
+
 /// One incremental run of a Voicegain source.
 pub struct VoicegainSource {
     client: VoicegainClient,
@@ -128,6 +145,7 @@ impl Source for VoicegainSource {
                 self.done = true;
             }
             Ok(Some(Page {
+                known: 0,
                 files: Vec::new(),
                 calls: parsed.calls,
                 rejects: parsed.rejects,
@@ -166,7 +184,18 @@ impl VoicegainRangeSource {
     ) -> Result<Self, SourceError> {
         Ok(VoicegainRangeSource {
             client: client(source_name, cfg)?,
-            clock: WindowClock::range(source_name, from, to, cursor, 1, 0, 86_400)?,
+            clock: WindowClock::range(
+                source_name,
+                from,
+                to,
+                cursor,
+                WindowSettings {
+                    window_days: 1,
+                    settle_secs: 0,
+                    lookback_secs: 0,
+                    max_open_age_secs: 86_400,
+                },
+            )?,
             page: 1,
             per_page: cfg.per_page,
         })
@@ -191,6 +220,7 @@ impl VoicegainRangeSource {
             None
         };
         Ok(Some(Page {
+            known: 0,
             files: Vec::new(),
             calls: parsed.calls,
             rejects: parsed.rejects,

@@ -15,9 +15,10 @@ use tracing::{debug, warn};
 
 use crate::config::{HttpConfig, Problems};
 use crate::record::{CallBatchBuilder, Reject};
-use crate::sources::window::{WindowClock, parse_day, parse_time};
+use crate::sources::window::{WindowClock, WindowSettings, parse_day, parse_time};
 use crate::sources::{
-    BoxFuture, Cursor, Page, Source, SourceError, secret_from, validate_base_url, validate_secret,
+    BoxFuture, Cursor, OpenContext, Page, Source, SourceError, secret_from, validate_base_url,
+    validate_secret,
 };
 
 use client::VonageClient;
@@ -57,6 +58,10 @@ pub struct VonageInsightsConfig {
     /// Windows end this many seconds before now, so a window is closed before it is read.
     #[serde(default = "default_settle_secs")]
     pub settle_secs: u64,
+    /// Each sync re-lists this many seconds before `now - settle_secs`, so calls the vendor
+    /// lists late (indexing lag, a backlog) are still exported; 0 turns it off.
+    #[serde(default = "super::window::default_lookback_secs")]
+    pub lookback_secs: u64,
     /// A session still `in_progress` after this long is exported as it is.
     #[serde(default = "default_max_open_age_secs")]
     pub max_open_age_secs: u64,
@@ -88,6 +93,16 @@ fn default_max_open_age_secs() -> u64 {
 }
 
 impl VonageInsightsConfig {
+    /// The window timing of this source.
+    pub fn window_settings(&self) -> WindowSettings {
+        WindowSettings {
+            window_days: self.window_days,
+            settle_secs: self.settle_secs,
+            lookback_secs: self.lookback_secs,
+            max_open_age_secs: self.max_open_age_secs,
+        }
+    }
+
     /// Reports every problem of this table.
     pub fn validate(&self, table: &str, problems: &mut Problems) {
         validate_base_url(table, &self.base_url, problems);
@@ -121,6 +136,7 @@ impl VonageInsightsConfig {
 /// One run of a Vonage insights source.
 pub struct VonageInsightsSource {
     client: VonageClient,
+    ctx: OpenContext,
     cfg: VonageInsightsConfig,
     clock: WindowClock,
     /// The clock window being read and its pending sub-windows (last = current).
@@ -136,16 +152,11 @@ impl VonageInsightsSource {
         source_name: &str,
         cfg: &VonageInsightsConfig,
         cursor: Option<&Cursor>,
+        ctx: &OpenContext,
     ) -> Result<Self, SourceError> {
-        let clock = WindowClock::incremental(
-            source_name,
-            &cfg.start_date,
-            cursor,
-            cfg.window_days,
-            cfg.settle_secs,
-            cfg.max_open_age_secs,
-        )?;
-        Self::with_clock(source_name, cfg, clock)
+        let clock =
+            WindowClock::incremental(source_name, &cfg.start_date, cursor, cfg.window_settings())?;
+        Self::with_clock(source_name, cfg, clock, ctx)
     }
 
     /// A run over an explicit clock (backfill).
@@ -153,9 +164,11 @@ impl VonageInsightsSource {
         source_name: &str,
         cfg: &VonageInsightsConfig,
         clock: WindowClock,
+        ctx: &OpenContext,
     ) -> Result<Self, SourceError> {
         let key = secret_from(source_name, &cfg.api_key_env, &cfg.api_key_file)?;
         Ok(VonageInsightsSource {
+            ctx: ctx.clone(),
             client: VonageClient::new(source_name, &cfg.base_url, &cfg.http, key)?,
             cfg: cfg.clone(),
             clock,
@@ -217,7 +230,24 @@ impl VonageInsightsSource {
             let (from_us, to_us) = (from.timestamp_micros(), to.timestamp_micros());
             let mut builder = CallBatchBuilder::new();
             let mut rejects = Vec::new();
+            // Sessions already exported (a re-listed lookback, a window read again) are
+            // dropped before they are parsed or normalized.
+            let ids: Vec<&str> = answer
+                .hits
+                .iter()
+                .filter_map(|h| h.get("id").and_then(|v| v.as_str()))
+                .collect();
+            let known = self.ctx.known_among(self.client.source_name(), &ids)?;
+            let mut dropped = 0u64;
             for hit in &answer.hits {
+                if hit
+                    .get("id")
+                    .and_then(|v| v.as_str())
+                    .is_some_and(|id| known.contains(id))
+                {
+                    dropped += 1;
+                    continue;
+                }
                 let raw = hit.to_string();
                 let session: Session = match serde_json::from_value(hit.clone()) {
                     Ok(s) => s,
@@ -271,6 +301,7 @@ impl VonageInsightsSource {
                 )
             };
             return Ok(Some(Page {
+                known: dropped,
                 files: Vec::new(),
                 calls,
                 rejects,

@@ -1,0 +1,336 @@
+//! `repair`: rebuilds one source's state from the files in its lake (manifest, exported keys,
+//! totals, a safe cursor) and writes the marker; `verify`: holds the lake and the state
+//! against each other and names every file that is wrong. Both run under the source's lock.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use arrow_array::StringArray;
+use arrow_array::cast::AsArray;
+use arrow_array::types::TimestampMicrosecondType;
+use parquet::arrow::ProjectionMask;
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use super::LakeError;
+use super::marker;
+use super::storage::Storage;
+use crate::sources::{Cursor, LakeFacts};
+use crate::state::{State, StateError};
+
+/// Keys inserted per statement batch while reading a file.
+const KEY_BATCH: usize = 8192;
+
+/// What a repair found and recorded.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Repaired {
+    /// Data files (calls, monitor legs) recorded.
+    pub data_files: usize,
+    /// Rejects and recordings files recorded.
+    pub other_files: usize,
+    /// Exported keys recorded.
+    pub rows: u64,
+    /// Reject lines found.
+    pub rejects: u64,
+    /// Staged files deleted (no commit the rebuilt state knows names them).
+    pub staged_deleted: usize,
+    /// The rebuilt cursor.
+    pub cursor: Option<Cursor>,
+    /// The repair's own commit id (the marker names it).
+    pub commit_id: String,
+}
+
+/// The commit id in a file name `part-<commit>-<n>.<ext>`.
+fn commit_of(path: &str) -> Option<&str> {
+    let name = path.rsplit('/').next()?;
+    let stem = name.strip_prefix("part-")?;
+    let stem = &stem[..stem.find('.')?];
+    let (commit, n) = stem.rsplit_once('-')?;
+    (!commit.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then_some(commit)
+}
+
+fn io(path: &str, e: impl std::fmt::Display) -> LakeError {
+    LakeError::Io(std::io::Error::other(format!("{path}: {e}")))
+}
+
+/// Reads the key column (and `started_at`) of a data file in batches: `on_keys` gets the keys
+/// of each batch; returns (rows, latest started_at).
+fn scan_keys(
+    storage: &dyn Storage,
+    path: &str,
+    mut on_keys: impl FnMut(&StringArray) -> Result<(), StateError>,
+) -> Result<(u64, Option<i64>), LakeError> {
+    let file = storage.open(path)?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| io(path, e))?;
+    let arrow = builder.schema().clone();
+    let key_col = ["call_id", "delivery_key"]
+        .iter()
+        .find_map(|n| arrow.index_of(n).ok())
+        .ok_or_else(|| io(path, "has no call_id column"))?;
+    let mut cols = vec![key_col];
+    let started = arrow.index_of("started_at").ok();
+    cols.extend(started);
+    let mask = ProjectionMask::roots(builder.parquet_schema(), cols);
+    let reader = builder
+        .with_projection(mask)
+        .with_batch_size(KEY_BATCH)
+        .build()
+        .map_err(|e| io(path, e))?;
+    let (mut rows, mut latest) = (0u64, None::<i64>);
+    for batch in reader {
+        let batch = batch.map_err(|e| io(path, e))?;
+        let keys = batch
+            .column(0)
+            .as_string_opt::<i32>()
+            .ok_or_else(|| io(path, "its key column is not text"))?;
+        rows += batch.num_rows() as u64;
+        on_keys(keys)?;
+        if started.is_some()
+            && let Some(t) = batch
+                .column(1)
+                .as_primitive_opt::<TimestampMicrosecondType>()
+            && let Some(m) = t.iter().flatten().max()
+        {
+            latest = Some(latest.map_or(m, |l| l.max(m)));
+        }
+    }
+    Ok((rows, latest))
+}
+
+/// Rebuilds the state of `source` from its lake. `cursor_of` is the source kind's rule for a
+/// safe cursor. The caller holds the source's lock.
+pub fn rebuild(
+    storage: &dyn Storage,
+    state: &mut State,
+    source_id: i64,
+    source: &str,
+    cursor_of: impl Fn(&LakeFacts, Option<&Cursor>) -> Option<Cursor>,
+) -> Result<Repaired, LakeError> {
+    // A marker that cannot be read is replaced; its cursor is then not used.
+    let marker_cursor = marker::read(storage, source)
+        .ok()
+        .flatten()
+        .and_then(|m| m.cursor);
+    let commit_id = uuid::Uuid::now_v7().simple().to_string();
+    let mut facts = LakeFacts::default();
+    let mut note_id = |id: &str| {
+        if let Ok(n) = id.trim().parse::<u64>() {
+            facts.max_numeric_id = Some(facts.max_numeric_id.map_or(n, |m| m.max(n)));
+        }
+    };
+    let mut out = Repaired {
+        commit_id: commit_id.clone(),
+        ..Repaired::default()
+    };
+    // Per commit: (rows, rejects).
+    let mut commits: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let mut latest: Option<i64> = None;
+    let rebuild = state.rebuild(source_id)?;
+    for dataset in marker::DATASETS {
+        for (path, bytes) in storage.walk(&format!("{dataset}/source={source}"))? {
+            if !path.ends_with(".parquet") {
+                continue;
+            }
+            let (rows, last) = scan_keys(storage, &path, |keys| {
+                let ids: Vec<&str> = keys.iter().flatten().collect();
+                ids.iter().for_each(|id| note_id(id));
+                rebuild.add_keys(&ids)
+            })?;
+            if let Some(l) = last {
+                latest = Some(latest.map_or(l, |x| x.max(l)));
+            }
+            let commit = commit_of(&path).unwrap_or(&commit_id).to_string();
+            rebuild.add_file(&path, &commit, rows, bytes)?;
+            commits.entry(commit).or_default().0 += rows;
+            out.rows += rows;
+            out.data_files += 1;
+        }
+    }
+    for (path, bytes) in storage.walk(&format!("_rejects/source={source}"))? {
+        let text = storage.read(&path)?.unwrap_or_default();
+        let mut lines = 0u64;
+        for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
+            lines += 1;
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(line)
+                && let Some(id) = v.get("call_id").and_then(|c| c.as_str())
+            {
+                note_id(id);
+            }
+        }
+        let commit = commit_of(&path).unwrap_or(&commit_id).to_string();
+        rebuild.add_file(&path, &commit, lines, bytes)?;
+        commits.entry(commit).or_default().1 += lines;
+        out.rejects += lines;
+        out.other_files += 1;
+    }
+    for (path, bytes) in storage.walk(&format!("recordings/source={source}"))? {
+        rebuild.add_file(&path, &commit_id, 0, bytes)?;
+        out.other_files += 1;
+    }
+    facts.max_started_at = latest;
+    let cursor = cursor_of(&facts, marker_cursor.as_ref());
+    for (commit, (rows, rejects)) in &commits {
+        if *commit != commit_id {
+            rebuild.add_commit(commit, *rows, *rejects, None)?;
+        }
+    }
+    let (own_rows, own_rejects) = commits.get(&commit_id).copied().unwrap_or_default();
+    // The repair's own commit is recorded last: it is the one the marker names.
+    rebuild.add_commit(&commit_id, own_rows, own_rejects, cursor.as_ref())?;
+    rebuild.finish(cursor.as_ref(), out.rows, out.rejects)?;
+    // Staged files: no commit of the rebuilt state names them, and their calls lie past the
+    // rebuilt cursor, so they are fetched again.
+    let dir = format!("_staging/{source}");
+    for name in storage.list(&dir)? {
+        storage.delete(&format!("{dir}/{name}"))?;
+        out.staged_deleted += 1;
+    }
+    marker::write(storage, source, &commit_id, cursor.as_ref())?;
+    out.cursor = cursor;
+    Ok(out)
+}
+
+/// Source names that have a directory in the lake (`<dataset>/source=<name>`).
+pub fn lake_sources(storage: &dyn Storage) -> Result<BTreeSet<String>, LakeError> {
+    let mut out = BTreeSet::new();
+    for dataset in marker::DATASETS.iter().chain(&["recordings", "_rejects"]) {
+        for d in storage.list_dirs(dataset)? {
+            if let Some(name) = d.strip_prefix("source=") {
+                out.insert(name.to_string());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One thing `verify` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    /// A problem (exit 1) rather than a note.
+    pub problem: bool,
+    /// The lake-relative file it is about, when it is about one.
+    pub file: Option<String>,
+    pub text: String,
+}
+
+impl Finding {
+    fn problem(file: &str, text: String) -> Finding {
+        Finding {
+            problem: true,
+            file: Some(file.to_string()),
+            text,
+        }
+    }
+}
+
+/// Holds the lake against the state for one source (`source_id` is `None` when the state
+/// does not know it: every file is then foreign). The lake is listed before the state is read,
+/// so a run publishing meanwhile never shows up as a false problem. `idle` says the caller
+/// holds the source's lock, so staging can be judged too.
+pub fn verify(
+    storage: &dyn Storage,
+    state: &State,
+    source_id: Option<i64>,
+    source: &str,
+    idle: bool,
+) -> Result<Vec<Finding>, LakeError> {
+    let mut lake: Vec<(String, u64)> = Vec::new();
+    for dataset in marker::DATASETS.iter().chain(&["recordings"]) {
+        lake.extend(storage.walk(&format!("{dataset}/source={source}"))?);
+    }
+    let staged_now = storage.list(&format!("_staging/{source}"))?;
+    let mut out = Vec::new();
+    let manifest = match source_id {
+        Some(id) => state.manifest(id)?,
+        None => Vec::new(),
+    };
+    if let Some(id) = source_id
+        && let Some(reason) = marker::disagreement(storage, state, id, source)?
+    {
+        out.push(Finding::problem(
+            &marker::path(source),
+            format!("{reason}; run `callsync repair --source {source}`"),
+        ));
+    }
+    let named: BTreeSet<&str> = manifest.iter().map(|m| m.final_path.as_str()).collect();
+    let mut pending_staged = BTreeSet::new();
+    for m in &manifest {
+        if m.published {
+            match storage.size(&m.final_path)? {
+                None => out.push(Finding::problem(
+                    &m.final_path,
+                    format!(
+                        "missing: {} (committed in {}, {} bytes)",
+                        m.final_path, m.commit_id, m.bytes
+                    ),
+                )),
+                Some(n) if n != m.bytes => out.push(Finding::problem(
+                    &m.final_path,
+                    format!(
+                        "wrong size: {} is {n} bytes, its commit {} recorded {}",
+                        m.final_path, m.commit_id, m.bytes
+                    ),
+                )),
+                Some(_) => {}
+            }
+        } else if storage.exists(&m.final_path)? || storage.exists(&m.staged)? {
+            pending_staged.insert(m.staged.clone());
+            out.push(Finding {
+                problem: false,
+                file: Some(m.final_path.clone()),
+                text: format!(
+                    "not yet published: {} (committed; the next run of {source} publishes it)",
+                    m.final_path
+                ),
+            });
+        } else {
+            out.push(Finding::problem(
+                &m.final_path,
+                format!(
+                    "lost: {} was committed in {} but is neither staged ({}) nor in the lake",
+                    m.final_path, m.commit_id, m.staged
+                ),
+            ));
+        }
+    }
+    for (path, _) in &lake {
+        if !named.contains(path.as_str()) {
+            out.push(Finding::problem(
+                path,
+                format!("foreign: {path} is in the lake but no commit of {source} names it"),
+            ));
+        }
+    }
+    if idle {
+        for name in staged_now {
+            let rel = format!("_staging/{source}/{name}");
+            if !pending_staged.contains(&rel) {
+                out.push(Finding {
+                    problem: false,
+                    file: Some(rel.clone()),
+                    text: format!(
+                        "left by an interrupted run: {rel} (no commit names it; the next run of {source} deletes it)"
+                    ),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commit_ids_are_read_from_part_names() {
+        assert_eq!(
+            commit_of("calls/source=vg/date=2024-01-01/part-0192abc-3.parquet"),
+            Some("0192abc")
+        );
+        assert_eq!(
+            commit_of("_rejects/source=vg/date=x/part-c1-12.jsonl"),
+            Some("c1")
+        );
+        assert_eq!(commit_of("calls/source=vg/date=x/mine.parquet"), None);
+        assert_eq!(commit_of("calls/source=vg/date=x/part-abc.parquet"), None);
+    }
+}
