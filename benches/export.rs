@@ -1,12 +1,13 @@
-//! Export benchmarks (run with `cargo bench`): (a) Voicegain CSV → normalized Parquet on one
-//! core; (b) a whole 100k-call export from the simulator beside DuckDB's CSV → Parquet encode;
-//! (c) 1M calls end to end: peak RSS and state bytes per exported call.
+//! Export benchmarks (run with `cargo bench`), on the simulator's realistic Voicegain rows
+//! (all 43 documented columns, about 16 empty a call): (a) CSV → normalized Parquet on one
+//! core; (b) two shapes of a whole 100k-call sync (200 days of history, and calls of the last
+//! 2 days), each beside DuckDB's partitioned COPY of the same CSV on one thread; (c) 1M calls
+//! end to end: peak RSS and state bytes per call; (d) voice-calls detail latency.
 //!
 //! Environment: `CALLSYNC_BENCH_ROWS` (default 100000), `CALLSYNC_BENCH_BIG_ROWS` (default
-//! 1000000, 0 skips (c)), `CALLSYNC_BENCH_REPS` (runs of (a) and (b), least CPU kept;
-//! default 5),
-//! `CALLSYNC_TEST_PYTHON` (a Python with duckdb; default
-//! `target/pyenv/bin/python`).
+//! 1000000, 0 skips (c)), `CALLSYNC_BENCH_REPS` (runs of (a) and (b), least CPU kept; default
+//! 5), `CALLSYNC_BENCH_ONLY=encode|export|big|voice_calls`, `CALLSYNC_TEST_PYTHON` (a Python
+//! with duckdb; default `target/pyenv/bin/python`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,13 +35,16 @@ fn thread_cpu() -> Duration {
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
-fn generate(n: usize) -> VoicegainSim {
-    // A busy contact center: a call every 1-15 s, so 100k calls span about nine days.
-    let mut sim = VoicegainSim::new(7, 0);
-    sim.spacing_secs = 1..15;
+/// `n` calls spread over the `days` days before now (a call every `days × 86400 / n` seconds
+/// on average), with the simulator's realistic 43-column rows.
+fn generate(n: usize, days: i64, seed: u64) -> VoicegainSim {
+    let mut sim = VoicegainSim::new(seed, 0);
+    let mean = (days * 86_400 / n.max(1) as i64).max(1);
+    sim.spacing_secs = 1..(2 * mean).max(2);
+    sim.now_secs = chrono::Utc::now().timestamp() - days * 86_400;
     sim.add_calls(n);
     // The vendor's servers do not share callsync's cores in production: render the pages
-    // ahead so the simulator's work during (b)/(c) is little more than sending bytes.
+    // ahead so the simulator's work during the export is little more than sending bytes.
     sim.prerender();
     sim
 }
@@ -73,6 +77,8 @@ fn encode_bench(pages: &[String], rows: usize) -> (f64, f64, f64) {
 struct ChildRun {
     wall: f64,
     cpu: f64,
+    /// Of which in the kernel.
+    sys: f64,
     max_rss_mb: f64,
 }
 
@@ -132,6 +138,7 @@ fn run_child(cmd: &mut Command) -> ChildRun {
     ChildRun {
         wall: t0.elapsed().as_secs_f64(),
         cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
+        sys: tv(ru.ru_stime),
         max_rss_mb: peak_kib as f64 / 1024.0,
     }
 }
@@ -143,14 +150,19 @@ fn sync_child(config: &Path) -> ChildRun {
             .arg("--config")
             .arg(config)
             .arg("sync")
-            .env("RUST_LOG", "warn"),
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null()),
     )
 }
 
 /// (b)/(c) A whole export from the simulator by the release binary, `reps` times into fresh
 /// state: the least CPU (this machine's timings vary run to run) with the greatest peak RSS.
-fn export_bench(rt: &tokio::runtime::Runtime, n: usize, reps: usize) -> (ChildRun, f64, usize) {
-    let data = generate(n);
+fn export_bench(
+    rt: &tokio::runtime::Runtime,
+    data: VoicegainSim,
+    n: usize,
+    reps: usize,
+) -> (ChildRun, f64, usize) {
     let token = data.token.clone();
     let sim = rt.block_on(Simulator::start(data)).unwrap();
     let mut best: Option<(ChildRun, f64, usize)> = None;
@@ -170,23 +182,29 @@ fn export_bench(rt: &tokio::runtime::Runtime, n: usize, reps: usize) -> (ChildRu
     best.expect("at least one run")
 }
 
-fn export_once(sim: &Simulator, token: &str, n: usize) -> (ChildRun, f64, usize) {
-    let dir = tempfile::tempdir().unwrap();
-    let token_file = dir.path().join("token");
+/// Writes a config for one Voicegain source `vg` on `sim` under `dir`; returns its path.
+fn write_config(dir: &Path, sim: &Simulator, token: &str) -> PathBuf {
+    let token_file = dir.join("token");
     std::fs::write(&token_file, token).unwrap();
-    let state = dir.path().join("state.db");
-    let config = dir.path().join("callsync.toml");
+    let config = dir.join("callsync.toml");
     std::fs::write(
         &config,
         format!(
             "[warehouse]\nroot = \"{}\"\nmax_rows_per_file = 100000\n[state]\npath = \"{}\"\n[sources.vg]\nkind = \"voicegain\"\nbase_url = \"{}\"\ntoken_file = \"{}\"\nper_page = 1000\n",
-            dir.path().join("lake").display(),
-            state.display(),
+            dir.join("lake").display(),
+            dir.join("state.db").display(),
             sim.voicegain_base_url(),
             token_file.display()
         ),
     )
     .unwrap();
+    config
+}
+
+fn export_once(sim: &Simulator, token: &str, n: usize) -> (ChildRun, f64, usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state.db");
+    let config = write_config(dir.path(), sim, token);
     let run = sync_child(&config);
     let conn = rusqlite::Connection::open(&state).unwrap();
     conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
@@ -257,9 +275,11 @@ fn count_parquet(dir: &Path) -> usize {
         .unwrap_or(0)
 }
 
-/// DuckDB's `COPY (SELECT * FROM read_csv(...)) TO ... (FORMAT parquet, COMPRESSION zstd)`
-/// with one thread: (cpu s, wall s, peak RSS MB) of the COPY, or `None` without duckdb.
-fn duckdb_bench(csv: &Path) -> Option<(f64, f64, f64)> {
+/// DuckDB doing callsync's partitioned work: `COPY (SELECT *, <UTC day> AS date FROM
+/// read_csv(...)) TO dir (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (date))` with one
+/// thread, the COPY alone timed in-process: (cpu s, wall s, files), or `None` without duckdb.
+/// (DuckDB's sniffer reads `startTime` as a TIMESTAMP, so the day is a cast.)
+fn duckdb_bench(csv: &Path) -> Option<(f64, f64, usize)> {
     let python = std::env::var("CALLSYNC_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|_| {
@@ -271,13 +291,14 @@ fn duckdb_bench(csv: &Path) -> Option<(f64, f64, f64)> {
     if !python.exists() {
         return None;
     }
-    let out = csv.with_extension("duckdb.parquet");
+    let out = csv.with_extension("duckdb");
+    let _ = std::fs::remove_dir_all(&out);
     let script = format!(
         "import duckdb, resource, time\ncon = duckdb.connect()\ncon.execute('SET threads=1')\n\
          r0 = resource.getrusage(resource.RUSAGE_SELF); t0 = time.time()\n\
-         con.execute(\"COPY (SELECT * FROM read_csv('{csv}')) TO '{out}' (FORMAT parquet, COMPRESSION zstd)\")\n\
+         con.execute(\"COPY (SELECT *, CAST(\\\"startTime\\\" AS DATE) AS date FROM read_csv('{csv}')) TO '{out}' (FORMAT parquet, COMPRESSION zstd, PARTITION_BY (date))\")\n\
          r1 = resource.getrusage(resource.RUSAGE_SELF)\n\
-         print((r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime), time.time() - t0, [int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')][0] / 1024)",
+         print((r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime), time.time() - t0)",
         csv = csv.display(),
         out = out.display()
     );
@@ -291,105 +312,163 @@ fn duckdb_bench(csv: &Path) -> Option<(f64, f64, f64)> {
         .split_whitespace()
         .filter_map(|x| x.parse().ok())
         .collect();
-    Some((v[0], v[1], v[2]))
+    let files = count_parquet(&out);
+    let _ = std::fs::remove_dir_all(&out);
+    Some((v[0], v[1], files))
+}
+
+/// One shape of export, side by side with DuckDB's partitioned COPY of the same CSV.
+struct Shape {
+    name: &'static str,
+    duck: Option<(f64, f64, usize)>,
+    run: ChildRun,
+    state_bytes: f64,
+    files: usize,
+    csv_mb: f64,
+}
+
+fn shape_bench(
+    rt: &tokio::runtime::Runtime,
+    name: &'static str,
+    n: usize,
+    days: i64,
+    seed: u64,
+    reps: usize,
+) -> Shape {
+    let sim = generate(n, days, seed);
+    let csv = VoicegainSim::csv(sim.calls());
+    let tmp = tempfile::tempdir().unwrap();
+    let csv_path = tmp.path().join("calls.csv");
+    std::fs::write(&csv_path, &csv).unwrap();
+    // Best of `reps` for both, interleaved so both see the same moments of this shared
+    // machine (its timings vary run to run); the peak RSS is the greatest of callsync's runs.
+    let token = sim.token.clone();
+    let server = rt.block_on(Simulator::start(sim)).unwrap();
+    let mut duck: Option<(f64, f64, usize)> = None;
+    let mut best: Option<(ChildRun, f64, usize)> = None;
+    let mut peak: f64 = 0.0;
+    for _ in 0..reps.max(1) {
+        if let Some(d) = duckdb_bench(&csv_path)
+            && duck.is_none_or(|b| d.0 < b.0)
+        {
+            duck = Some(d);
+        }
+        let r = export_once(&server, &token, n);
+        peak = peak.max(r.0.max_rss_mb);
+        if best.as_ref().is_none_or(|b| r.0.cpu < b.0.cpu) {
+            best = Some(r);
+        }
+    }
+    let (mut run, state_bytes, files) = best.expect("at least one run");
+    run.max_rss_mb = peak;
+    Shape {
+        name,
+        duck,
+        run,
+        state_bytes,
+        files,
+        csv_mb: csv.len() as f64 / 1e6,
+    }
 }
 
 fn main() {
     let rows = env_usize("CALLSYNC_BENCH_ROWS", 100_000);
     let big = env_usize("CALLSYNC_BENCH_BIG_ROWS", 1_000_000);
+    let reps = env_usize("CALLSYNC_BENCH_REPS", 5);
+    let only = std::env::var("CALLSYNC_BENCH_ONLY").unwrap_or_default();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
 
-    let sim = generate(rows);
-    let csv = VoicegainSim::csv(sim.calls());
-    let csv_mb = csv.len() as f64 / 1e6;
-    let tmp = tempfile::tempdir().unwrap();
-    let csv_path = tmp.path().join("calls.csv");
-    std::fs::write(&csv_path, &csv).unwrap();
-
-    // (a) best of CALLSYNC_BENCH_REPS (default 5; this machine's timings vary run to run),
-    // in pages of 1000 rows (the default per_page)
-    let all: Vec<&callsync::simulator::VgCall> = sim.calls().collect();
-    let pages: Vec<String> = all
-        .chunks(1000)
-        .map(|c| VoicegainSim::csv(c.iter().copied()))
-        .collect();
-    let mut best = (f64::MAX, f64::MAX, 0.0);
-    let reps = env_usize("CALLSYNC_BENCH_REPS", 5);
-    for _ in 0..reps {
-        let r = encode_bench(&pages, rows);
-        if r.1 < best.1 {
-            best = r;
+    if only == "serve" {
+        // For profiling by hand: the simulator with one shape's data and a config to sync
+        // it with (`callsync --config <path> sync`; delete lake/ and state.db* between runs).
+        let days: i64 = env_usize("CALLSYNC_BENCH_SHAPE", 2) as i64;
+        let sim = generate(rows, days, if days == 2 { 8 } else { 7 });
+        let token = sim.token.clone();
+        let sim = rt.block_on(Simulator::start(sim)).unwrap();
+        let dir = std::env::temp_dir().join("callsync-bench-serve");
+        std::fs::create_dir_all(&dir).unwrap();
+        println!("config: {}", write_config(&dir, &sim, &token).display());
+        loop {
+            std::thread::sleep(Duration::from_secs(3600));
         }
     }
-    let (enc_wall, enc_cpu, parse_cpu) = best;
-    if std::env::var("CALLSYNC_BENCH_ONLY").as_deref() == Ok("encode") {
+    if only.is_empty() || only == "encode" {
+        // (a) CSV pages of 1000 rows (the default per_page), 200 days of history, one core.
+        let sim = generate(rows, 200, 7);
+        let all: Vec<&callsync::simulator::VgCall> = sim.calls().collect();
+        let pages: Vec<String> = all
+            .chunks(1000)
+            .map(|c| VoicegainSim::csv(c.iter().copied()))
+            .collect();
+        let mut best = (f64::MAX, f64::MAX, 0.0);
+        for _ in 0..reps {
+            let r = encode_bench(&pages, rows);
+            if r.1 < best.1 {
+                best = r;
+            }
+        }
+        let (enc_wall, enc_cpu, parse_cpu) = best;
         println!(
-            "(a) {:.0} rows/s ({enc_cpu:.3} s CPU of which parse {parse_cpu:.3}, {enc_wall:.3} s wall)",
-            rows as f64 / enc_cpu
+            "(a) CSV → normalized Parquet, one core: {:.0} rows/s ({enc_cpu:.3} s CPU: parse+normalize {parse_cpu:.3}, encode {:.3}; {enc_wall:.3} s wall)",
+            rows as f64 / enc_cpu,
+            enc_cpu - parse_cpu
         );
-        return;
     }
-
+    if only.is_empty() || only == "export" {
+        println!(
+            "\n(b) {rows} Voicegain calls, all 43 documented columns: callsync's whole sync (HTTP from the simulator, normalize, Parquet, SQLite commit) beside DuckDB's partitioned COPY of the same CSV, one thread; best of {reps}\n"
+        );
+        println!(
+            "| shape | CSV | DuckDB partitioned COPY, CPU | callsync sync, CPU | ratio | callsync peak RSS | files | state bytes/call |"
+        );
+        println!("|---|---|---|---|---|---|---|---|");
+        let shapes = [
+            ("200-day initial load", 200, 7),
+            ("calls of the last 2 days", 2, 8),
+        ];
+        let pick = std::env::var("CALLSYNC_BENCH_SHAPE").ok();
+        for (name, days, seed) in shapes {
+            if pick.as_deref().is_some_and(|p| p != days.to_string()) {
+                continue;
+            }
+            let s = shape_bench(&rt, name, rows, days, seed, reps);
+            let (duck, ratio) = match s.duck {
+                Some((cpu, _, files)) => (
+                    format!("{cpu:.3} s ({files} files)"),
+                    format!("{:.2}×", s.run.cpu / cpu),
+                ),
+                None => ("not measured (no Python with duckdb)".into(), "—".into()),
+            };
+            println!(
+                "| {} | {:.1} MB | {duck} | {:.3} s ({:.3} s in the kernel; {:.3} s wall) | {ratio} | {:.1} MB | {} | {:.1} |",
+                s.name,
+                s.csv_mb,
+                s.run.cpu,
+                s.run.sys,
+                s.run.wall,
+                s.run.max_rss_mb,
+                s.files,
+                s.state_bytes
+            );
+        }
+    }
+    if (only.is_empty() || only == "big") && big > 0 {
+        let (r, state, files) = export_bench(&rt, generate(big, 200, 9), big, 1);
+        println!(
+            "\n(c) callsync sync, {big} calls over 200 days: {:.3} s CPU, {:.3} s wall, {:.1} MB peak RSS, {files} files, {state:.1} state bytes/call",
+            r.cpu, r.wall, r.max_rss_mb
+        );
+    }
     let vc_calls = env_usize("CALLSYNC_BENCH_VC_CALLS", 5000);
-    if std::env::var("CALLSYNC_BENCH_ONLY").as_deref() == Ok("voice_calls") {
+    if (only.is_empty() || only == "voice_calls") && vc_calls > 0 {
         let (wall, requests, ideal) =
             voice_calls_bench(&rt, vc_calls, Duration::from_millis(50), 8);
         println!(
-            "(d) {vc_calls} calls: {wall:.1} s wall, {requests} requests, N x latency / concurrency = {ideal:.1} s"
-        );
-        return;
-    }
-    if std::env::var("CALLSYNC_BENCH_ONLY").as_deref() == Ok("export") {
-        let (r, state, _) = export_bench(&rt, rows, reps);
-        println!(
-            "(b) {:.3} s CPU, {:.1} MB peak RSS, {state:.1} state bytes/call",
-            r.cpu, r.max_rss_mb
-        );
-        return;
-    }
-    // DuckDB gets the same best-of-`reps` treatment.
-    let duck = (0..reps)
-        .filter_map(|_| duckdb_bench(&csv_path))
-        .min_by(|a, b| a.0.total_cmp(&b.0));
-    let (exp, exp_state, exp_files) = export_bench(&rt, rows, reps);
-    let big_run = (big > 0).then(|| export_bench(&rt, big, 1));
-    let vc = (vc_calls > 0).then(|| voice_calls_bench(&rt, vc_calls, Duration::from_millis(50), 8));
-
-    println!("\ncallsync benchmarks ({rows} Voicegain rows, {csv_mb:.1} MB of CSV)\n");
-    println!("| measure | value |");
-    println!("|---|---|");
-    println!(
-        "| (a) CSV → normalized Parquet, one core | {:.0} rows/s ({:.3} s CPU: parse+normalize {:.3}, encode {:.3}) |",
-        rows as f64 / enc_cpu,
-        enc_cpu,
-        parse_cpu,
-        enc_cpu - parse_cpu
-    );
-    match duck {
-        Some((cpu, wall, rss)) => println!(
-            "| (b) DuckDB read_csv → Parquet zstd, threads=1 | {cpu:.3} s CPU, {wall:.3} s wall, {rss:.0} MB peak RSS (process) |"
-        ),
-        None => println!("| (b) DuckDB | not measured (no Python with duckdb) |"),
-    }
-    println!(
-        "| (b) callsync sync, {rows} calls over HTTP from the simulator | {:.3} s CPU, {:.3} s wall, {:.1} MB peak RSS, {exp_files} files |",
-        exp.cpu, exp.wall, exp.max_rss_mb
-    );
-    println!("| (b) state bytes per exported call | {exp_state:.1} |");
-    if let Some((r, state, files)) = big_run {
-        println!(
-            "| (c) callsync sync, {big} calls | {:.3} s CPU, {:.3} s wall, {:.1} MB peak RSS, {files} files |",
-            r.cpu, r.wall, r.max_rss_mb
-        );
-        println!("| (c) state bytes per exported call | {state:.1} |");
-    }
-    if let Some((wall, requests, ideal)) = vc {
-        println!(
-            "| (d) voice-calls sync, {vc_calls} calls, 50 ms per request, detail_concurrency 8 | {wall:.1} s wall ({requests} requests); N × latency / concurrency = {ideal:.1} s |"
+            "\n(d) voice-calls sync, {vc_calls} calls, 50 ms per request, detail_concurrency 8: {wall:.1} s wall ({requests} requests); N × latency / concurrency = {ideal:.1} s"
         );
     }
 }

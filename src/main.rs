@@ -107,6 +107,7 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("callsync-worker")
         .enable_all()
         .build()?;
     let stop = StopFlag::default();

@@ -9,8 +9,11 @@ use std::path::{Path, PathBuf};
 pub trait Storage: Send + Sync {
     /// Creates a new staged file for writing (its directories are created).
     fn create_staged(&self, rel: &str) -> io::Result<File>;
-    /// Makes a finished staged file durable (file and directory synced); returns its size.
+    /// Makes a finished staged file's bytes durable; returns its size. Its directory entry
+    /// is made durable by `sync_dir` on its directory, once for all of a commit's files.
     fn seal_staged(&self, rel: &str, file: File) -> io::Result<u64>;
+    /// Makes the entries of a directory (files created or renamed in it) durable.
+    fn sync_dir(&self, rel_dir: &str) -> io::Result<()>;
     /// Moves a staged file to its final path atomically and makes the move durable.
     fn publish(&self, staged_rel: &str, final_rel: &str) -> io::Result<()>;
     /// Whether a file exists.
@@ -71,14 +74,13 @@ impl Storage for LocalStorage {
         File::options().write(true).create_new(true).open(p)
     }
 
-    fn seal_staged(&self, rel: &str, file: File) -> io::Result<u64> {
+    fn seal_staged(&self, _rel: &str, file: File) -> io::Result<u64> {
         file.sync_all()?;
-        let len = file.metadata()?.len();
-        drop(file);
-        if let Some(parent) = self.path(rel).parent() {
-            sync_dir(parent)?;
-        }
-        Ok(len)
+        file.metadata().map(|m| m.len())
+    }
+
+    fn sync_dir(&self, rel_dir: &str) -> io::Result<()> {
+        sync_dir(&self.path(rel_dir))
     }
 
     fn publish(&self, staged_rel: &str, final_rel: &str) -> io::Result<()> {

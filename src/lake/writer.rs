@@ -23,7 +23,7 @@ use crate::schema::{SCHEMA_VERSION, SCHEMA_VERSION_KEY, call_schema};
 /// Rows per Parquet row group.
 const ROW_GROUP_ROWS: usize = 65_536;
 /// Encoded bytes a row group may hold in memory before it is flushed early.
-const ROW_GROUP_MAX_BYTES: usize = 8 << 20;
+const ROW_GROUP_MAX_BYTES: usize = 4 << 20;
 /// Partition files open at once; the least recently used is finished (it stays in the
 /// commit) when another day arrives. Calls mostly come in time order, so this is rarely hit.
 const MAX_OPEN_PARTITIONS: usize = 2;
@@ -203,6 +203,14 @@ impl<'a> CommitWriter<'a> {
             if self.partitions.len() >= MAX_OPEN_PARTITIONS {
                 self.finish_least_recent()?;
             }
+            // Calls come in time order: a new day means the open ones are done for now, so
+            // their buffered row groups are written out instead of held (memory stays one
+            // partition's worth, not MAX_OPEN_PARTITIONS').
+            for p in self.partitions.values_mut() {
+                if p.writer.in_progress_rows() > 0 {
+                    p.writer.flush()?;
+                }
+            }
             let date = utc_day(day * MICROS_PER_DAY);
             let (staged, final_path) = self.next_names("calls", "parquet", &date);
             let file = self.storage.create_staged(&staged)?;
@@ -292,6 +300,12 @@ impl<'a> CommitWriter<'a> {
                 rows: rf.rows,
                 bytes,
             });
+        }
+        // One directory sync for every file this commit staged (each file's bytes were synced
+        // when it was sealed): the commit that names them never outlives their entries.
+        if !out.is_empty() {
+            self.storage
+                .sync_dir(&format!("_staging/{}", self.source))?;
         }
         Ok(out)
     }

@@ -210,7 +210,9 @@ impl VoicegainSim {
             let (id, name, _) = AGENTS[rng.usize(0..AGENTS.len())];
             (id.to_string(), name.to_string())
         };
-        let queue_name = if bot_only {
+        // Outbound calls are dialled by an agent outside any queue.
+        let outbound = rng.u8(0..3) == 0;
+        let queue_name = if bot_only || outbound {
             String::new()
         } else {
             QUEUES[rng.usize(0..QUEUES.len())].1.to_string()
@@ -226,11 +228,11 @@ impl VoicegainSim {
             .map(|t| t.to_string())
             .collect();
         // Notes: most calls, one to four sentences, sometimes split over lines.
-        let notes = if rng.u8(0..7) == 0 {
+        let notes = if rng.u8(0..5) == 0 {
             String::new()
         } else {
             let mut n = String::new();
-            for i in 0..rng.usize(1..=4) {
+            for i in 0..rng.usize(1..=3) {
                 if i > 0 {
                     n.push_str(if rng.u8(0..3) == 0 { "\n" } else { " " });
                 }
@@ -253,12 +255,7 @@ impl VoicegainSim {
             id,
             start_secs,
             duration_secs: 5 + rng.u32(0..900),
-            direction: if rng.u8(0..3) > 0 {
-                "inbound"
-            } else {
-                "outbound"
-            }
-            .to_string(),
+            direction: if outbound { "outbound" } else { "inbound" }.to_string(),
             external: format!("+1{}{:07}", 200 + rng.u32(0..800), rng.u32(0..10_000_000)),
             internal: format!("1469333{:04}", rng.u32(0..10_000)),
             agent_id,
@@ -403,9 +400,12 @@ impl VgCall {
         }
         let bot = self.is_bot_only() || r.u8(0..5) == 0;
         let qa = r.u8(0..8) == 0;
-        let keywords: Vec<&str> = WORDS.iter().filter(|_| r.u8(0..10) == 0).copied().collect();
-        let word_cloud = some(r, 4, |r| {
-            let n = r.usize(20..=100);
+        let keywords = some(r, 3, |r| {
+            let k: Vec<&str> = WORDS.iter().filter(|_| r.u8(0..8) == 0).copied().collect();
+            k.join("|")
+        });
+        let word_cloud = some(r, 8, |r| {
+            let n = r.usize(15..=50);
             let words: Vec<String> = (0..n)
                 .map(|i| {
                     format!(
@@ -417,7 +417,7 @@ impl VgCall {
                 .collect();
             words.join("|")
         });
-        let markers = some(r, 3, |r| {
+        let markers = some(r, 4, |r| {
             let n = r.usize(1..=4);
             let m: Vec<String> = (0..n)
                 .map(|_| {
@@ -446,7 +446,8 @@ impl VgCall {
             self.agent_id.clone(),
             agent.map_or_else(String::new, |a| format!("{}@example.com", a.2)),
             self.agent_name.clone(),
-            if agent.is_some() {
+            // agent.userId: only agents who use the Speech Analytics App have one.
+            if agent.is_some() && r.bool() {
                 uuid(r)
             } else {
                 String::new()
@@ -477,10 +478,10 @@ impl VgCall {
             },
             self.notes.clone(),
             self.tags.join("|"),
-            keywords.join("|"),
+            keywords,
             self.topics.join("|"),
-            some(r, 3, |r| cell(["true", "false"][r.usize(0..2)])),
-            some(r, 2, |r| r.u8(0..4).to_string()),
+            some(r, 4, |r| cell(["true", "false"][r.usize(0..2)])),
+            some(r, 4, |r| r.u8(0..4).to_string()),
             word_cloud,
             cell("2"),
             cell("2"),
@@ -498,7 +499,7 @@ impl VgCall {
             } else {
                 String::new()
             },
-            some(r, 2, |r| {
+            some(r, 3, |r| {
                 format!("{}", 2_000_000_000 + r.u64(0..999_999_999))
             }),
             self.language.clone(),
@@ -509,7 +510,7 @@ impl VgCall {
                     .collect::<Vec<_>>()
                     .join("|")
             }),
-            some(r, 3, |r| r.u8(1..5).to_string()),
+            some(r, 4, |r| r.u8(1..5).to_string()),
             markers,
         ]
     }
