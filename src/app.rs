@@ -500,3 +500,93 @@ pub fn verify(cfg: &Config, only: &[String], out: &mut dyn Write) -> anyhow::Res
         Ok(EXIT_FAILED)
     }
 }
+
+/// `check`: one cheap authenticated request per source (nothing exported, no state written);
+/// prints ok or the status and what it means. Exit 0 when every source passes.
+pub fn check(
+    cfg: &Config,
+    only: &[String],
+    rt: &Runtime,
+    out: &mut dyn Write,
+) -> anyhow::Result<i32> {
+    for name in only {
+        if !cfg.sources.contains_key(name) {
+            return unknown_source(cfg, name, out);
+        }
+    }
+    let mut code = EXIT_OK;
+    for (name, scfg) in &cfg.sources {
+        if !only.is_empty() && !only.contains(name) {
+            continue;
+        }
+        let t0 = std::time::Instant::now();
+        match rt.block_on(scfg.check(name)) {
+            Ok(()) => writeln!(
+                out,
+                "{name}: ok ({} reached, credential accepted, {} ms)",
+                scfg.kind(),
+                t0.elapsed().as_millis()
+            )?,
+            Err(e) => {
+                code = EXIT_FAILED;
+                let meaning = match (&e, e.status()) {
+                    (_, Some(401 | 403)) if e.to_string().contains("date range") => {
+                        "the vendor refused the date range".to_string()
+                    }
+                    (_, Some(s @ (401 | 403))) => format!("HTTP {s}: the credential was rejected"),
+                    (_, Some(404)) => "HTTP 404: wrong base_url (no such endpoint)".into(),
+                    (_, Some(s)) => format!("HTTP {s}"),
+                    (crate::sources::SourceError::Secret { .. }, None) => {
+                        "the credential cannot be read".into()
+                    }
+                    (
+                        crate::sources::SourceError::Http(crate::http::HttpError::Exhausted {
+                            ..
+                        }),
+                        None,
+                    ) => "the host is unreachable or not answering".into(),
+                    _ => "failed".into(),
+                };
+                writeln!(out, "{name}: FAILED: {meaning}: {e}")?;
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// `health`: exit 0 when the configured daemon's `/healthz` answers 200 (for a container's
+/// HEALTHCHECK: no shell tools needed).
+pub fn health(cfg: &Config, rt: &Runtime, out: &mut dyn Write) -> anyhow::Result<i32> {
+    let Some(listen) = &cfg.server.listen else {
+        writeln!(out, "error: {} has no [server] listen", cfg.file.display())?;
+        return Ok(EXIT_USAGE);
+    };
+    let mut addr: std::net::SocketAddr = listen.parse()?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let url = format!("http://{addr}/healthz");
+    let answer = rt.block_on(async {
+        let client = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(5))
+            .build()?;
+        let r = client.get(&url).send().await?;
+        let status = r.status();
+        Ok::<_, reqwest::Error>((status, r.text().await.unwrap_or_default()))
+    });
+    match answer {
+        Ok((s, body)) if s.is_success() => {
+            writeln!(out, "healthy: {url}")?;
+            let _ = body;
+            Ok(EXIT_OK)
+        }
+        Ok((s, body)) => {
+            writeln!(out, "unhealthy: {url} answered {s}: {body}")?;
+            Ok(EXIT_FAILED)
+        }
+        Err(e) => {
+            writeln!(out, "unhealthy: {url}: {e}")?;
+            Ok(EXIT_FAILED)
+        }
+    }
+}

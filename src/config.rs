@@ -23,6 +23,48 @@ pub struct Config {
     pub state: StateConfig,
     /// `[sources.<name>]`: one table per source, keyed by source name.
     pub sources: BTreeMap<String, SourceConfig>,
+    /// `[daemon]`: how `callsync run` schedules and stops.
+    pub daemon: DaemonConfig,
+    /// `[server]`: the daemon's HTTP server (health, metrics).
+    pub server: ServerConfig,
+}
+
+/// `[daemon]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonConfig {
+    /// Sources that may run at once; a due source waits for a free slot.
+    #[serde(default = "default_max_concurrent_sources")]
+    pub max_concurrent_sources: usize,
+    /// Seconds a drain (SIGTERM/SIGINT) may take before the process exits at once.
+    #[serde(default = "default_shutdown_grace_secs")]
+    pub shutdown_grace_secs: u64,
+}
+
+fn default_max_concurrent_sources() -> usize {
+    4
+}
+fn default_shutdown_grace_secs() -> u64 {
+    30
+}
+
+impl Default for DaemonConfig {
+    fn default() -> Self {
+        DaemonConfig {
+            max_concurrent_sources: default_max_concurrent_sources(),
+            shutdown_grace_secs: default_shutdown_grace_secs(),
+        }
+    }
+}
+
+/// `[server]`
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address the daemon's HTTP server listens on, e.g. `"127.0.0.1:9187"` (port 0 picks a
+    /// free one). Unset: no server.
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 /// `[warehouse]`
@@ -263,6 +305,8 @@ impl Config {
         let mut warehouse = WarehouseConfig::default();
         let mut state = StateConfig::default();
         let mut sources = BTreeMap::new();
+        let mut daemon = DaemonConfig::default();
+        let mut server = ServerConfig::default();
         for (key, value) in doc {
             match key.as_str() {
                 "warehouse" => {
@@ -273,6 +317,16 @@ impl Config {
                 "state" => {
                     if let Some(s) = typed::<StateConfig>("state", value, &mut problems) {
                         state = s;
+                    }
+                }
+                "daemon" => {
+                    if let Some(d) = typed::<DaemonConfig>("daemon", value, &mut problems) {
+                        daemon = d;
+                    }
+                }
+                "server" => {
+                    if let Some(s) = typed::<ServerConfig>("server", value, &mut problems) {
+                        server = s;
                     }
                 }
                 "sources" => {
@@ -302,12 +356,28 @@ impl Config {
                 other => problems.push(
                     other,
                     None,
-                    "unknown table (expected [warehouse], [state] or [sources.<name>])",
+                    "unknown table (expected [warehouse], [state], [daemon], [server] or [sources.<name>])",
                 ),
             }
         }
         if warehouse.max_rows_per_file == 0 {
             problems.push("warehouse", Some("max_rows_per_file"), "must be at least 1");
+        }
+        if !(1..=64).contains(&daemon.max_concurrent_sources) {
+            problems.push(
+                "daemon",
+                Some("max_concurrent_sources"),
+                "must be between 1 and 64",
+            );
+        }
+        if let Some(l) = &server.listen
+            && l.parse::<std::net::SocketAddr>().is_err()
+        {
+            problems.push(
+                "server",
+                Some("listen"),
+                format!("{l:?} is not an address and port, e.g. \"127.0.0.1:9187\""),
+            );
         }
         if problems.0.is_empty() {
             Ok(Config {
@@ -315,6 +385,8 @@ impl Config {
                 warehouse,
                 state,
                 sources,
+                daemon,
+                server,
             })
         } else {
             Err(invalid(problems.0))

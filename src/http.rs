@@ -257,6 +257,7 @@ impl HttpClient {
             });
         }
         let delay = self.delay(attempt, retry_after);
+        crate::telemetry::http_retry(&self.source_name);
         warn!(
             source = %self.source_name,
             attempt,
@@ -274,7 +275,12 @@ impl HttpClient {
             req = req.header(name.clone(), value.clone());
         }
         debug!(source = %self.source_name, url = %redact_url(url), "GET");
-        req.send().await
+        let r = req.send().await;
+        crate::telemetry::http_response(
+            &self.source_name,
+            r.as_ref().ok().map(|r| r.status().as_u16()),
+        );
+        r
     }
 
     async fn attempt(&self, url: &Url) -> Result<Outcome, HttpError> {

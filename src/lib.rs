@@ -4,6 +4,7 @@
 pub mod alloc;
 pub mod app;
 pub mod config;
+pub mod daemon;
 pub mod http;
 pub mod lake;
 pub mod pipeline;
@@ -14,3 +15,4 @@ pub mod secret;
 pub mod simulator;
 pub mod sources;
 pub mod state;
+pub mod telemetry;

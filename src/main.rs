@@ -19,8 +19,8 @@ struct Cli {
     /// Config file.
     #[arg(long, global = true, env = "CALLSYNC_CONFIG", default_value = DEFAULT_CONFIG_PATH)]
     config: PathBuf,
-    /// Log format on stderr.
-    #[arg(long, global = true, value_parser = ["text", "json"], default_value = "text")]
+    /// Log format on stderr: text, or JSON lines for log shippers.
+    #[arg(long, global = true, env = "CALLSYNC_LOG_FORMAT", value_parser = ["text", "json"], default_value = "text")]
     log_format: String,
     #[command(subcommand)]
     command: Command,
@@ -52,6 +52,17 @@ enum Command {
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
+    },
+    /// Runs the daemon: every source on its schedule, `/healthz` and `/metrics` on
+    /// `[server] listen`; SIGTERM/SIGINT drain, SIGHUP re-reads the config.
+    Run,
+    /// Exit 0 when the configured daemon's `/healthz` answers 200 (a container HEALTHCHECK).
+    Health,
+    /// One cheap authenticated request per source: credentials, host and parameters work.
+    Check {
+        /// Only this source (repeatable).
+        #[arg(long = "source", value_name = "NAME")]
+        sources: Vec<String>,
     },
     /// Rebuilds a source's state from its lake (after the state was lost or restored from an
     /// older copy): manifest, exported keys, a safe cursor and the lake marker.
@@ -110,6 +121,23 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         .thread_name("callsync-worker")
         .enable_all()
         .build()?;
+    let mut out = std::io::stdout();
+    if let Command::Run = &cli.command {
+        let cfg = match Config::load(&cli.config) {
+            Ok(c) => c,
+            Err(e) => {
+                eprintln!("error: {e}");
+                return Ok(EXIT_USAGE);
+            }
+        };
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        rt.spawn(forward_signals(tx));
+        let code = callsync::daemon::run(&cli.config, cfg, &rt, rx, &mut out);
+        // A drain cut short leaves runs on blocking threads: exit without waiting for them
+        // (what they committed stays; the rest is fetched again next time).
+        rt.shutdown_background();
+        return code;
+    }
     let stop = StopFlag::default();
     {
         let stop = stop.clone();
@@ -119,7 +147,6 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             stop.stop();
         });
     }
-    let mut out = std::io::stdout();
     if let Command::Demo { dir, calls } = &cli.command {
         return app::demo(dir, *calls, &rt, &stop, &mut out);
     }
@@ -138,7 +165,34 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Repair { sources, force } => app::repair(&cfg, &sources, force, &mut out),
         Command::Verify { sources } => app::verify(&cfg, &sources, &mut out),
-        Command::Demo { .. } => unreachable!("handled above"),
+        Command::Health => app::health(&cfg, &rt, &mut out),
+        Command::Check { sources } => app::check(&cfg, &sources, &rt, &mut out),
+        Command::Demo { .. } | Command::Run => unreachable!("handled above"),
+    }
+}
+
+/// SIGTERM/SIGINT → Terminate, SIGHUP → Reload, for the daemon.
+async fn forward_signals(tx: tokio::sync::mpsc::UnboundedSender<callsync::daemon::Signal>) {
+    use callsync::daemon::Signal;
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
+        tracing::error!("Cannot install signal handlers.");
+        return;
+    };
+    loop {
+        let sig = tokio::select! {
+            _ = term.recv() => Signal::Terminate,
+            _ = int.recv() => Signal::Terminate,
+            _ = hup.recv() => Signal::Reload,
+        };
+        tracing::info!(signal = ?sig, "Signal received.");
+        if tx.send(sig).is_err() {
+            return;
+        }
     }
 }
 

@@ -32,18 +32,30 @@ pub struct RunContext {
     pub state_path: PathBuf,
 }
 
-/// Set when the process is asked to stop: runs commit what they have and end.
+/// Set when the process is asked to stop: runs commit the pages they have and end, without
+/// waiting for the page being fetched.
 #[derive(Debug, Clone, Default)]
-pub struct StopFlag(Arc<AtomicBool>);
+pub struct StopFlag(Arc<(AtomicBool, tokio::sync::Notify)>);
 
 impl StopFlag {
-    /// Asks every run to stop after its current page.
+    /// Asks every run to stop after the pages it has.
     pub fn stop(&self) {
-        self.0.store(true, Ordering::SeqCst);
+        self.0.0.store(true, Ordering::SeqCst);
+        self.0.1.notify_waiters();
     }
     /// Whether a stop was asked for.
     pub fn is_stopped(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        self.0.0.load(Ordering::SeqCst)
+    }
+    /// Returns once a stop is asked for.
+    pub async fn stopped(&self) {
+        let notified = self.0.1.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if self.is_stopped() {
+            return;
+        }
+        notified.await;
     }
 }
 
@@ -86,6 +98,8 @@ pub struct RunSummary {
     pub files: u64,
     /// Calls staged for the next commit (not yet counted in `rows`).
     pub staged: u64,
+    /// Pages received from the source.
+    pub pages: u64,
 }
 
 /// A run's summary and, when it failed, why.
@@ -104,6 +118,19 @@ fn failpoint(name: &str) {
     if POINT.as_deref() == Some(name) {
         eprintln!("callsync: failpoint {name} reached, aborting");
         std::process::abort();
+    }
+}
+
+/// Test hook: `CALLSYNC_SLOW_COMMIT_MS=N` sleeps that long before each commit (a slow disk),
+/// so a drain can be caught in the middle.
+fn slow_commit() {
+    static MS: std::sync::LazyLock<Option<u64>> = std::sync::LazyLock::new(|| {
+        std::env::var("CALLSYNC_SLOW_COMMIT_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+    });
+    if let Some(ms) = *MS {
+        std::thread::sleep(Duration::from_millis(ms));
     }
 }
 
@@ -176,6 +203,7 @@ fn run_inner(
     let mut state = State::open(&ctx.state_path)?;
     let row = state.source(name, cfg.kind())?;
     let storage = LocalStorage::new(&ctx.warehouse.root).map_err(LakeError::from)?;
+    let started = Instant::now();
     let run_id = state.start_run(row.id, mode.name())?;
     if let Err(e) = prepare(ctx, &storage, &state, row.id, name) {
         state.finish_run(run_id, "failed", Some(&e.to_string()))?;
@@ -219,6 +247,7 @@ fn run_inner(
                 stored,
                 incremental: row.cursor.clone(),
                 max_rows: ctx.warehouse.max_rows_per_file,
+                rt,
                 summary,
                 on_page,
             };
@@ -259,6 +288,10 @@ fn run_inner(
         };
         state.backfill_finish(id, status)?;
     }
+    // One summary line per run.
+    let show = |c: Option<&Cursor>| c.map_or_else(|| "-".to_string(), |c| c.to_string());
+    let cursor_after = state.cursor(row.id).ok().flatten();
+    let duration_ms = started.elapsed().as_millis() as u64;
     match &result {
         Ok(()) => info!(
             source = %name,
@@ -266,12 +299,26 @@ fn run_inner(
             rows = summary.rows,
             rejects = summary.rejects,
             skipped = summary.skipped,
+            pages = summary.pages,
             commits = summary.commits,
+            duration_ms,
+            cursor_before = %show(row.cursor.as_ref()),
+            cursor_after = %show(cursor_after.as_ref()),
             "Run finished."
         ),
-        Err(e) => {
-            warn!(source = %name, mode = mode.name(), rows = summary.rows, error = %e, "Run failed.")
-        }
+        Err(e) => warn!(
+            source = %name,
+            mode = mode.name(),
+            rows = summary.rows,
+            rejects = summary.rejects,
+            skipped = summary.skipped,
+            pages = summary.pages,
+            duration_ms,
+            cursor_before = %show(row.cursor.as_ref()),
+            cursor_after = %show(cursor_after.as_ref()),
+            error = %e,
+            "Run failed."
+        ),
     }
     result
 }
@@ -340,6 +387,7 @@ struct Exporter<'a> {
     /// The source's incremental cursor as committed (the lake marker carries it).
     incremental: Option<Cursor>,
     max_rows: usize,
+    rt: &'a Handle,
     summary: &'a mut RunSummary,
     on_page: OnPage<'a>,
 }
@@ -369,7 +417,23 @@ impl<'a> Exporter<'a> {
     ) -> Result<(), PipelineError> {
         let mut batch = self.new_batch();
         let mut failure = None;
-        while let Some(msg) = rx.blocking_recv() {
+        loop {
+            // The next page, or a stop: then the pages received are committed and the one
+            // being fetched is dropped (its records are fetched again next time).
+            let next = self.rt.block_on(async {
+                tokio::select! {
+                    biased;
+                    m = rx.recv() => Some(m),
+                    () = stop.stopped() => None,
+                }
+            });
+            let Some(Some(msg)) = next else {
+                if next.is_none() {
+                    info!(source = %self.source, "Stop requested; committing what was read.");
+                }
+                break;
+            };
+            self.summary.pages += 1;
             let page = match msg {
                 Ok(p) => p,
                 Err(e) => {
@@ -468,6 +532,7 @@ impl<'a> Exporter<'a> {
         let commit_id = batch.writer.commit_id().to_string();
         let files = batch.writer.finish()?;
         failpoint("after_stage");
+        slow_commit();
         let keys: Vec<&str> = batch.keys.iter().collect();
         let commit = Commit {
             commit_id: &commit_id,
@@ -507,6 +572,7 @@ impl<'a> Exporter<'a> {
             &commit_id,
             self.incremental.as_ref(),
         )?;
+        crate::telemetry::committed(self.source, rows, rejects);
         self.summary.rows += rows;
         self.summary.staged = 0;
         self.summary.rejects += rejects;

@@ -27,6 +27,35 @@ pub struct Shared {
     pub faults: Mutex<FaultPlan>,
     /// Requests answered (faults included).
     pub requests: AtomicU64,
+    /// Per vendor (first path segment): requests in flight now, and the most at once.
+    pub in_flight: Mutex<std::collections::HashMap<String, (u64, u64)>>,
+}
+
+/// Counts each vendor's requests in flight (for "a source never overlaps itself").
+async fn count_in_flight(
+    axum::extract::State(shared): axum::extract::State<Arc<Shared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let vendor = req
+        .uri()
+        .path()
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    {
+        let mut m = lock(&shared.in_flight);
+        let e = m.entry(vendor.clone()).or_default();
+        e.0 += 1;
+        e.1 = e.1.max(e.0);
+    }
+    let r = next.run(req).await;
+    if let Some(e) = lock(&shared.in_flight).get_mut(&vendor) {
+        e.0 -= 1;
+    }
+    r
 }
 
 /// Locks a mutex, recovering from a poisoned one (a panicked handler must not wedge a test).
@@ -51,6 +80,10 @@ impl Simulator {
         let app: Router = voicegain::routes()
             .merge(voice_calls::routes())
             .merge(vonage::routes())
+            .layer(axum::middleware::from_fn_with_state(
+                shared.clone(),
+                count_in_flight,
+            ))
             .with_state(shared.clone());
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
         let addr = listener.local_addr()?;
@@ -107,6 +140,11 @@ impl Simulator {
     /// Replaces the fault plan.
     pub fn set_faults(&self, plan: FaultPlan) {
         *lock(&self.shared.faults) = plan;
+    }
+
+    /// The most requests to one vendor (`voicegain`, `vonage`, `voicecalls`) in flight at once.
+    pub fn max_in_flight(&self, vendor: &str) -> u64 {
+        lock(&self.shared.in_flight).get(vendor).map_or(0, |e| e.1)
     }
 
     /// Requests answered so far.

@@ -268,6 +268,80 @@ impl SourceConfig {
         }
     }
 
+    /// Where a stored cursor stands in time (µs since the epoch), for kinds whose cursor is a
+    /// time (the windowed ones); `None` for the others.
+    pub fn cursor_time(&self, cursor: &Cursor) -> Option<i64> {
+        match self {
+            SourceConfig::Voicegain(_) => None,
+            SourceConfig::VoiceCalls(_) | SourceConfig::VonageInsights(_) => {
+                serde_json::from_value::<window::WindowCursor>(cursor.clone())
+                    .ok()
+                    .and_then(|c| window::parse_time(&c.from))
+            }
+        }
+    }
+
+    /// One cheap authenticated request (the last hour's first record), with at most two
+    /// attempts: whether the credential, host and parameters work. Exports nothing.
+    pub fn check<'a>(&'a self, source_name: &'a str) -> BoxFuture<'a, Result<(), SourceError>> {
+        Box::pin(async move {
+            let to = chrono::Utc::now();
+            let from = to - chrono::Duration::hours(1);
+            let quick = |h: &crate::config::HttpConfig| crate::config::HttpConfig {
+                max_attempts: h.max_attempts.min(2),
+                backoff_max_ms: h.backoff_max_ms.min(1000),
+                backoff_initial_ms: h.backoff_initial_ms.min(1000),
+                ..h.clone()
+            };
+            match self {
+                SourceConfig::Voicegain(c) => {
+                    let c = voicegain::VoicegainConfig {
+                        per_page: 1,
+                        http: quick(&c.http),
+                        ..c.clone()
+                    };
+                    let token = secret_from(source_name, &c.token_env, &c.token_file)?;
+                    let client = voicegain::client::VoicegainClient::new(source_name, &c, &token)?;
+                    client
+                        .range_page(&window::rfc3339(from), &window::rfc3339(to), 1)
+                        .await?;
+                }
+                SourceConfig::VonageInsights(c) => {
+                    let key = secret_from(source_name, &c.api_key_env, &c.api_key_file)?;
+                    let client = vonage_insights::client::VonageClient::new(
+                        source_name,
+                        &c.base_url,
+                        &quick(&c.http),
+                        key,
+                    )?;
+                    client.search(from, to, 0, 1).await?;
+                }
+                SourceConfig::VoiceCalls(c) => {
+                    let token = secret_from(source_name, &c.token_env, &c.token_file)?;
+                    let client = voice_calls::client::VoiceCallsClient::new(
+                        source_name,
+                        &c.base_url,
+                        &quick(&c.http),
+                        &token,
+                    )?;
+                    client
+                        .list(&window::rfc3339(from), &window::rfc3339(to), 1, 1)
+                        .await?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Whether the daemon runs this source at start-up.
+    pub fn run_on_start(&self) -> bool {
+        match self {
+            SourceConfig::Voicegain(c) => c.run_on_start,
+            SourceConfig::VoiceCalls(c) => c.run_on_start,
+            SourceConfig::VonageInsights(c) => c.run_on_start,
+        }
+    }
+
     /// Reports every problem of this table.
     pub fn validate(&self, table: &str, problems: &mut Problems) {
         validate_schedule(table, self.schedule(), problems);
@@ -342,6 +416,11 @@ impl SourceConfig {
             )),
         }
     }
+}
+
+/// `run_on_start` defaults to true.
+pub fn default_run_on_start() -> bool {
+    true
 }
 
 /// Checks a cron expression (`sec min hour day month weekday [year]`).

@@ -8,6 +8,7 @@ mod backfill;
 mod commit_protocol;
 mod config_errors;
 mod credentials;
+mod daemon;
 mod disk_full;
 mod export;
 mod kill9;

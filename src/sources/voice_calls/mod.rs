@@ -76,6 +76,9 @@ pub struct VoiceCallsConfig {
     /// `recording_ref` then holds its lake-relative path.
     #[serde(default)]
     pub download_recordings: bool,
+    /// Whether `callsync run` runs this source once at start-up, before its first tick.
+    #[serde(default = "super::default_run_on_start")]
+    pub run_on_start: bool,
     /// Cron expression (with seconds) the daemon runs this source on.
     #[serde(default = "super::voicegain::default_schedule")]
     pub schedule: String,

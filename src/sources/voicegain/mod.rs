@@ -45,6 +45,9 @@ pub struct VoicegainConfig {
     /// Rows per page, 1..=10000 (the vendor's own `per_page`).
     #[serde(default = "default_per_page")]
     pub per_page: u32,
+    /// Whether `callsync run` runs this source once at start-up, before its first tick.
+    #[serde(default = "super::default_run_on_start")]
+    pub run_on_start: bool,
     /// Cron expression (with seconds) the daemon runs this source on.
     #[serde(default = "default_schedule")]
     pub schedule: String,

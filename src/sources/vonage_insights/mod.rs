@@ -65,6 +65,9 @@ pub struct VonageInsightsConfig {
     /// A session still `in_progress` after this long is exported as it is.
     #[serde(default = "default_max_open_age_secs")]
     pub max_open_age_secs: u64,
+    /// Whether `callsync run` runs this source once at start-up, before its first tick.
+    #[serde(default = "super::default_run_on_start")]
+    pub run_on_start: bool,
     /// Cron expression (with seconds) the daemon runs this source on.
     #[serde(default = "super::voicegain::default_schedule")]
     pub schedule: String,

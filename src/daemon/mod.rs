@@ -1,0 +1,500 @@
+//! `callsync run`: the long-lived daemon. Each source runs on its cron schedule (UTC), never
+//! overlapping itself, up to `max_concurrent_sources` at once; `/healthz` and `/metrics` are
+//! served on `[server] listen`; SIGTERM/SIGINT drain (health 503, ticks stop, running sources
+//! commit the pages they have, `STOPPING=1`, exit 0), a second signal or the grace period's end
+//! exits at once; SIGHUP re-reads the config.
+
+pub mod notify;
+pub mod schedule;
+pub mod server;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::runtime::Runtime;
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::pipeline::{RunContext, RunMode, RunReport, StopFlag};
+use crate::sources::SourceConfig;
+use crate::state::State;
+use crate::telemetry::{self, Metrics};
+use schedule::Schedule;
+
+/// What the process was told by a signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM or SIGINT: drain and exit (a second one: exit at once).
+    Terminate,
+    /// SIGHUP: re-read the config.
+    Reload,
+}
+
+/// One source as `/healthz` shows it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct SourceHealth {
+    pub kind: String,
+    pub schedule: String,
+    /// A run is going now.
+    pub running: bool,
+    /// Due, waiting for a free slot (`max_concurrent_sources`).
+    pub waiting: bool,
+    pub last_run_started_at: Option<String>,
+    pub last_run_ended_at: Option<String>,
+    /// `ok` or `failed` (of the last run that ended).
+    pub last_outcome: Option<String>,
+    pub last_error: Option<String>,
+    pub last_success_at: Option<String>,
+    pub consecutive_failures: u64,
+    /// Calls the last run committed.
+    pub last_rows: u64,
+    pub next_tick: Option<String>,
+    /// Ticks skipped because the previous run was still going.
+    pub skipped_ticks: u64,
+}
+
+/// State the scheduler shares with the HTTP server.
+pub struct Shared {
+    pub draining: AtomicBool,
+    pub sources: Mutex<BTreeMap<String, SourceHealth>>,
+    /// Unix seconds of the scheduler loop's last turn.
+    pub heartbeat: AtomicI64,
+    /// Longest the loop sleeps between turns (health calls it stuck past a few of these).
+    pub max_sleep: Duration,
+    pub state_path: Mutex<PathBuf>,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Shared {
+    fn health(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SourceHealth>> {
+        self.sources.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn rfc3339(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+}
+
+/// One source in the scheduler.
+struct Slot {
+    cfg: SourceConfig,
+    schedule: Schedule,
+    next: DateTime<Utc>,
+    running: bool,
+    waiting: bool,
+}
+
+/// A run that ended.
+struct Done {
+    name: String,
+    report: RunReport,
+    secs: f64,
+}
+
+/// The scheduler loop wakes at least this often (watchdog, heartbeat).
+const MAX_SLEEP: Duration = Duration::from_secs(1);
+
+/// Runs the daemon until it is drained; returns the exit code.
+pub fn run(
+    config_path: &Path,
+    cfg: Config,
+    rt: &Runtime,
+    mut signals: mpsc::UnboundedReceiver<Signal>,
+    out: &mut dyn std::io::Write,
+) -> anyhow::Result<i32> {
+    use anyhow::Context;
+    State::open(&cfg.state.path)
+        .with_context(|| format!("opening state {}", cfg.state.path.display()))?;
+    let metrics = telemetry::install(Arc::new(Metrics::new()));
+    for name in cfg.sources.keys() {
+        metrics.add_source(name);
+    }
+    let shared = Arc::new(Shared {
+        draining: AtomicBool::new(false),
+        sources: Mutex::new(BTreeMap::new()),
+        heartbeat: AtomicI64::new(Utc::now().timestamp()),
+        max_sleep: MAX_SLEEP,
+        state_path: Mutex::new(cfg.state.path.clone()),
+        metrics: metrics.clone(),
+    });
+    let server = match &cfg.server.listen {
+        Some(addr) => {
+            let (bound, handle) = rt
+                .block_on(server::start(addr, shared.clone()))
+                .with_context(|| format!("[server] listen = {addr:?}"))?;
+            writeln!(out, "listening on http://{bound} (/healthz, /metrics)")?;
+            out.flush()?;
+            info!(address = %bound, "Server listening.");
+            Some(handle)
+        }
+        None => None,
+    };
+    let code = rt.block_on(Scheduler::new(config_path, cfg, shared, rt).run(&mut signals));
+    if let Some(h) = server {
+        h.abort();
+    }
+    Ok(code)
+}
+
+struct Scheduler {
+    config_path: PathBuf,
+    cfg: Config,
+    slots: BTreeMap<String, Slot>,
+    shared: Arc<Shared>,
+    stop: StopFlag,
+    handle: tokio::runtime::Handle,
+    done_tx: mpsc::UnboundedSender<Done>,
+    done_rx: mpsc::UnboundedReceiver<Done>,
+    watchdog: Option<Duration>,
+    last_ping: Instant,
+    last_status: String,
+}
+
+impl Scheduler {
+    fn new(config_path: &Path, cfg: Config, shared: Arc<Shared>, rt: &Runtime) -> Scheduler {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        let mut s = Scheduler {
+            config_path: config_path.to_path_buf(),
+            cfg: cfg.clone(),
+            slots: BTreeMap::new(),
+            shared,
+            stop: StopFlag::default(),
+            handle: rt.handle().clone(),
+            done_tx,
+            done_rx,
+            watchdog: sd_notify::watchdog_enabled(),
+            last_ping: Instant::now(),
+            last_status: String::new(),
+        };
+        s.apply(cfg, true);
+        s
+    }
+
+    /// Takes a (new) config: sources added, removed, rescheduled or changed.
+    fn apply(&mut self, cfg: Config, start: bool) {
+        let now = Utc::now();
+        self.slots.retain(|name, slot| {
+            let keep = cfg.sources.contains_key(name);
+            if !keep && !start {
+                info!(source = %name, running = slot.running, "Source removed from the config; no more ticks.");
+            }
+            keep
+        });
+        for (name, scfg) in &cfg.sources {
+            // Validation made sure every schedule parses.
+            let Ok(schedule) = Schedule::parse(scfg.schedule()) else {
+                continue;
+            };
+            match self.slots.get_mut(name) {
+                Some(slot) => {
+                    if slot.cfg.schedule() != scfg.schedule() {
+                        slot.next = schedule.next_after(now);
+                        info!(source = %name, schedule = %scfg.schedule(), next = %rfc3339(slot.next), "Source rescheduled.");
+                    }
+                    slot.schedule = schedule;
+                    slot.cfg = scfg.clone();
+                }
+                None => {
+                    let next = if scfg.run_on_start() {
+                        now
+                    } else {
+                        schedule.next_after(now)
+                    };
+                    if !start {
+                        info!(source = %name, schedule = %scfg.schedule(), "Source added.");
+                    }
+                    self.shared.metrics.add_source(name);
+                    self.slots.insert(
+                        name.clone(),
+                        Slot {
+                            cfg: scfg.clone(),
+                            schedule,
+                            next,
+                            running: false,
+                            waiting: false,
+                        },
+                    );
+                }
+            }
+        }
+        {
+            let mut health = self.shared.health();
+            health.retain(|name, _| self.slots.contains_key(name));
+            for (name, slot) in &self.slots {
+                let h = health.entry(name.clone()).or_default();
+                h.kind = slot.cfg.kind().to_string();
+                h.schedule = slot.cfg.schedule().to_string();
+                h.next_tick = Some(rfc3339(slot.next));
+            }
+        }
+        *self
+            .shared
+            .state_path
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = cfg.state.path.clone();
+        if !start && cfg.server.listen != self.cfg.server.listen {
+            warn!("[server] listen changed; it takes effect at the next start.");
+        }
+        self.cfg = cfg;
+    }
+
+    fn reload(&mut self) {
+        match Config::load(&self.config_path) {
+            Ok(cfg) => {
+                info!(file = %self.config_path.display(), sources = cfg.sources.len(), "Config reloaded.");
+                self.apply(cfg, false);
+            }
+            Err(e) => {
+                error!(file = %self.config_path.display(), error = %e, "Config not reloaded; the running one stays.");
+            }
+        }
+    }
+
+    fn running(&self) -> usize {
+        self.slots.values().filter(|s| s.running).count()
+    }
+
+    /// Marks due sources, skips ticks of running ones, starts what fits.
+    fn tick(&mut self) {
+        let now = Utc::now();
+        for (name, slot) in self.slots.iter_mut() {
+            if slot.next > now {
+                continue;
+            }
+            // A tick missed while busy or down is not replayed: the next one is after now.
+            slot.next = slot.schedule.next_after(now);
+            if slot.running || slot.waiting {
+                self.shared.metrics.run_finished(name, "skipped", None);
+                let mut health = self.shared.health();
+                if let Some(h) = health.get_mut(name) {
+                    h.skipped_ticks += 1;
+                }
+                warn!(source = %name, next = %rfc3339(slot.next), "Tick skipped: the previous run is still going.");
+            } else {
+                slot.waiting = true;
+            }
+            if let Some(h) = self.shared.health().get_mut(name) {
+                h.next_tick = Some(rfc3339(slot.next));
+            }
+        }
+        let free = self
+            .cfg
+            .daemon
+            .max_concurrent_sources
+            .saturating_sub(self.running());
+        // Due sources in order of how long they have waited (their schedule's due time).
+        let due: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.waiting)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due.into_iter().take(free) {
+            self.start(&name);
+        }
+        let mut health = self.shared.health();
+        for (name, slot) in &self.slots {
+            if let Some(h) = health.get_mut(name) {
+                h.waiting = slot.waiting;
+                h.running = slot.running;
+            }
+        }
+    }
+
+    fn start(&mut self, name: &str) {
+        let Some(slot) = self.slots.get_mut(name) else {
+            return;
+        };
+        slot.waiting = false;
+        slot.running = true;
+        let ctx = RunContext {
+            warehouse: self.cfg.warehouse.clone(),
+            state_path: self.cfg.state.path.clone(),
+        };
+        let (name, scfg, stop, handle, tx) = (
+            name.to_string(),
+            slot.cfg.clone(),
+            self.stop.clone(),
+            self.handle.clone(),
+            self.done_tx.clone(),
+        );
+        if let Some(h) = self.shared.health().get_mut(&name) {
+            h.running = true;
+            h.last_run_started_at = Some(rfc3339(Utc::now()));
+        }
+        self.handle.spawn_blocking(move || {
+            let t0 = Instant::now();
+            let report = crate::pipeline::run(
+                &ctx,
+                &name,
+                &scfg,
+                &handle,
+                &stop,
+                &RunMode::Sync,
+                &|_, _| {},
+            );
+            let _ = tx.send(Done {
+                name,
+                report,
+                secs: t0.elapsed().as_secs_f64(),
+            });
+        });
+    }
+
+    fn finished(&mut self, d: Done) {
+        let outcome = if d.report.error.is_none() {
+            "ok"
+        } else {
+            "failed"
+        };
+        self.shared
+            .metrics
+            .run_finished(&d.name, outcome, Some(d.secs));
+        let cursor_time = self.slots.get(&d.name).and_then(|slot| {
+            let state = State::open(&self.cfg.state.path).ok()?;
+            let id = state.source_id(&d.name).ok()??;
+            let cursor = state.cursor(id).ok()??;
+            slot.cfg.cursor_time(&cursor)
+        });
+        if let Some(t) = cursor_time {
+            self.shared.metrics.cursor_at(&d.name, t);
+        }
+        if let Some(slot) = self.slots.get_mut(&d.name) {
+            slot.running = false;
+        }
+        let now = rfc3339(Utc::now());
+        let mut health = self.shared.health();
+        if let Some(h) = health.get_mut(&d.name) {
+            h.running = false;
+            h.last_run_ended_at = Some(now.clone());
+            h.last_outcome = Some(outcome.to_string());
+            h.last_rows = d.report.summary.rows;
+            match &d.report.error {
+                None => {
+                    h.consecutive_failures = 0;
+                    h.last_success_at = Some(now);
+                }
+                Some(e) => {
+                    h.consecutive_failures += 1;
+                    h.last_error = Some(e.to_string());
+                    error!(source = %d.name, failures = h.consecutive_failures, error = %e, "Run failed; trying again at the next tick.");
+                }
+            }
+        }
+    }
+
+    fn status_line(&self) -> String {
+        let running: Vec<&str> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.running)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let next = self
+            .slots
+            .iter()
+            .filter(|(_, s)| !s.running)
+            .min_by_key(|(_, s)| s.next);
+        match (running.is_empty(), next) {
+            (false, _) => format!("Exporting {}", running.join(", ")),
+            (true, Some((n, s))) => format!("Idle; next: {n} at {}", rfc3339(s.next)),
+            (true, None) => "Idle; no source configured".to_string(),
+        }
+    }
+
+    fn keepalive(&mut self) {
+        self.shared
+            .heartbeat
+            .store(Utc::now().timestamp(), Ordering::SeqCst);
+        if let Some(w) = self.watchdog
+            && self.last_ping.elapsed() >= w / 2
+        {
+            notify::watchdog();
+            self.last_ping = Instant::now();
+        }
+        let status = self.status_line();
+        if status != self.last_status {
+            notify::status(&status);
+            self.last_status = status;
+        }
+    }
+
+    /// How long to sleep: until the next tick, at most `MAX_SLEEP` (and half the watchdog).
+    fn sleep_for(&self) -> Duration {
+        let now = Utc::now();
+        let mut d = MAX_SLEEP;
+        if let Some(w) = self.watchdog {
+            d = d.min(w / 2);
+        }
+        for s in self.slots.values().filter(|s| !s.waiting) {
+            let until = (s.next - now).to_std().unwrap_or(Duration::ZERO);
+            d = d.min(until);
+        }
+        d
+    }
+
+    async fn run(mut self, signals: &mut mpsc::UnboundedReceiver<Signal>) -> i32 {
+        notify::ready(&self.status_line());
+        info!(sources = self.slots.len(), "Daemon running.");
+        loop {
+            self.tick();
+            self.keepalive();
+            let sleep = self.sleep_for();
+            tokio::select! {
+                sig = signals.recv() => match sig {
+                    Some(Signal::Reload) => self.reload(),
+                    Some(Signal::Terminate) | None => break,
+                },
+                Some(d) = self.done_rx.recv() => self.finished(d),
+                () = tokio::time::sleep(sleep) => {}
+            }
+        }
+        self.drain(signals).await
+    }
+
+    /// Health 503, no more ticks, running sources commit what they have; exit 0 when they
+    /// ended within the grace period, at once (1) past it or on a second signal.
+    async fn drain(mut self, signals: &mut mpsc::UnboundedReceiver<Signal>) -> i32 {
+        self.shared.draining.store(true, Ordering::SeqCst);
+        self.stop.stop();
+        let grace = Duration::from_secs(self.cfg.daemon.shutdown_grace_secs);
+        let deadline = tokio::time::Instant::now() + grace;
+        info!(
+            running = self.running(),
+            grace_secs = grace.as_secs(),
+            "Draining: committing what the running sources have read."
+        );
+        notify::status("Draining");
+        for slot in self.slots.values_mut() {
+            slot.waiting = false;
+        }
+        let mut listening = true;
+        while self.running() > 0 {
+            tokio::select! {
+                sig = signals.recv(), if listening => match sig {
+                    Some(Signal::Terminate) => {
+                        warn!("Second signal: exiting at once; what is committed stays, the rest is fetched again next time.");
+                        return 1;
+                    }
+                    Some(Signal::Reload) => info!("Reload ignored while draining."),
+                    None => listening = false,
+                },
+                Some(d) = self.done_rx.recv() => self.finished(d),
+                () = tokio::time::sleep_until(deadline) => {
+                    error!(grace_secs = grace.as_secs(), running = self.running(), "Drain took longer than shutdown_grace_secs: exiting at once; what is committed stays.");
+                    return 1;
+                }
+                () = tokio::time::sleep(MAX_SLEEP) => self.keepalive(),
+            }
+        }
+        notify::stopping();
+        info!("Drained; exiting.");
+        0
+    }
+}

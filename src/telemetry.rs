@@ -1,0 +1,293 @@
+//! Prometheus metrics of the process (`callsync_*`, a `source` label on each), kept in one
+//! registry that the daemon installs and serves at `/metrics`. The pipeline and the HTTP client
+//! report through the free functions here; without a daemon (a one-shot `sync`) they do nothing.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+/// `{source}`
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    pub source: String,
+}
+
+/// `{source, outcome}`: ok, failed or skipped.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RunLabels {
+    pub source: String,
+    pub outcome: String,
+}
+
+/// `{source, status_class}`: 2xx, 3xx, 4xx, 5xx or error (no answer).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    pub source: String,
+    pub status_class: String,
+}
+
+/// Run outcomes, every one present from start-up.
+pub const OUTCOMES: &[&str] = &["ok", "failed", "skipped"];
+/// HTTP status classes, every one present from start-up.
+pub const STATUS_CLASSES: &[&str] = &["2xx", "3xx", "4xx", "5xx", "error"];
+/// Buckets of `callsync_run_duration_seconds`: a tenth of a second to an hour.
+const DURATION_BUCKETS: [f64; 11] = [
+    0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0,
+];
+
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+fn duration_histogram() -> Histogram {
+    Histogram::new(DURATION_BUCKETS)
+}
+
+/// Every metric of the process.
+pub struct Metrics {
+    registry: Registry,
+    rows: Family<SourceLabels, Counter>,
+    rejects: Family<SourceLabels, Counter>,
+    runs: Family<RunLabels, Counter>,
+    http_requests: Family<HttpLabels, Counter>,
+    http_retries: Family<SourceLabels, Counter>,
+    last_success: Family<SourceLabels, FloatGauge>,
+    cursor_lag: Family<SourceLabels, FloatGauge>,
+    run_duration: Family<SourceLabels, Histogram, fn() -> Histogram>,
+    /// Where each source's cursor stands in time (µs), for the lag computed at each scrape.
+    cursor_at: Mutex<HashMap<String, i64>>,
+}
+
+fn source(name: &str) -> SourceLabels {
+    SourceLabels {
+        source: name.to_string(),
+    }
+}
+
+impl Metrics {
+    /// A registry with every `callsync_*` family.
+    pub fn new() -> Metrics {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            registry: Registry::default(),
+            rows: Family::default(),
+            rejects: Family::default(),
+            runs: Family::default(),
+            http_requests: Family::default(),
+            http_retries: Family::default(),
+            last_success: Family::default(),
+            cursor_lag: Family::default(),
+            run_duration: Family::new_with_constructor(duration_histogram),
+            cursor_at: Mutex::new(HashMap::new()),
+        };
+        registry.register(
+            "callsync_rows_exported",
+            "Calls committed to the lake (equals what the lake gained)",
+            m.rows.clone(),
+        );
+        registry.register(
+            "callsync_rejects",
+            "Records written to the rejects area",
+            m.rejects.clone(),
+        );
+        registry.register(
+            "callsync_runs",
+            "Runs of a source by outcome (skipped: a tick found the previous run still going)",
+            m.runs.clone(),
+        );
+        registry.register(
+            "callsync_http_requests",
+            "HTTP requests to vendors by status class (error: no answer)",
+            m.http_requests.clone(),
+        );
+        registry.register(
+            "callsync_http_retries",
+            "HTTP requests retried (429, 5xx, timeouts, dropped connections)",
+            m.http_retries.clone(),
+        );
+        registry.register(
+            "callsync_source_last_success_timestamp_seconds",
+            "When a run of the source last succeeded (Unix time); alert on time() - this",
+            m.last_success.clone(),
+        );
+        registry.register(
+            "callsync_source_cursor_lag_seconds",
+            "How far the source's cursor trails now, for kinds whose cursor is a time",
+            m.cursor_lag.clone(),
+        );
+        registry.register(
+            "callsync_run_duration_seconds",
+            "Duration of a source's runs",
+            m.run_duration.clone(),
+        );
+        registry.register(
+            "callsync_build",
+            "This build of callsync",
+            Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Creates every series of `name` at 0, so a source that never ran is visible.
+    pub fn add_source(&self, name: &str) {
+        let s = source(name);
+        let _ = self.rows.get_or_create(&s);
+        let _ = self.rejects.get_or_create(&s);
+        let _ = self.http_retries.get_or_create(&s);
+        let _ = self.last_success.get_or_create(&s);
+        let _ = self.run_duration.get_or_create(&s);
+        for o in OUTCOMES {
+            let _ = self.runs.get_or_create(&RunLabels {
+                source: name.to_string(),
+                outcome: o.to_string(),
+            });
+        }
+        for c in STATUS_CLASSES {
+            let _ = self.http_requests.get_or_create(&HttpLabels {
+                source: name.to_string(),
+                status_class: c.to_string(),
+            });
+        }
+    }
+
+    /// A run ended: its outcome and, for `ok`/`failed`, its duration.
+    pub fn run_finished(&self, name: &str, outcome: &str, secs: Option<f64>) {
+        self.runs
+            .get_or_create(&RunLabels {
+                source: name.to_string(),
+                outcome: outcome.to_string(),
+            })
+            .inc();
+        if let Some(secs) = secs {
+            self.run_duration.get_or_create(&source(name)).observe(secs);
+        }
+        if outcome == "ok" {
+            let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
+            self.last_success.get_or_create(&source(name)).set(now);
+        }
+    }
+
+    /// Where the source's cursor stands in time (µs since the epoch).
+    pub fn cursor_at(&self, name: &str, at_us: i64) {
+        lock(&self.cursor_at).insert(name.to_string(), at_us);
+    }
+
+    /// The registry as Prometheus text (the lag gauges computed for now).
+    pub fn encode(&self) -> String {
+        let now = chrono::Utc::now().timestamp_micros();
+        for (name, at) in lock(&self.cursor_at).iter() {
+            self.cursor_lag
+                .get_or_create(&source(name))
+                .set((now - at) as f64 / 1e6);
+        }
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Registers more metrics (the daemon's own) in the same registry, before it is shared.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+static METRICS: OnceLock<Arc<Metrics>> = OnceLock::new();
+
+/// Makes `m` the process's metrics (once; the daemon does it at start-up).
+pub fn install(m: Arc<Metrics>) -> Arc<Metrics> {
+    METRICS.get_or_init(|| m).clone()
+}
+
+fn get() -> Option<&'static Arc<Metrics>> {
+    METRICS.get()
+}
+
+/// A commit of `source` published `rows` calls and `rejects` rejects.
+pub fn committed(source_name: &str, rows: u64, rejects: u64) {
+    if let Some(m) = get() {
+        m.rows.get_or_create(&source(source_name)).inc_by(rows);
+        m.rejects
+            .get_or_create(&source(source_name))
+            .inc_by(rejects);
+    }
+}
+
+/// A vendor answered `status` (`None`: no answer: timeout, refused or dropped connection).
+pub fn http_response(source_name: &str, status: Option<u16>) {
+    if let Some(m) = get() {
+        let class = match status {
+            None => "error",
+            Some(200..=299) => "2xx",
+            Some(300..=399) => "3xx",
+            Some(400..=499) => "4xx",
+            Some(_) => "5xx",
+        };
+        m.http_requests
+            .get_or_create(&HttpLabels {
+                source: source_name.to_string(),
+                status_class: class.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// A request of `source` is retried.
+pub fn http_retry(source_name: &str) {
+    if let Some(m) = get() {
+        m.http_retries.get_or_create(&source(source_name)).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_source_series_exists_at_zero_with_the_documented_names() {
+        let m = Metrics::new();
+        m.add_source("vg");
+        let text = m.encode();
+        for line in [
+            "callsync_rows_exported_total{source=\"vg\"} 0",
+            "callsync_rejects_total{source=\"vg\"} 0",
+            "callsync_runs_total{source=\"vg\",outcome=\"skipped\"} 0",
+            "callsync_http_requests_total{source=\"vg\",status_class=\"5xx\"} 0",
+            "callsync_http_retries_total{source=\"vg\"} 0",
+            "callsync_source_last_success_timestamp_seconds{source=\"vg\"} 0",
+            "callsync_run_duration_seconds_count{source=\"vg\"} 0",
+            "callsync_build_info{version=",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+        m.run_finished("vg", "ok", Some(1.5));
+        m.cursor_at("vg", chrono::Utc::now().timestamp_micros() - 60_000_000);
+        let text = m.encode();
+        assert!(
+            text.contains("callsync_runs_total{source=\"vg\",outcome=\"ok\"} 1"),
+            "{text}"
+        );
+        let lag = text
+            .lines()
+            .find(|l| l.starts_with("callsync_source_cursor_lag_seconds{"))
+            .unwrap();
+        let v: f64 = lag.rsplit(' ').next().unwrap().parse().unwrap();
+        assert!((59.0..70.0).contains(&v), "{lag}");
+    }
+}

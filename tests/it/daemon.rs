@@ -1,0 +1,688 @@
+//! Promise: `callsync run` exports every source on its schedule without ever overlapping a
+//! source with itself, reports itself on `/healthz`, `/metrics` (read by a real Prometheus
+//! parser) and to systemd, drains on SIGTERM without losing or doubling a call (a second
+//! signal exits at once), re-reads its config on SIGHUP, and idles cheaply.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::net::UnixDatagram;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use callsync::simulator::{FaultKind, FaultPlan, VoicegainSim};
+
+use crate::helpers::*;
+
+/// A running daemon: its process, its server address, its log file.
+struct Daemon {
+    child: Child,
+    addr: Option<String>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(env: &Env, extra_env: &[(&str, &str)], server: bool) -> Daemon {
+        let log = env.dir.path().join(format!(
+            "daemon-{}.log",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        let mut cmd = env.command(&["run"]);
+        cmd.stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .env("RUST_LOG", "info");
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().unwrap();
+        let mut addr = None;
+        if server {
+            let mut line = String::new();
+            BufReader::new(child.stdout.take().unwrap())
+                .read_line(&mut line)
+                .unwrap();
+            addr = line
+                .strip_prefix("listening on http://")
+                .map(|a| a.split_whitespace().next().unwrap_or_default().to_string());
+            assert!(addr.is_some(), "no listen line: {line:?}");
+        }
+        Daemon { child, addr, log }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr.as_deref().unwrap())
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Waits for the exit; returns the code and how long it took.
+    fn wait_exit(&mut self, secs: u64) -> (Option<i32>, Duration) {
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return (s.code(), t0.elapsed());
+            }
+            if t0.elapsed() > Duration::from_secs(secs) {
+                let _ = self.child.kill();
+                panic!(
+                    "the daemon did not exit within {secs} s:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn get(env: &Env, url: &str) -> (u16, String) {
+    env.rt.block_on(async {
+        let r = reqwest::get(url).await.unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    })
+}
+
+/// A Voicegain source `vg` on `schedule` plus, optionally, a Vonage source `vn`.
+fn config(env: &Env, schedule: &str, per_page: u32, vonage: bool, daemon: &str) -> String {
+    let vg_token = token_file(env, "vg", &env.sim.voicegain().token.clone());
+    let mut text = format!(
+        "{daemon}\n{}",
+        vg_table(
+            "vg",
+            &env.sim.voicegain_base_url(),
+            &format!("token_file = \"{}\"", vg_token.display()),
+            per_page
+        )
+        .replace(
+            "[sources.vg.http]",
+            &format!("schedule = \"{schedule}\"\n[sources.vg.http]")
+        )
+    );
+    if vonage {
+        let key = token_file(env, "vn", &env.sim.vonage().api_key.clone());
+        let start = (chrono::Utc::now() - chrono::Duration::days(4)).format("%Y-%m-%d");
+        text.push_str(&format!(
+            "[sources.vn]\nkind = \"vonage_insights\"\nbase_url = \"{}\"\napi_key_file = \"{}\"\nstart_date = \"{start}\"\npage_size = 50\nwindow_days = 2\nschedule = \"{schedule}\"\n",
+            env.sim.vonage_base_url(),
+            key.display()
+        ));
+    }
+    text
+}
+
+fn with_sessions(env: &Env, n: usize) {
+    let now = chrono::Utc::now().timestamp_micros();
+    env.sim
+        .vonage()
+        .add_sessions(n, now - 3 * 86_400_000_000, now - 3_600_000_000, 0.0);
+}
+
+fn lake_count(env: &Env, source: &str) -> usize {
+    env.lake().iter().filter(|r| r.source == source).count()
+}
+
+/// Parses `/metrics` text with the Python `prometheus_client` OpenMetrics parser when it is
+/// available (`.ci/run` installs it): `(name, labels, value)` of every sample.
+fn parse_metrics(text: &str) -> Option<Vec<(String, serde_json::Value, f64)>> {
+    let python = std::env::var("CALLSYNC_TEST_PYTHON").ok()?;
+    let script = "import sys, json\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
+        out = []\nfor f in text_string_to_metric_families(sys.stdin.read()):\n    for s in f.samples:\n        out.append([s.name, s.labels, s.value])\nprint(json.dumps(out))";
+    let mut child = Command::new(python)
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        if err.contains("No module named 'prometheus_client'") {
+            eprintln!("prometheus_client not installed; /metrics checked by hand only");
+            return None;
+        }
+        panic!("the Prometheus parser refused /metrics: {err}\n{text}");
+    }
+    let v: Vec<(String, serde_json::Value, f64)> = serde_json::from_slice(&out.stdout).unwrap();
+    Some(v)
+}
+
+/// A sample's value, from parsed samples or (without Python) from the text.
+fn sample(
+    text: &str,
+    parsed: &Option<Vec<(String, serde_json::Value, f64)>>,
+    name: &str,
+    source: &str,
+) -> f64 {
+    match parsed {
+        Some(samples) => samples
+            .iter()
+            .find(|(n, l, _)| {
+                n == name && l["source"] == source && l.get("outcome").is_none_or(|o| o == "ok")
+            })
+            .map(|s| s.2)
+            .unwrap_or_else(|| panic!("{name}{{source={source}}} missing")),
+        None => text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{source=\"{source}\"")))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("{name}{{source={source}}} missing")),
+    }
+}
+
+#[test]
+fn a_daemon_on_a_one_second_schedule_exports_everything_and_its_metrics_match_the_lake() {
+    let env = Env::new(VoicegainSim::new(90, 0).with_ratios(0.0, 0.01), 200);
+    env.sim.voicegain().add_calls(900);
+    with_sessions(&env, 200);
+    std::fs::write(
+        &env.config,
+        format!(
+            "[warehouse]\nroot = \"{}\"\n[state]\npath = \"{}\"\n{}",
+            env.warehouse().display(),
+            env.state_path().display(),
+            config(
+                &env,
+                "* * * * * *",
+                200,
+                true,
+                "[server]\nlisten = \"127.0.0.1:0\""
+            )
+        ),
+    )
+    .unwrap();
+    let mut d = Daemon::start(&env, &[], true);
+    let want_vg = env.sim.voicegain().expected_exported().len();
+    assert!(
+        wait_until(30, || lake_count(&env, "vg") == want_vg
+            && lake_count(&env, "vn") == 200),
+        "not exported:\n{}",
+        d.log_text()
+    );
+    // New calls are picked up by the next ticks.
+    env.sim.voicegain().add_calls(100);
+    let want_vg = env.sim.voicegain().expected_exported().len();
+    assert!(wait_until(20, || lake_count(&env, "vg") == want_vg));
+    assert_lake_matches_truth(&env);
+    // Let a run that may be committing finish, then read health and metrics.
+    assert!(wait_until(10, || {
+        let (_, body) = get(&env, &d.url("/healthz"));
+        let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+        h["sources"]["vg"]["running"] == false && h["sources"]["vn"]["running"] == false
+    }));
+    let (status, body) = get(&env, &d.url("/healthz"));
+    assert_eq!(status, 200, "{body}");
+    let h: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(h["status"], "ok");
+    for s in ["vg", "vn"] {
+        assert_eq!(h["sources"][s]["last_outcome"], "ok", "{body}");
+        assert_eq!(h["sources"][s]["consecutive_failures"], 0);
+        assert!(h["sources"][s]["next_tick"].is_string());
+    }
+    let (status, text) = get(&env, &d.url("/metrics"));
+    assert_eq!(status, 200);
+    let parsed = parse_metrics(&text);
+    for s in ["vg", "vn"] {
+        let rows = sample(&text, &parsed, "callsync_rows_exported_total", s);
+        assert_eq!(
+            rows as usize,
+            lake_count(&env, s),
+            "rows_exported_total of {s}\n{text}"
+        );
+        let last = sample(
+            &text,
+            &parsed,
+            "callsync_source_last_success_timestamp_seconds",
+            s,
+        );
+        let now = chrono::Utc::now().timestamp() as f64;
+        assert!(last > now - 60.0 && last <= now + 1.0, "{last}");
+        assert!(sample(&text, &parsed, "callsync_runs_total", s) >= 2.0);
+    }
+    let rejects = sample(&text, &parsed, "callsync_rejects_total", "vg");
+    assert_eq!(rejects as usize, rejects_of(&env));
+    assert!(
+        text.contains("callsync_source_cursor_lag_seconds{source=\"vn\"}"),
+        "{text}"
+    );
+    assert!(text.contains("callsync_build_info{version="), "{text}");
+    assert!(text.contains("callsync_http_requests_total{source=\"vg\",status_class=\"2xx\"}"));
+    d.signal(libc::SIGTERM);
+    let (code, took) = d.wait_exit(30);
+    assert_eq!(code, Some(0), "{}", d.log_text());
+    assert!(took < Duration::from_secs(30));
+    // Every log line about a run carries its source, and each run has a summary line.
+    let log = d.log_text();
+    assert!(
+        log.lines()
+            .filter(|l| l.contains("Run finished."))
+            .all(|l| l.contains("source="))
+    );
+    assert!(
+        log.contains("cursor_before=") && log.contains("duration_ms="),
+        "{log}"
+    );
+}
+
+fn rejects_of(env: &Env) -> usize {
+    rejects(&env.warehouse()).len()
+}
+
+#[test]
+fn a_source_slower_than_its_schedule_never_runs_twice_at_once() {
+    let env = Env::new(VoicegainSim::new(91, 0), 20);
+    env.sim.voicegain().add_calls(400);
+    env.sim.set_faults(FaultPlan::every(
+        1,
+        vec![FaultKind::Slow(Duration::from_millis(150))],
+    ));
+    std::fs::write(
+        &env.config,
+        format!(
+            "[warehouse]\nroot = \"{}\"\nmax_rows_per_file = 40\n[state]\npath = \"{}\"\n{}",
+            env.warehouse().display(),
+            env.state_path().display(),
+            config(
+                &env,
+                "* * * * * *",
+                20,
+                false,
+                "[server]\nlisten = \"127.0.0.1:0\""
+            )
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&env, &[], true);
+    // 20 pages of 150 ms: a run takes about 3 s, its schedule is every second.
+    let want = env.sim.voicegain().expected_exported().len();
+    assert!(
+        wait_until(40, || lake_count(&env, "vg") == want),
+        "{}",
+        d.log_text()
+    );
+    assert_eq!(
+        env.sim.max_in_flight("voicegain"),
+        1,
+        "two runs of one source overlapped"
+    );
+    let (_, text) = get(&env, &d.url("/metrics"));
+    let skipped = text
+        .lines()
+        .find(|l| l.starts_with("callsync_runs_total{source=\"vg\",outcome=\"skipped\"}"))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap();
+    assert!(
+        skipped >= 1.0,
+        "ticks during a run are skipped and counted:\n{text}"
+    );
+    assert_lake_matches_truth(&env);
+}
+
+#[test]
+fn systemd_gets_ready_watchdog_at_its_rate_and_stopping() {
+    let env = Env::new(VoicegainSim::new(92, 0), 100);
+    env.sim.voicegain().add_calls(50);
+    std::fs::write(
+        &env.config,
+        format!(
+            "[warehouse]\nroot = \"{}\"\n[state]\npath = \"{}\"\n{}",
+            env.warehouse().display(),
+            env.state_path().display(),
+            config(&env, "0 0 0 1 1 *", 100, false, "")
+        ),
+    )
+    .unwrap();
+    let sock_path = env.dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let mut d = Daemon::start(
+        &env,
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "300000"),
+        ],
+        false,
+    );
+    let mut msgs: Vec<(Instant, String)> = Vec::new();
+    let mut buf = [0u8; 4096];
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(3) {
+        if let Ok(n) = sock.recv(&mut buf) {
+            msgs.push((
+                Instant::now(),
+                String::from_utf8_lossy(&buf[..n]).into_owned(),
+            ));
+        }
+    }
+    assert!(
+        msgs.first().is_some_and(|m| m.1.contains("READY=1")),
+        "{msgs:?}"
+    );
+    let pings: Vec<Instant> = msgs
+        .iter()
+        .filter(|m| m.1.contains("WATCHDOG=1"))
+        .map(|m| m.0)
+        .collect();
+    // WATCHDOG_USEC / 2 = 150 ms: about 20 pings in 3 s.
+    assert!(
+        (12..=26).contains(&pings.len()),
+        "{} pings: {msgs:?}",
+        pings.len()
+    );
+    let worst = pings.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        worst < Duration::from_millis(300),
+        "a gap of {worst:?} between pings"
+    );
+    // The run at start-up exported the calls.
+    assert!(wait_until(10, || lake_count(&env, "vg") == 50));
+    d.signal(libc::SIGTERM);
+    let mut stopping = false;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(10) && !stopping {
+        if let Ok(n) = sock.recv(&mut buf) {
+            stopping = String::from_utf8_lossy(&buf[..n]).contains("STOPPING=1");
+        }
+    }
+    assert!(stopping, "no STOPPING=1");
+    assert_eq!(d.wait_exit(10).0, Some(0));
+}
+
+/// A slow export: 3,000 calls in pages of 20, each request 40 ms late.
+fn slow_env(seed: u64) -> Env {
+    let env = Env::new(VoicegainSim::new(seed, 0).with_ratios(0.0, 0.005), 20);
+    env.sim.voicegain().add_calls(3000);
+    env.sim.set_faults(FaultPlan::every(
+        1,
+        vec![FaultKind::Slow(Duration::from_millis(40))],
+    ));
+    std::fs::write(
+        &env.config,
+        format!(
+            "[warehouse]\nroot = \"{}\"\nmax_rows_per_file = 200\n[state]\npath = \"{}\"\n{}",
+            env.warehouse().display(),
+            env.state_path().display(),
+            config(
+                &env,
+                "0 0 0 1 1 *",
+                20,
+                false,
+                "[daemon]\nshutdown_grace_secs = 10"
+            )
+        ),
+    )
+    .unwrap();
+    env
+}
+
+#[test]
+fn sigterm_during_a_slow_export_drains_and_exits_0_and_the_next_sync_is_exact() {
+    let env = slow_env(93);
+    let mut d = Daemon::start(&env, &[], false);
+    assert!(
+        wait_until(20, || lake_count(&env, "vg") >= 400),
+        "{}",
+        d.log_text()
+    );
+    d.signal(libc::SIGTERM);
+    let (code, took) = d.wait_exit(15);
+    assert_eq!(code, Some(0), "{}", d.log_text());
+    assert!(took < Duration::from_secs(10), "drain took {took:?}");
+    let rows = env.lake();
+    unique_ids(&rows);
+    assert!(rows.len() < env.sim.voicegain().expected_exported().len());
+    env.sim.set_faults(FaultPlan::default());
+    env.sync_ok();
+    assert_lake_matches_truth(&env);
+}
+
+#[test]
+fn a_second_signal_during_a_slow_drain_exits_at_once_losing_nothing_committed() {
+    let env = slow_env(94);
+    let mut d = Daemon::start(&env, &[("CALLSYNC_SLOW_COMMIT_MS", "3000")], false);
+    // Let a first commit through, then catch the drain in its slow commit.
+    assert!(
+        wait_until(30, || lake_count(&env, "vg") >= 200),
+        "{}",
+        d.log_text()
+    );
+    d.signal(libc::SIGTERM);
+    std::thread::sleep(Duration::from_millis(300));
+    d.signal(libc::SIGTERM);
+    let (code, took) = d.wait_exit(5);
+    assert_ne!(code, Some(0));
+    assert!(
+        took < Duration::from_secs(1),
+        "the second signal took {took:?}"
+    );
+    // What a reader sees is whole and committed.
+    let rows = env.lake();
+    unique_ids(&rows);
+    if let Some((n, distinct)) = duckdb_counts(&env.warehouse()) {
+        assert_eq!((n as usize, distinct as usize), (rows.len(), rows.len()));
+    }
+    env.sim.set_faults(FaultPlan::default());
+    env.sync_ok();
+    assert_lake_matches_truth(&env);
+}
+
+#[test]
+fn sighup_adds_a_new_source_and_a_broken_config_keeps_the_old_one() {
+    let env = Env::new(VoicegainSim::new(95, 0), 100);
+    env.sim.voicegain().add_calls(300);
+    with_sessions(&env, 120);
+    let head = format!(
+        "[warehouse]\nroot = \"{}\"\n[state]\npath = \"{}\"\n",
+        env.warehouse().display(),
+        env.state_path().display()
+    );
+    std::fs::write(
+        &env.config,
+        format!(
+            "{head}{}",
+            config(
+                &env,
+                "*/1 * * * * *",
+                100,
+                false,
+                "[server]\nlisten = \"127.0.0.1:0\""
+            )
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&env, &[], true);
+    assert!(wait_until(20, || lake_count(&env, "vg") == 300));
+    assert_eq!(lake_count(&env, "vn"), 0);
+    std::fs::write(
+        &env.config,
+        format!(
+            "{head}{}",
+            config(
+                &env,
+                "*/1 * * * * *",
+                100,
+                true,
+                "[server]\nlisten = \"127.0.0.1:0\""
+            )
+        ),
+    )
+    .unwrap();
+    d.signal(libc::SIGHUP);
+    assert!(
+        wait_until(20, || lake_count(&env, "vn") == 120),
+        "{}",
+        d.log_text()
+    );
+    std::fs::write(
+        &env.config,
+        format!("{head}[sources.vg]\nkind = \"nope\"\n"),
+    )
+    .unwrap();
+    d.signal(libc::SIGHUP);
+    assert!(wait_until(10, || d
+        .log_text()
+        .contains("Config not reloaded")));
+    assert!(
+        d.log_text().contains("unknown kind"),
+        "every problem is logged"
+    );
+    // The old config keeps running.
+    env.sim.voicegain().add_calls(50);
+    assert!(
+        wait_until(20, || lake_count(&env, "vg") == 350),
+        "{}",
+        d.log_text()
+    );
+    let (status, _) = get(&env, &d.url("/healthz"));
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn an_idle_daemon_uses_little_cpu_and_memory() {
+    let env = Env::new(VoicegainSim::new(96, 0), 100);
+    std::fs::write(
+        &env.config,
+        format!(
+            "[warehouse]\nroot = \"{}\"\n[state]\npath = \"{}\"\n{}",
+            env.warehouse().display(),
+            env.state_path().display(),
+            config(
+                &env,
+                "0 0 0 1 1 *",
+                100,
+                false,
+                "[server]\nlisten = \"127.0.0.1:0\""
+            )
+            .replace(
+                "kind = \"voicegain\"",
+                "kind = \"voicegain\"\nrun_on_start = false"
+            )
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&env, &[], true);
+    let pid = d.child.id();
+    let cpu = || {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = after.split_whitespace().collect();
+        // utime and stime are fields 14 and 15 (11 and 12 after the name), in clock ticks.
+        let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+        // SAFETY: sysconf has no preconditions.
+        ticks as f64 / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let c0 = cpu();
+    std::thread::sleep(Duration::from_secs(20));
+    let used = cpu() - c0;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let hwm_kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    eprintln!(
+        "idle daemon: {used:.3} s CPU in 20 s, {} MB peak RSS",
+        hwm_kb / 1024
+    );
+    assert!(used <= 0.1, "idle CPU {used} s in 20 s");
+    assert!(hwm_kb <= 32 * 1024, "peak RSS {hwm_kb} kB");
+    let (status, _) = get(&env, &d.url("/healthz"));
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn check_passes_with_good_credentials_and_names_the_source_and_status_with_a_bad_one() {
+    let env = Env::new(VoicegainSim::new(97, 0), 100);
+    with_sessions(&env, 10);
+    std::fs::write(
+        &env.config,
+        format!(
+            "[warehouse]\nroot = \"{}\"\n[state]\npath = \"{}\"\n{}",
+            env.warehouse().display(),
+            env.state_path().display(),
+            config(&env, "0 */15 * * * *", 100, true, "")
+        ),
+    )
+    .unwrap();
+    let out = env.run(&["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("vg: ok") && text(&out).contains("vn: ok"),
+        "{}",
+        text(&out)
+    );
+    assert!(env.lake().is_empty(), "check exports nothing");
+    std::fs::write(env.dir.path().join("vn.token"), "wrong-key-7f3a").unwrap();
+    let out = env.run(&["check"]);
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{t}");
+    assert!(t.contains("vg: ok"), "{t}");
+    assert!(
+        t.contains("vn: FAILED: HTTP 401: the credential was rejected"),
+        "{t}"
+    );
+    assert!(!t.contains("wrong-key-7f3a"), "{t}");
+}
+
+#[test]
+fn json_logs_parse_line_by_line_and_carry_the_source() {
+    let env = Env::new(VoicegainSim::new(98, 0).with_ratios(0.0, 0.02), 100);
+    env.sim.voicegain().add_calls(300);
+    let out = env
+        .command(&["sync"])
+        .env("CALLSYNC_LOG_FORMAT", "json")
+        .env("RUST_LOG", "debug")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let mut runs = 0;
+    for line in stderr.lines() {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+        if v["fields"]["message"] == "Run finished." {
+            runs += 1;
+            assert_eq!(v["fields"]["source"], "vg", "{line}");
+            for k in [
+                "rows",
+                "rejects",
+                "skipped",
+                "pages",
+                "duration_ms",
+                "cursor_before",
+                "cursor_after",
+            ] {
+                assert!(v["fields"].get(k).is_some(), "{k} missing: {line}");
+            }
+        }
+    }
+    assert_eq!(runs, 1, "{stderr}");
+}
