@@ -260,6 +260,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_shipped_alerts_and_dashboard_use_only_metrics_that_exist() {
+        let m = Metrics::new();
+        m.add_source("vg");
+        m.cursor_at("vg", 0);
+        let text = m.encode();
+        for (file, body) in [
+            ("prometheus-alerts.yml", include_str!("../config/prometheus-alerts.yml")),
+            ("grafana-dashboard.json", include_str!("../config/grafana-dashboard.json")),
+        ] {
+            let mut found = 0;
+            for (i, _) in body.match_indices("callsync_") {
+                let name: String = body[i..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                found += 1;
+                assert!(
+                    text.contains(&format!("\n{name}{{")) || text.contains(&format!("\n{name} ")),
+                    "{file} uses {name}, which /metrics does not have"
+                );
+            }
+            assert!(found >= 5, "{file}");
+        }
+    }
+
+    #[test]
     fn every_source_series_exists_at_zero_with_the_documented_names() {
         let m = Metrics::new();
         m.add_source("vg");

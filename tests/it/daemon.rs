@@ -686,3 +686,153 @@ fn json_logs_parse_line_by_line_and_carry_the_source() {
     }
     assert_eq!(runs, 1, "{stderr}");
 }
+
+/// The syscalls of a systemd filter group, nested groups expanded.
+fn syscall_group(group: &str, out: &mut std::collections::BTreeSet<String>) {
+    let o = Command::new("systemd-analyze")
+        .args(["syscall-filter", group])
+        .output()
+        .unwrap();
+    for line in String::from_utf8_lossy(&o.stdout).lines().skip(1) {
+        let w = line.trim();
+        if w.is_empty() || w.starts_with('#') {
+            continue;
+        }
+        if w.starts_with('@') {
+            syscall_group(w, out);
+        } else {
+            out.insert(w.to_string());
+        }
+    }
+}
+
+#[test]
+fn the_daemon_makes_only_syscalls_its_systemd_unit_allows() {
+    let have = |tool: &str| {
+        Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !have("strace") || !have("systemd-analyze") {
+        eprintln!("skipped: needs strace and systemd-analyze");
+        return;
+    }
+    // What the unit allows: its SystemCallFilter= lines (allow list, then ~deny lists).
+    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/callsync.service")).unwrap();
+    // In order, as systemd reads them: an allow list, then `~` lines remove, plain lines add.
+    let mut allowed = std::collections::BTreeSet::new();
+    for line in unit.lines() {
+        let Some(v) = line.strip_prefix("SystemCallFilter=") else {
+            continue;
+        };
+        let (deny, list) = match v.strip_prefix('~') {
+            Some(rest) => (true, rest),
+            None => (false, v),
+        };
+        let mut set = std::collections::BTreeSet::new();
+        for item in list.split_whitespace() {
+            if item.starts_with('@') {
+                syscall_group(item, &mut set);
+            } else {
+                set.insert(item.to_string());
+            }
+        }
+        if deny {
+            allowed.retain(|s| !set.contains(s));
+        } else {
+            allowed.extend(set);
+        }
+    }
+    assert!(allowed.len() > 100, "{allowed:?}");
+    // A daemon that exports through its server, under strace.
+    let env = Env::new(VoicegainSim::new(99, 0), 100);
+    env.sim.voicegain().add_calls(500);
+    std::fs::write(
+        &env.config,
+        format!(
+            "[warehouse]\nroot = \"{}\"\n[state]\npath = \"{}\"\n{}",
+            env.warehouse().display(),
+            env.state_path().display(),
+            config(&env, "* * * * * *", 100, false, "[server]\nlisten = \"127.0.0.1:0\"")
+        ),
+    )
+    .unwrap();
+    let trace = env.dir.path().join("strace.txt");
+    let mut child = Command::new("strace")
+        .args(["-f", "-qq", "-o"])
+        .arg(&trace)
+        .arg(env!("CARGO_BIN_EXE_callsync"))
+        .arg("--config")
+        .arg(&env.config)
+        .arg("run")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line.trim().trim_start_matches("listening on http://").split_whitespace().next().unwrap().to_string();
+    assert!(wait_until(30, || lake_count(&env, "vg") == 500));
+    let (status, _) = get(&env, &format!("http://{addr}/healthz"));
+    assert_eq!(status, 200);
+    let _ = get(&env, &format!("http://{addr}/metrics"));
+    // The daemon, not strace: its pid is the child's child.
+    std::thread::sleep(Duration::from_millis(500));
+    let pids = std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id())).unwrap_or_default();
+    for pid in pids.split_whitespace() {
+        // SAFETY: signalling a process we started.
+        unsafe { libc::kill(pid.parse().unwrap(), libc::SIGTERM) };
+    }
+    assert!(child.wait().unwrap().success());
+    let text = std::fs::read_to_string(&trace).unwrap();
+    let mut used = std::collections::BTreeSet::new();
+    for l in text.lines() {
+        let rest = l.split_once(' ').map_or(l, |(_, r)| r).trim_start();
+        if let Some(name) = rest.split('(').next()
+            && !name.is_empty()
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        {
+            used.insert(name.to_string());
+        }
+    }
+    assert!(used.contains("epoll_wait") || used.contains("epoll_pwait"), "{used:?}");
+    let outside: Vec<&String> = used.iter().filter(|s| !allowed.contains(*s)).collect();
+    assert!(outside.is_empty(), "syscalls the unit's SystemCallFilter= refuses: {outside:?}");
+}
+
+#[test]
+fn the_systemd_unit_is_hardened_to_an_exposure_of_2_or_less() {
+    let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/config/callsync.service");
+    let Ok(o) = Command::new("systemd-analyze")
+        .args(["security", "--offline=true", unit])
+        .output()
+    else {
+        eprintln!("skipped: no systemd-analyze");
+        return;
+    };
+    let out = String::from_utf8_lossy(&o.stdout);
+    let line = out
+        .lines()
+        .find(|l| l.contains("Overall exposure level"))
+        .unwrap_or_else(|| panic!("{out}{}", String::from_utf8_lossy(&o.stderr)));
+    let score: f64 = line
+        .split(':')
+        .nth(1)
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(score <= 2.0, "{line}");
+    let verify = Command::new("systemd-analyze")
+        .args(["verify", "--man=no"])
+        .arg(unit)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&verify.stderr);
+    assert!(
+        !err.contains("Unknown key") && !err.contains("Unknown section"),
+        "{err}"
+    );
+}
