@@ -232,9 +232,13 @@ pub fn status(cfg: &Config, json: bool, out: &mut dyn Write) -> anyhow::Result<i
 
 /// Starts the simulator with generated calls, writes a demo config under `dir`, runs a
 /// sync and prints what it wrote.
+/// With `daemon` (the daemon's signals), the demo runs `callsync run` instead of one sync:
+/// schedules of a few seconds, new calls arriving every few seconds, the server on a free
+/// port; Ctrl-C drains it.
 pub fn demo(
     dir: &Path,
     calls: usize,
+    daemon: Option<tokio::sync::mpsc::UnboundedReceiver<crate::daemon::Signal>>,
     rt: &Runtime,
     stop: &StopFlag,
     out: &mut dyn Write,
@@ -289,8 +293,19 @@ pub fn demo(
     let start_date = (now - chrono::Duration::days(7))
         .format("%Y-%m-%d")
         .to_string();
+    // The daemon demo: every source every 5 s, windows settled after 5 s, a server.
+    let (server, every, settle) = if daemon.is_some() {
+        (
+            "\n[server]\nlisten = \"127.0.0.1:0\"\n",
+            "schedule = \"*/5 * * * * *\"\n",
+            "settle_secs = 5\n",
+        )
+    } else {
+        ("", "", "")
+    };
     let text = format!(
         r#"# Written by `callsync demo`: one source of each pull kind, pointed at the built-in simulator.
+{server}
 [warehouse]
 root = {warehouse:?}
 
@@ -302,21 +317,21 @@ kind = "voicegain"
 base_url = {vg_base:?}
 token_file = {vg_token:?}
 per_page = 1000
-
+{every}
 [sources.vonage_demo]
 kind = "vonage_insights"
 base_url = {vn_base:?}
 api_key_file = {vn_key:?}
 start_date = {start_date:?}
 window_days = 7
-
+{every}{settle}
 [sources.voice_calls_demo]
 kind = "voice_calls"
 base_url = {vc_base:?}
 token_file = {vc_token:?}
 start_date = {start_date:?}
 window_days = 7
-"#,
+{every}{settle}"#,
         warehouse = warehouse.display().to_string(),
         state = state_path.display().to_string(),
         vg_base = sim.voicegain_base_url(),
@@ -331,6 +346,22 @@ window_days = 7
         sim.base_url()
     )?;
     writeln!(out, "config:    {}", config_path.display())?;
+    if let Some(signals) = daemon {
+        writeln!(
+            out,
+            "daemon:    every source every 5 s; new calls arrive every 3 s; Ctrl-C drains and stops it"
+        )?;
+        let feeder = rt.spawn(feed(std::sync::Arc::new(sim)));
+        let code = crate::daemon::run(&config_path, cfg, rt, signals, out)?;
+        feeder.abort();
+        writeln!(
+            out,
+            "lake:      {} ({} Parquet files)",
+            warehouse.display(),
+            count_files(&warehouse.join("calls"), "parquet")
+        )?;
+        return Ok(code);
+    }
     let code = sync(&cfg, &[], rt, stop, out)?;
     let files = count_files(&warehouse.join("calls"), "parquet");
     writeln!(
@@ -350,6 +381,24 @@ window_days = 7
         config_path.display()
     )?;
     Ok(code)
+}
+
+/// New calls for the daemon demo: every 3 s a few of each vendor's, started seconds ago.
+async fn feed(sim: std::sync::Arc<Simulator>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        let now = chrono::Utc::now();
+        sim.voicegain().now_secs = now.timestamp() - 30;
+        sim.voicegain().add_calls(5);
+        let (from, to) = (
+            now - chrono::Duration::seconds(9),
+            now - chrono::Duration::seconds(6),
+        );
+        sim.vonage()
+            .add_sessions(3, from.timestamp_micros(), to.timestamp_micros(), 0.0);
+        sim.voice_calls()
+            .add_calls(3, from.timestamp(), to.timestamp(), 0.0);
+    }
 }
 
 fn count_files(dir: &PathBuf, ext: &str) -> usize {

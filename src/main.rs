@@ -89,6 +89,10 @@ enum Command {
         /// Calls the simulator generates.
         #[arg(long, default_value_t = 5000)]
         calls: usize,
+        /// Run the daemon (`callsync run`) against the simulator instead of one sync, with new
+        /// calls arriving; Ctrl-C drains it.
+        #[arg(long)]
+        daemon: bool,
     },
 }
 
@@ -122,6 +126,18 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         .enable_all()
         .build()?;
     let mut out = std::io::stdout();
+    if let Command::Demo {
+        dir,
+        calls,
+        daemon: true,
+    } = &cli.command
+    {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        rt.spawn(forward_signals(tx));
+        let code = app::demo(dir, *calls, Some(rx), &rt, &StopFlag::default(), &mut out);
+        rt.shutdown_background();
+        return code;
+    }
     if let Command::Run = &cli.command {
         let cfg = match Config::load(&cli.config) {
             Ok(c) => c,
@@ -147,8 +163,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             stop.stop();
         });
     }
-    if let Command::Demo { dir, calls } = &cli.command {
-        return app::demo(dir, *calls, &rt, &stop, &mut out);
+    if let Command::Demo { dir, calls, daemon } = &cli.command {
+        let _ = daemon;
+        return app::demo(dir, *calls, None, &rt, &stop, &mut out);
     }
     let cfg = match Config::load(&cli.config) {
         Ok(c) => c,

@@ -266,8 +266,14 @@ mod tests {
         m.cursor_at("vg", 0);
         let text = m.encode();
         for (file, body) in [
-            ("prometheus-alerts.yml", include_str!("../config/prometheus-alerts.yml")),
-            ("grafana-dashboard.json", include_str!("../config/grafana-dashboard.json")),
+            (
+                "prometheus-alerts.yml",
+                include_str!("../config/prometheus-alerts.yml"),
+            ),
+            (
+                "grafana-dashboard.json",
+                include_str!("../config/grafana-dashboard.json"),
+            ),
         ] {
             let mut found = 0;
             for (i, _) in body.match_indices("callsync_") {

@@ -128,7 +128,10 @@ pub fn run(
             let (bound, handle) = rt
                 .block_on(server::start(addr, shared.clone()))
                 .with_context(|| format!("[server] listen = {addr:?}"))?;
-            writeln!(out, "listening on http://{bound} (/healthz, /metrics)")?;
+            writeln!(
+                out,
+                "listening on http://{bound} (health: http://{bound}/healthz, metrics: http://{bound}/metrics)"
+            )?;
             out.flush()?;
             info!(address = %bound, "Server listening.");
             Some(handle)

@@ -454,6 +454,7 @@ fn sigterm_during_a_slow_export_drains_and_exits_0_and_the_next_sync_is_exact() 
     let (code, took) = d.wait_exit(15);
     assert_eq!(code, Some(0), "{}", d.log_text());
     assert!(took < Duration::from_secs(10), "drain took {took:?}");
+    eprintln!("drain during a slow export: exit 0 after {took:?}");
     let rows = env.lake();
     unique_ids(&rows);
     assert!(rows.len() < env.sim.voicegain().expected_exported().len());
@@ -719,7 +720,11 @@ fn the_daemon_makes_only_syscalls_its_systemd_unit_allows() {
         return;
     }
     // What the unit allows: its SystemCallFilter= lines (allow list, then ~deny lists).
-    let unit = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/callsync.service")).unwrap();
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/callsync.service"
+    ))
+    .unwrap();
     // In order, as systemd reads them: an allow list, then `~` lines remove, plain lines add.
     let mut allowed = std::collections::BTreeSet::new();
     for line in unit.lines() {
@@ -754,7 +759,13 @@ fn the_daemon_makes_only_syscalls_its_systemd_unit_allows() {
             "[warehouse]\nroot = \"{}\"\n[state]\npath = \"{}\"\n{}",
             env.warehouse().display(),
             env.state_path().display(),
-            config(&env, "* * * * * *", 100, false, "[server]\nlisten = \"127.0.0.1:0\"")
+            config(
+                &env,
+                "* * * * * *",
+                100,
+                false,
+                "[server]\nlisten = \"127.0.0.1:0\""
+            )
         ),
     )
     .unwrap();
@@ -774,14 +785,22 @@ fn the_daemon_makes_only_syscalls_its_systemd_unit_allows() {
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let addr = line.trim().trim_start_matches("listening on http://").split_whitespace().next().unwrap().to_string();
+    let addr = line
+        .trim()
+        .trim_start_matches("listening on http://")
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
     assert!(wait_until(30, || lake_count(&env, "vg") == 500));
     let (status, _) = get(&env, &format!("http://{addr}/healthz"));
     assert_eq!(status, 200);
     let _ = get(&env, &format!("http://{addr}/metrics"));
     // The daemon, not strace: its pid is the child's child.
     std::thread::sleep(Duration::from_millis(500));
-    let pids = std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id())).unwrap_or_default();
+    let pids =
+        std::fs::read_to_string(format!("/proc/{}/task/{}/children", child.id(), child.id()))
+            .unwrap_or_default();
     for pid in pids.split_whitespace() {
         // SAFETY: signalling a process we started.
         unsafe { libc::kill(pid.parse().unwrap(), libc::SIGTERM) };
@@ -793,14 +812,22 @@ fn the_daemon_makes_only_syscalls_its_systemd_unit_allows() {
         let rest = l.split_once(' ').map_or(l, |(_, r)| r).trim_start();
         if let Some(name) = rest.split('(').next()
             && !name.is_empty()
-            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
         {
             used.insert(name.to_string());
         }
     }
-    assert!(used.contains("epoll_wait") || used.contains("epoll_pwait"), "{used:?}");
+    assert!(
+        used.contains("epoll_wait") || used.contains("epoll_pwait"),
+        "{used:?}"
+    );
     let outside: Vec<&String> = used.iter().filter(|s| !allowed.contains(*s)).collect();
-    assert!(outside.is_empty(), "syscalls the unit's SystemCallFilter= refuses: {outside:?}");
+    assert!(
+        outside.is_empty(),
+        "syscalls the unit's SystemCallFilter= refuses: {outside:?}"
+    );
 }
 
 #[test]
