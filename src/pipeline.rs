@@ -17,7 +17,9 @@ use crate::config::WarehouseConfig;
 use crate::lake::storage::{LocalStorage, Storage};
 use crate::lake::writer::{CommitWriter, StagedFile};
 use crate::lake::{self, LakeError, marker};
-use crate::sources::{Cursor, KnownKeys, OpenContext, Page, SourceConfig, SourceError};
+use crate::sources::{
+    Cursor, Delivery, Inbox, KnownKeys, OpenContext, Page, SourceConfig, SourceError,
+};
 use crate::state::keys::CommitKeys;
 use crate::state::lock::{LockError, SourceLock};
 use crate::state::{Commit, KeySet, ManifestRow, State, StateError};
@@ -217,6 +219,10 @@ fn run_inner(
             state: std::sync::Mutex::new(State::open(&ctx.state_path)?),
             source_id: row.id,
         }),
+        inbox: Arc::new(StateInbox {
+            state: std::sync::Mutex::new(State::open(&ctx.state_path)?),
+            source_id: row.id,
+        }),
     };
     let (opened, backfill_id, stored) = match mode {
         RunMode::Sync => (
@@ -367,6 +373,29 @@ impl KnownKeys for StateKeys {
     }
 }
 
+/// A push source's inbox, read through its own connection.
+struct StateInbox {
+    state: std::sync::Mutex<State>,
+    source_id: i64,
+}
+
+impl Inbox for StateInbox {
+    fn after(&self, seq: i64, limit: usize) -> Result<Vec<Delivery>, String> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state
+            .inbox_after(self.source_id, seq, limit)
+            .map_err(|e| e.to_string())
+    }
+
+    fn prune(&self, upto: i64, days: u64) -> Result<usize, String> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let before = chrono::Utc::now().timestamp_micros() - days as i64 * 86_400_000_000;
+        state
+            .inbox_prune(self.source_id, upto, before)
+            .map_err(|e| e.to_string())
+    }
+}
+
 /// The records of one commit being staged.
 struct Batch<'a> {
     writer: CommitWriter<'a>,
@@ -469,11 +498,12 @@ impl<'a> Exporter<'a> {
         self.summary.skipped += page.known;
         let mut written = KeySet::default();
         if let Some(calls) = page.calls {
+            let key = page.dataset.key_column();
             let ids = calls
-                .column_by_name("call_id")
+                .column_by_name(key)
                 .and_then(|c| c.as_string_opt::<i32>())
                 .ok_or_else(|| {
-                    LakeError::from(std::io::Error::other("batch has no call_id column"))
+                    LakeError::from(std::io::Error::other(format!("batch has no {key} column")))
                 })?;
             let exported = self
                 .state
@@ -495,7 +525,7 @@ impl<'a> Exporter<'a> {
                 filter_record_batch(&calls, &BooleanArray::from(keep)).map_err(LakeError::from)?
             };
             if calls.num_rows() > 0 {
-                batch.writer.add_calls(&calls)?;
+                batch.writer.add_rows(page.dataset, &calls)?;
             }
         }
         // Files travel with their call: committed with it, or deleted when it is not written

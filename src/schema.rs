@@ -73,6 +73,79 @@ pub fn call_schema() -> SchemaRef {
     SCHEMA.clone()
 }
 
+/// The version of the `monitor_legs` schema (its own, in the same metadata key).
+pub const MONITOR_LEGS_SCHEMA_VERSION: u32 = 1;
+
+static MONITOR_LEGS: LazyLock<SchemaRef> = LazyLock::new(|| {
+    Arc::new(Schema::new(vec![
+        Field::new("leg_sid", DataType::Utf8, false),
+        Field::new("delivery_key", DataType::Utf8, false),
+        utf8("call_sid"),
+        utf8("account_sid"),
+        utf8("phone_number"),
+        utf8("status"),
+        utf8("origin"),
+        utf8("last_action"),
+        utf8("custom_field"),
+        utf8("event_type"),
+        Field::new("date_created", timestamp(), true),
+        Field::new("date_updated", timestamp(), true),
+        Field::new("start_time", timestamp(), true),
+        Field::new("end_time", timestamp(), true),
+        Field::new("on_call_duration_s", DataType::Int64, true),
+        utf8("raw"),
+        Field::new("received_at", timestamp(), false),
+    ]))
+});
+
+/// The Arrow schema of the `monitor_legs` table (Exotel Listen/Whisper/Barge legs).
+pub fn monitor_legs_schema() -> SchemaRef {
+    MONITOR_LEGS.clone()
+}
+
+/// A table of the lake: its schema, its key column (exactly once per key and source), the
+/// timestamp column whose UTC day partitions it, and its schema version.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Dataset {
+    #[default]
+    Calls,
+    MonitorLegs,
+}
+
+impl Dataset {
+    /// The directory under the lake root.
+    pub fn dir(self) -> &'static str {
+        match self {
+            Dataset::Calls => "calls",
+            Dataset::MonitorLegs => "monitor_legs",
+        }
+    }
+    pub fn schema(self) -> SchemaRef {
+        match self {
+            Dataset::Calls => call_schema(),
+            Dataset::MonitorLegs => monitor_legs_schema(),
+        }
+    }
+    pub fn key_column(self) -> &'static str {
+        match self {
+            Dataset::Calls => "call_id",
+            Dataset::MonitorLegs => "delivery_key",
+        }
+    }
+    pub fn partition_column(self) -> &'static str {
+        match self {
+            Dataset::Calls => "started_at",
+            Dataset::MonitorLegs => "start_time",
+        }
+    }
+    pub fn version(self) -> u32 {
+        match self {
+            Dataset::Calls => SCHEMA_VERSION,
+            Dataset::MonitorLegs => MONITOR_LEGS_SCHEMA_VERSION,
+        }
+    }
+}
+
 /// The short type name used in `schemas/calls.schema.json`.
 pub fn type_name(dt: &DataType) -> String {
     match dt {
@@ -98,10 +171,18 @@ mod tests {
 
     #[test]
     fn code_schema_equals_the_canonical_schema_file() {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schemas/calls.schema.json");
+        check(Dataset::Calls, "calls");
+        check(Dataset::MonitorLegs, "monitor_legs");
+    }
+
+    fn check(dataset: Dataset, name: &str) {
+        let path = format!("{}/schemas/{name}.schema.json", env!("CARGO_MANIFEST_DIR"));
         let doc: serde_json::Value =
             serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
-        assert_eq!(doc["schema_version"].as_u64(), Some(SCHEMA_VERSION as u64));
+        assert_eq!(
+            doc["schema_version"].as_u64(),
+            Some(dataset.version() as u64)
+        );
         let want: Vec<(String, String, bool)> = doc["fields"]
             .as_array()
             .unwrap()
@@ -114,7 +195,8 @@ mod tests {
                 )
             })
             .collect();
-        let got: Vec<(String, String, bool)> = call_schema()
+        let got: Vec<(String, String, bool)> = dataset
+            .schema()
             .fields()
             .iter()
             .map(|f| (f.name().clone(), type_name(f.data_type()), f.is_nullable()))

@@ -34,6 +34,23 @@ pub struct HttpLabels {
     pub status_class: String,
 }
 
+/// `{source, outcome}` of a webhook delivery.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub source: String,
+    pub outcome: String,
+}
+
+/// Webhook outcomes, every one present from start-up for push sources.
+pub const WEBHOOK_OUTCOMES: &[&str] = &[
+    "accepted",
+    "duplicate",
+    "invalid",
+    "too_large",
+    "unavailable",
+    "wrong_token",
+];
+
 /// Run outcomes, every one present from start-up.
 pub const OUTCOMES: &[&str] = &["ok", "failed", "skipped"];
 /// HTTP status classes, every one present from start-up.
@@ -60,6 +77,10 @@ pub struct Metrics {
     last_success: Family<SourceLabels, FloatGauge>,
     cursor_lag: Family<SourceLabels, FloatGauge>,
     run_duration: Family<SourceLabels, Histogram, fn() -> Histogram>,
+    webhooks: Family<WebhookLabels, Counter>,
+    webhook_not_found: Counter,
+    inbox_depth: Family<SourceLabels, Gauge>,
+    inbox_oldest: Family<SourceLabels, FloatGauge>,
     /// Where each source's cursor stands in time (µs), for the lag computed at each scrape.
     cursor_at: Mutex<HashMap<String, i64>>,
 }
@@ -84,6 +105,10 @@ impl Metrics {
             last_success: Family::default(),
             cursor_lag: Family::default(),
             run_duration: Family::new_with_constructor(duration_histogram),
+            webhooks: Family::default(),
+            webhook_not_found: Counter::default(),
+            inbox_depth: Family::default(),
+            inbox_oldest: Family::default(),
             cursor_at: Mutex::new(HashMap::new()),
         };
         registry.register(
@@ -127,6 +152,26 @@ impl Metrics {
             m.run_duration.clone(),
         );
         registry.register(
+            "callsync_webhook_requests",
+            "Webhook deliveries by outcome (accepted only once persisted)",
+            m.webhooks.clone(),
+        );
+        registry.register(
+            "callsync_webhook_not_found",
+            "Webhook requests for an unknown source (answered 404)",
+            m.webhook_not_found.clone(),
+        );
+        registry.register(
+            "callsync_inbox_depth",
+            "Webhook deliveries received but not yet exported to the lake",
+            m.inbox_depth.clone(),
+        );
+        registry.register(
+            "callsync_inbox_oldest_age_seconds",
+            "Age of the oldest delivery not yet exported (0 when none)",
+            m.inbox_oldest.clone(),
+        );
+        registry.register(
             "callsync_build",
             "This build of callsync",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -154,6 +199,45 @@ impl Metrics {
                 status_class: c.to_string(),
             });
         }
+    }
+
+    /// Creates a push source's webhook and inbox series at 0.
+    pub fn add_push_source(&self, name: &str) {
+        for o in WEBHOOK_OUTCOMES {
+            let _ = self.webhooks.get_or_create(&WebhookLabels {
+                source: name.to_string(),
+                outcome: o.to_string(),
+            });
+        }
+        let _ = self.inbox_depth.get_or_create(&source(name));
+        let _ = self.inbox_oldest.get_or_create(&source(name));
+    }
+
+    /// A webhook request ended with `outcome` (`None` source: no such source).
+    pub fn webhook(&self, name: Option<&str>, outcome: &str) {
+        match name {
+            Some(n) => {
+                self.webhooks
+                    .get_or_create(&WebhookLabels {
+                        source: n.to_string(),
+                        outcome: outcome.to_string(),
+                    })
+                    .inc();
+            }
+            None => {
+                self.webhook_not_found.inc();
+            }
+        }
+    }
+
+    /// A push source's inbox: deliveries waiting, and the oldest one's age.
+    pub fn inbox(&self, name: &str, depth: u64, oldest_age_secs: f64) {
+        self.inbox_depth
+            .get_or_create(&source(name))
+            .set(depth as i64);
+        self.inbox_oldest
+            .get_or_create(&source(name))
+            .set(oldest_age_secs);
     }
 
     /// A run ended: its outcome and, for `ok`/`failed`, its duration.

@@ -7,6 +7,7 @@
 pub mod notify;
 pub mod schedule;
 pub mod server;
+pub mod webhook;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -69,6 +70,8 @@ pub struct Shared {
     pub max_sleep: Duration,
     pub state_path: Mutex<PathBuf>,
     pub metrics: Arc<Metrics>,
+    /// The webhook intake, when a push source is configured.
+    pub intake: Option<Arc<webhook::Intake>>,
 }
 
 impl Shared {
@@ -112,9 +115,29 @@ pub fn run(
     State::open(&cfg.state.path)
         .with_context(|| format!("opening state {}", cfg.state.path.display()))?;
     let metrics = telemetry::install(Arc::new(Metrics::new()));
-    for name in cfg.sources.keys() {
+    for (name, scfg) in &cfg.sources {
         metrics.add_source(name);
+        if scfg.webhook().is_some() {
+            metrics.add_push_source(name);
+        }
     }
+    // The intake runs whenever a server does: push sources added by a reload find it there.
+    let intake = match &cfg.server.listen {
+        Some(_) => {
+            let i = webhook::Intake::start(&cfg.state.path)
+                .with_context(|| format!("opening state {}", cfg.state.path.display()))?;
+            i.configure(&cfg);
+            Some(i)
+        }
+        None => {
+            if cfg.sources.values().any(|s| s.webhook().is_some()) {
+                warn!(
+                    "Push sources are configured but [server] listen is not: no webhook can arrive."
+                );
+            }
+            None
+        }
+    };
     let shared = Arc::new(Shared {
         draining: AtomicBool::new(false),
         sources: Mutex::new(BTreeMap::new()),
@@ -122,6 +145,7 @@ pub fn run(
         max_sleep: MAX_SLEEP,
         state_path: Mutex::new(cfg.state.path.clone()),
         metrics: metrics.clone(),
+        intake,
     });
     let server = match &cfg.server.listen {
         Some(addr) => {
@@ -191,14 +215,14 @@ impl Scheduler {
         });
         for (name, scfg) in &cfg.sources {
             // Validation made sure every schedule parses.
-            let Ok(schedule) = Schedule::parse(scfg.schedule()) else {
+            let Ok(schedule) = Schedule::of(scfg.trigger()) else {
                 continue;
             };
             match self.slots.get_mut(name) {
                 Some(slot) => {
-                    if slot.cfg.schedule() != scfg.schedule() {
+                    if slot.cfg.trigger() != scfg.trigger() {
                         slot.next = schedule.next_after(now);
-                        info!(source = %name, schedule = %scfg.schedule(), next = %rfc3339(slot.next), "Source rescheduled.");
+                        info!(source = %name, schedule = %scfg.trigger(), next = %rfc3339(slot.next), "Source rescheduled.");
                     }
                     slot.schedule = schedule;
                     slot.cfg = scfg.clone();
@@ -210,7 +234,7 @@ impl Scheduler {
                         schedule.next_after(now)
                     };
                     if !start {
-                        info!(source = %name, schedule = %scfg.schedule(), "Source added.");
+                        info!(source = %name, schedule = %scfg.trigger(), "Source added.");
                     }
                     self.shared.metrics.add_source(name);
                     self.slots.insert(
@@ -232,7 +256,7 @@ impl Scheduler {
             for (name, slot) in &self.slots {
                 let h = health.entry(name.clone()).or_default();
                 h.kind = slot.cfg.kind().to_string();
-                h.schedule = slot.cfg.schedule().to_string();
+                h.schedule = slot.cfg.trigger().to_string();
                 h.next_tick = Some(rfc3339(slot.next));
             }
         }
@@ -251,6 +275,14 @@ impl Scheduler {
         match Config::load(&self.config_path) {
             Ok(cfg) => {
                 info!(file = %self.config_path.display(), sources = cfg.sources.len(), "Config reloaded.");
+                for (name, scfg) in &cfg.sources {
+                    if scfg.webhook().is_some() {
+                        self.shared.metrics.add_push_source(name);
+                    }
+                }
+                if let Some(i) = &self.shared.intake {
+                    i.configure(&cfg);
+                }
                 self.apply(cfg, false);
             }
             Err(e) => {
@@ -494,6 +526,37 @@ impl Scheduler {
                     return 1;
                 }
                 () = tokio::time::sleep(MAX_SLEEP) => self.keepalive(),
+            }
+        }
+        // Deliveries acknowledged before the drain began go to the lake now.
+        let push: Vec<String> = self
+            .slots
+            .iter()
+            .filter(|(_, s)| s.cfg.webhook().is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        if !push.is_empty() {
+            self.stop = StopFlag::default();
+            for name in push {
+                self.start(&name);
+            }
+            while self.running() > 0 {
+                tokio::select! {
+                    sig = signals.recv(), if listening => match sig {
+                        Some(Signal::Terminate) => {
+                            warn!("Second signal: exiting at once; the inbox keeps what was acknowledged.");
+                            return 1;
+                        }
+                        None => listening = false,
+                        _ => {}
+                    },
+                    Some(d) = self.done_rx.recv() => self.finished(d),
+                    () = tokio::time::sleep_until(deadline) => {
+                        error!("The inbox flush took longer than shutdown_grace_secs: exiting; the inbox keeps what was acknowledged.");
+                        return 1;
+                    }
+                    () = tokio::time::sleep(MAX_SLEEP) => self.keepalive(),
+                }
             }
         }
         notify::stopping();

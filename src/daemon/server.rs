@@ -26,6 +26,10 @@ pub async fn start(
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route(
+            "/webhooks/{source}/{token}",
+            axum::routing::post(super::webhook::receive),
+        )
         .with_state(shared);
     let handle = tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
@@ -89,7 +93,44 @@ async fn healthz(AxState(shared): AxState<Arc<Shared>>) -> Response {
         .into_response()
 }
 
+/// Each push source's inbox backlog, for the gauges.
+fn inbox_backlog(path: &std::path::Path, sources: &[(String, i64)]) -> Vec<(String, u64, f64)> {
+    let Ok(state) = crate::state::State::open(path) else {
+        return Vec::new();
+    };
+    let now = chrono::Utc::now().timestamp_micros();
+    sources
+        .iter()
+        .filter_map(|(name, id)| {
+            let seq = state
+                .cursor(*id)
+                .ok()
+                .flatten()
+                .and_then(|c| serde_json::from_value::<crate::sources::InboxCursor>(c).ok())
+                .unwrap_or_default()
+                .seq;
+            let (depth, oldest) = state.inbox_backlog(*id, seq).ok()?;
+            let age = oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1e6);
+            Some((name.clone(), depth, age))
+        })
+        .collect()
+}
+
 async fn metrics(AxState(shared): AxState<Arc<Shared>>) -> Response {
+    if let Some(intake) = &shared.intake {
+        let sources = intake.sources();
+        let path = shared
+            .state_path
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        if let Ok(rows) = tokio::task::spawn_blocking(move || inbox_backlog(&path, &sources)).await
+        {
+            for (name, depth, age) in rows {
+                shared.metrics.inbox(&name, depth, age);
+            }
+        }
+    }
     (
         [(
             header::CONTENT_TYPE,

@@ -18,7 +18,7 @@ use arrow_array::{Array, RecordBatch};
 use super::LakeError;
 use super::storage::Storage;
 use crate::record::{Reject, utc_day};
-use crate::schema::{SCHEMA_VERSION, SCHEMA_VERSION_KEY, call_schema};
+use crate::schema::{Dataset, SCHEMA_VERSION_KEY};
 
 /// Rows per Parquet row group.
 const ROW_GROUP_ROWS: usize = 65_536;
@@ -44,7 +44,7 @@ pub struct StagedFile {
 
 /// Parquet writer settings for the calls table: zstd, no dictionary or min/max statistics on
 /// near-unique long text, bounded row groups, the schema version in the metadata.
-pub fn writer_properties() -> WriterProperties {
+pub fn writer_properties(dataset: Dataset) -> WriterProperties {
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         // Min/max statistics only where readers prune on them (below); on free text they
@@ -54,7 +54,7 @@ pub fn writer_properties() -> WriterProperties {
         .set_created_by(concat!("callsync ", env!("CARGO_PKG_VERSION")).to_string())
         .set_key_value_metadata(Some(vec![KeyValue::new(
             SCHEMA_VERSION_KEY.to_string(),
-            SCHEMA_VERSION.to_string(),
+            dataset.version().to_string(),
         )]));
     // Near-unique columns: dictionary encoding only costs hashing.
     for col in [
@@ -113,7 +113,7 @@ pub struct CommitWriter<'a> {
     commit_id: String,
     next_n: u32,
     extracted_at: i64,
-    partitions: BTreeMap<i64, Partition>,
+    partitions: BTreeMap<(Dataset, i64), Partition>,
     finished: Vec<StagedFile>,
     uses: u64,
     rejects: Option<RejectFile>,
@@ -169,11 +169,20 @@ impl<'a> CommitWriter<'a> {
     /// Adds a batch of calls (the call schema), each row to the partition of its UTC start
     /// day. Runs of rows on the same day are written as zero-copy slices.
     pub fn add_calls(&mut self, batch: &RecordBatch) -> Result<(), LakeError> {
+        self.add_rows(Dataset::Calls, batch)
+    }
+
+    /// Adds a batch of `dataset`'s schema, each row to the partition of the UTC day of its
+    /// partition column.
+    pub fn add_rows(&mut self, dataset: Dataset, batch: &RecordBatch) -> Result<(), LakeError> {
+        let column = dataset.partition_column();
         let started = batch
-            .column_by_name("started_at")
+            .column_by_name(column)
             .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
-            .ok_or_else(|| std::io::Error::other("batch has no started_at timestamp column"))?;
-        // Sources reject calls without a start time; should one arrive anyway it lands in
+            .ok_or_else(|| {
+                std::io::Error::other(format!("batch has no {column} timestamp column"))
+            })?;
+        // Sources reject rows without that time; should one arrive anyway it lands in
         // date=1970-01-01 rather than being lost.
         let day_of = |i: usize| {
             let t = if started.is_valid(i) {
@@ -191,15 +200,16 @@ impl<'a> CommitWriter<'a> {
             while end < n && day_of(end) == day {
                 end += 1;
             }
-            self.write_run(day, &batch.slice(start, end - start))?;
+            self.write_run((dataset, day), &batch.slice(start, end - start))?;
             start = end;
         }
         Ok(())
     }
 
-    fn write_run(&mut self, day: i64, rows: &RecordBatch) -> Result<(), LakeError> {
+    fn write_run(&mut self, key: (Dataset, i64), rows: &RecordBatch) -> Result<(), LakeError> {
+        let (dataset, day) = key;
         self.uses += 1;
-        if !self.partitions.contains_key(&day) {
+        if !self.partitions.contains_key(&key) {
             if self.partitions.len() >= MAX_OPEN_PARTITIONS {
                 self.finish_least_recent()?;
             }
@@ -212,11 +222,12 @@ impl<'a> CommitWriter<'a> {
                 }
             }
             let date = utc_day(day * MICROS_PER_DAY);
-            let (staged, final_path) = self.next_names("calls", "parquet", &date);
+            let (staged, final_path) = self.next_names(dataset.dir(), "parquet", &date);
             let file = self.storage.create_staged(&staged)?;
-            let writer = ArrowWriter::try_new(file, call_schema(), Some(writer_properties()))?;
+            let writer =
+                ArrowWriter::try_new(file, dataset.schema(), Some(writer_properties(dataset)))?;
             self.partitions.insert(
-                day,
+                key,
                 Partition {
                     last_used: 0,
                     staged,
@@ -226,7 +237,7 @@ impl<'a> CommitWriter<'a> {
                 },
             );
         }
-        let p = self.partitions.get_mut(&day).expect("inserted above");
+        let p = self.partitions.get_mut(&key).expect("inserted above");
         p.last_used = self.uses;
         p.writer.write(rows)?;
         if p.writer.in_progress_size() > ROW_GROUP_MAX_BYTES {

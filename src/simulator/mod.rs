@@ -1,6 +1,7 @@
 //! In-project vendor simulator (axum on loopback) for `demo` and the tests: faithful to the
 //! vendor docs, with injectable faults and a ground truth to compare the lake against.
 
+pub mod exotel;
 pub mod faults;
 pub mod voice_calls;
 pub mod voicegain;

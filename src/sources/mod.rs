@@ -2,6 +2,7 @@
 //! variant per kind. A source knows nothing of Parquet or SQLite: it yields pages of
 //! normalized records and the opaque cursor they advance to.
 
+pub mod exotel_monitor;
 pub mod voice_calls;
 pub mod voicegain;
 pub mod vonage_insights;
@@ -30,6 +31,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// safe to store once they are committed.
 #[derive(Debug, Default)]
 pub struct Page {
+    /// The table `calls` belongs to (its schema, key and partition column).
+    pub dataset: crate::schema::Dataset,
+    /// The rows: a batch of `dataset`'s schema (the call schema for pull sources).
     pub calls: Option<RecordBatch>,
     pub rejects: Vec<Reject>,
     /// Files (recordings) the source already wrote, synced, under the staging area; they
@@ -61,6 +65,8 @@ pub struct OpenContext {
     pub warehouse_root: PathBuf,
     /// Answers "which of these ids are already exported?" before any per-call work.
     pub known: Arc<dyn KnownKeys>,
+    /// The webhook inbox of this source (push sources read their pages from it).
+    pub inbox: Arc<dyn Inbox>,
 }
 
 /// What the pipeline tells a source about its exported keys, so that a re-listed call costs
@@ -79,6 +85,27 @@ pub struct LakeFacts {
     pub max_numeric_id: Option<u64>,
     /// The latest `started_at` in the data files, µs since the epoch.
     pub max_started_at: Option<i64>,
+}
+
+/// One webhook delivery as the inbox holds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    /// Its place in the inbox: a push source's cursor.
+    pub seq: i64,
+    pub key: String,
+    pub received_at_us: i64,
+    pub content_type: Option<String>,
+    pub body: Vec<u8>,
+    /// Why it could not be parsed when it arrived (it goes to the rejects area).
+    pub invalid: Option<String>,
+}
+
+/// What a push source reads its pages from: the webhook inbox (SQLite, behind the pipeline).
+pub trait Inbox: Send + Sync {
+    /// Up to `limit` deliveries after `seq`, in order.
+    fn after(&self, seq: i64, limit: usize) -> Result<Vec<Delivery>, String>;
+    /// Deletes exported deliveries (`seq <= upto`) older than `days`.
+    fn prune(&self, upto: i64, days: u64) -> Result<usize, String>;
 }
 
 /// Knows no exported key: every id is new (tests, benchmarks).
@@ -187,10 +214,77 @@ pub enum SourceConfig {
     VoiceCalls(voice_calls::VoiceCallsConfig),
     /// Vonage AI Studio insights: sessions in windows of at most 60 days.
     VonageInsights(vonage_insights::VonageInsightsConfig),
+    /// Exotel Listen/Whisper/Barge monitor legs, pushed by webhook.
+    ExotelMonitor(exotel_monitor::ExotelMonitorConfig),
+}
+
+/// When the daemon runs a source.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger<'a> {
+    /// On a cron schedule (pull kinds).
+    Cron(&'a str),
+    /// Every so many seconds (push kinds flush their inbox).
+    Every(u64),
+}
+
+impl std::fmt::Display for Trigger<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trigger::Cron(c) => write!(f, "{c}"),
+            Trigger::Every(s) => write!(f, "every {s} s"),
+        }
+    }
+}
+
+/// The stored cursor of a push source: the last inbox sequence number exported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct InboxCursor {
+    pub seq: i64,
+}
+
+/// What the webhook intake needs from a push source.
+#[derive(Debug, Clone)]
+pub struct WebhookSpec {
+    pub token: SecretRef,
+    pub max_body_bytes: usize,
+    /// The delivery identity of a body (`Err`: why it is unusable: 400 and a reject).
+    pub delivery_key: fn(Option<&str>, &[u8]) -> Result<String, String>,
+}
+
+/// 1 MiB.
+pub fn default_webhook_max_body_bytes() -> usize {
+    1 << 20
+}
+/// 5 s.
+pub fn default_flush_interval_secs() -> u64 {
+    5
+}
+/// A week.
+pub fn default_inbox_retention_days() -> u64 {
+    7
+}
+
+/// Checks the keys every push kind has.
+pub fn validate_push(table: &str, max_body: usize, flush_secs: u64, problems: &mut Problems) {
+    if !(1024..=64 << 20).contains(&max_body) {
+        problems.push(
+            table,
+            Some("webhook_max_body_bytes"),
+            "must be between 1024 and 67108864",
+        );
+    }
+    if flush_secs == 0 {
+        problems.push(table, Some("flush_interval_secs"), "must be at least 1");
+    }
 }
 
 /// Every `kind` this build knows.
-pub const KINDS: &[&str] = &[voicegain::KIND, vonage_insights::KIND, voice_calls::KIND];
+pub const KINDS: &[&str] = &[
+    voicegain::KIND,
+    vonage_insights::KIND,
+    voice_calls::KIND,
+    exotel_monitor::KIND,
+];
 
 impl SourceConfig {
     /// Reads one `[sources.<name>]` table: `kind` picks the variant, whose own
@@ -224,6 +318,7 @@ impl SourceConfig {
             voicegain::KIND => typed(table, rest, problems).map(SourceConfig::Voicegain),
             voice_calls::KIND => typed(table, rest, problems).map(SourceConfig::VoiceCalls),
             vonage_insights::KIND => typed(table, rest, problems).map(SourceConfig::VonageInsights),
+            exotel_monitor::KIND => typed(table, rest, problems).map(SourceConfig::ExotelMonitor),
             other => {
                 problems.push(
                     table,
@@ -241,15 +336,29 @@ impl SourceConfig {
             SourceConfig::Voicegain(_) => voicegain::KIND,
             SourceConfig::VoiceCalls(_) => voice_calls::KIND,
             SourceConfig::VonageInsights(_) => vonage_insights::KIND,
+            SourceConfig::ExotelMonitor(_) => exotel_monitor::KIND,
         }
     }
 
     /// The cron expression the daemon runs this source on.
-    pub fn schedule(&self) -> &str {
+    pub fn trigger(&self) -> Trigger<'_> {
         match self {
-            SourceConfig::Voicegain(c) => &c.schedule,
-            SourceConfig::VoiceCalls(c) => &c.schedule,
-            SourceConfig::VonageInsights(c) => &c.schedule,
+            SourceConfig::Voicegain(c) => Trigger::Cron(&c.schedule),
+            SourceConfig::VoiceCalls(c) => Trigger::Cron(&c.schedule),
+            SourceConfig::VonageInsights(c) => Trigger::Cron(&c.schedule),
+            SourceConfig::ExotelMonitor(c) => Trigger::Every(c.flush_interval_secs),
+        }
+    }
+
+    /// The webhook of a push source (`None` for pull kinds).
+    pub fn webhook(&self) -> Option<WebhookSpec> {
+        match self {
+            SourceConfig::ExotelMonitor(c) => Some(WebhookSpec {
+                token: SecretRef::from_pair(&c.webhook_token_env, &c.webhook_token_file)?,
+                max_body_bytes: c.webhook_max_body_bytes,
+                delivery_key: exotel_monitor::webhook::delivery_key,
+            }),
+            _ => None,
         }
     }
 
@@ -265,6 +374,8 @@ impl SourceConfig {
             SourceConfig::VonageInsights(c) => {
                 window::repair_cursor(facts, marker, c.window_settings())
             }
+            // The inbox lives in the state: with the state lost, so is the inbox; start over.
+            SourceConfig::ExotelMonitor(_) => None,
         }
     }
 
@@ -272,7 +383,7 @@ impl SourceConfig {
     /// time (the windowed ones); `None` for the others.
     pub fn cursor_time(&self, cursor: &Cursor) -> Option<i64> {
         match self {
-            SourceConfig::Voicegain(_) => None,
+            SourceConfig::Voicegain(_) | SourceConfig::ExotelMonitor(_) => None,
             SourceConfig::VoiceCalls(_) | SourceConfig::VonageInsights(_) => {
                 serde_json::from_value::<window::WindowCursor>(cursor.clone())
                     .ok()
@@ -316,6 +427,10 @@ impl SourceConfig {
                     )?;
                     client.search(from, to, 0, 1).await?;
                 }
+                // A push source calls nothing: its webhook token must be readable.
+                SourceConfig::ExotelMonitor(c) => {
+                    secret_from(source_name, &c.webhook_token_env, &c.webhook_token_file)?;
+                }
                 SourceConfig::VoiceCalls(c) => {
                     let token = secret_from(source_name, &c.token_env, &c.token_file)?;
                     let client = voice_calls::client::VoiceCallsClient::new(
@@ -339,16 +454,20 @@ impl SourceConfig {
             SourceConfig::Voicegain(c) => c.run_on_start,
             SourceConfig::VoiceCalls(c) => c.run_on_start,
             SourceConfig::VonageInsights(c) => c.run_on_start,
+            SourceConfig::ExotelMonitor(_) => true,
         }
     }
 
     /// Reports every problem of this table.
     pub fn validate(&self, table: &str, problems: &mut Problems) {
-        validate_schedule(table, self.schedule(), problems);
+        if let Trigger::Cron(c) = self.trigger() {
+            validate_schedule(table, c, problems);
+        }
         match self {
             SourceConfig::Voicegain(c) => c.validate(table, problems),
             SourceConfig::VoiceCalls(c) => c.validate(table, problems),
             SourceConfig::VonageInsights(c) => c.validate(table, problems),
+            SourceConfig::ExotelMonitor(c) => c.validate(table, problems),
         }
     }
 
@@ -364,6 +483,13 @@ impl SourceConfig {
     ) -> Result<Box<dyn Source>, SourceError> {
         let clock = |w| window::WindowClock::range(source_name, from, to, cursor, w);
         Ok(match self {
+            SourceConfig::ExotelMonitor(_) => {
+                return Err(SourceError::Protocol {
+                    source_name: source_name.to_string(),
+                    reason: "a push source has no history to backfill: its calls arrive by webhook"
+                        .into(),
+                });
+            }
             SourceConfig::Voicegain(c) => Box::new(voicegain::VoicegainRangeSource::new(
                 source_name,
                 c,
@@ -413,6 +539,9 @@ impl SourceConfig {
             )?)),
             SourceConfig::VonageInsights(c) => Ok(Box::new(
                 vonage_insights::VonageInsightsSource::new(source_name, c, cursor, ctx)?,
+            )),
+            SourceConfig::ExotelMonitor(c) => Ok(Box::new(
+                exotel_monitor::ExotelMonitorSource::new(source_name, c, cursor, ctx)?,
             )),
         }
     }

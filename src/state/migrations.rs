@@ -73,4 +73,20 @@ pub const MIGRATIONS: &[&str] = &[
     r#"
     CREATE INDEX commits_by_source ON commits (source_id);
     "#,
+    // 4: the webhook inbox: deliveries as received, committed before they are acknowledged;
+    // the unique key absorbs redeliveries. `seq` is a push source's cursor.
+    r#"
+    CREATE TABLE inbox (
+        seq           INTEGER PRIMARY KEY AUTOINCREMENT,
+        source_id     INTEGER NOT NULL,
+        delivery_key  TEXT NOT NULL,
+        received_at   INTEGER NOT NULL,
+        content_type  TEXT,
+        headers       TEXT NOT NULL,
+        body          BLOB NOT NULL,
+        invalid       TEXT,
+        UNIQUE (source_id, delivery_key)
+    );
+    CREATE INDEX inbox_by_source ON inbox (source_id, seq);
+    "#,
 ];

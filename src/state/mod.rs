@@ -51,6 +51,21 @@ pub struct ManifestRow {
     pub final_path: String,
 }
 
+/// A webhook delivery to store in the inbox.
+#[derive(Debug, Clone)]
+pub struct NewDelivery {
+    pub source_id: i64,
+    /// The vendor's delivery identity (unique per source), or a fresh one for an invalid body.
+    pub key: String,
+    pub received_at_us: i64,
+    pub content_type: Option<String>,
+    /// The request headers as JSON (credentials left out).
+    pub headers: String,
+    pub body: Vec<u8>,
+    /// Why the body cannot be used (it becomes a reject), if so.
+    pub invalid: Option<String>,
+}
+
 /// A manifest row with what `verify` compares.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestEntry {
@@ -449,6 +464,85 @@ impl State {
             source_id,
             run_id,
         })
+    }
+
+    /// Stores deliveries in one transaction (a group commit: one fsync for all); per delivery,
+    /// whether it was new (a redelivery of a stored key is absorbed).
+    pub fn inbox_insert(&mut self, batch: &[NewDelivery]) -> Result<Vec<bool>, StateError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let mut out = Vec::with_capacity(batch.len());
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO inbox (source_id, delivery_key, received_at, content_type, headers, body, invalid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?;
+            for d in batch {
+                let n = stmt.execute(params![
+                    d.source_id,
+                    d.key,
+                    d.received_at_us,
+                    d.content_type,
+                    d.headers,
+                    d.body,
+                    d.invalid
+                ])?;
+                out.push(n == 1);
+            }
+        }
+        tx.commit()?;
+        Ok(out)
+    }
+
+    /// Up to `limit` deliveries of a source after `seq`, in order.
+    pub fn inbox_after(
+        &self,
+        source_id: i64,
+        seq: i64,
+        limit: usize,
+    ) -> Result<Vec<crate::sources::Delivery>, StateError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT seq, delivery_key, received_at, content_type, body, invalid FROM inbox WHERE source_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+        )?;
+        let rows = stmt
+            .query_map(params![source_id, seq, limit as i64], |r| {
+                Ok(crate::sources::Delivery {
+                    seq: r.get(0)?,
+                    key: r.get(1)?,
+                    received_at_us: r.get(2)?,
+                    content_type: r.get(3)?,
+                    body: r.get(4)?,
+                    invalid: r.get(5)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Deletes exported deliveries (`seq <= upto`) received before `before_us`.
+    pub fn inbox_prune(
+        &self,
+        source_id: i64,
+        upto: i64,
+        before_us: i64,
+    ) -> Result<usize, StateError> {
+        Ok(self.conn.execute(
+            "DELETE FROM inbox WHERE source_id = ?1 AND seq <= ?2 AND received_at < ?3",
+            params![source_id, upto, before_us],
+        )?)
+    }
+
+    /// Deliveries not exported yet (`seq > after`) and the oldest one's receipt time (µs).
+    pub fn inbox_backlog(
+        &self,
+        source_id: i64,
+        after: i64,
+    ) -> Result<(u64, Option<i64>), StateError> {
+        Ok(self.conn.query_row(
+            "SELECT count(*), min(received_at) FROM inbox WHERE source_id = ?1 AND seq > ?2",
+            params![source_id, after],
+            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
+        )?)
     }
 
     /// Manifest rows of a source whose publish is not recorded yet.

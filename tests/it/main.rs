@@ -10,6 +10,7 @@ mod config_errors;
 mod credentials;
 mod daemon;
 mod disk_full;
+mod exotel;
 mod export;
 mod kill9;
 mod lake_state;

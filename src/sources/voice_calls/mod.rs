@@ -368,6 +368,7 @@ impl VoiceCallsSource {
             })?)
         };
         Ok(Some(Page {
+            dataset: Default::default(),
             known: dropped,
             files: fetched_files,
             calls,

@@ -148,6 +148,7 @@ impl Source for VoicegainSource {
                 self.done = true;
             }
             Ok(Some(Page {
+                dataset: Default::default(),
                 known: 0,
                 files: Vec::new(),
                 calls: parsed.calls,
@@ -223,6 +224,7 @@ impl VoicegainRangeSource {
             None
         };
         Ok(Some(Page {
+            dataset: Default::default(),
             known: 0,
             files: Vec::new(),
             calls: parsed.calls,

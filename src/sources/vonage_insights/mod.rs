@@ -304,6 +304,7 @@ impl VonageInsightsSource {
                 )
             };
             return Ok(Some(Page {
+                dataset: Default::default(),
                 known: dropped,
                 files: Vec::new(),
                 calls,

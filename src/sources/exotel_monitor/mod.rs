@@ -1,0 +1,210 @@
+//! Exotel Listen/Whisper/Barge monitor legs, pushed by webhook: each leg's StatusCallback
+//! arrives at the daemon (`POST /webhooks/<source>/<token>`), is committed to the inbox before
+//! it is acknowledged, and is exported from there, page by page, into the `monitor_legs`
+//! table (`<root>/monitor_legs/source=<name>/date=<UTC day of StartTime>/`).
+//!
+//! Assumptions where the vendor doc is silent: a callback without `LegSid` is unusable (400,
+//! kept as a reject); `EventType` may be absent (the key is then `LegSid:`); times are
+//! `YYYY-MM-DD HH:MM:SS` in the account's time zone.
+
+pub mod model;
+pub mod normalize;
+pub mod webhook;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use chrono_tz::Tz;
+use serde::Deserialize;
+
+use crate::config::Problems;
+use crate::record::Reject;
+use crate::schema::Dataset;
+use crate::sources::{
+    BoxFuture, Cursor, InboxCursor, OpenContext, Page, Source, SourceError, decode_cursor,
+    validate_secret,
+};
+
+use model::LegCallback;
+use normalize::LegBatch;
+
+/// The `kind` of this source.
+pub const KIND: &str = "exotel_monitor";
+
+/// Deliveries read from the inbox per page.
+const PAGE: usize = 1000;
+
+/// `[sources.<name>]` with `kind = "exotel_monitor"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExotelMonitorConfig {
+    /// Environment variable that holds the webhook token (the secret last segment of the
+    /// StatusCallback URL `<public base>/webhooks/<source>/<token>`).
+    #[serde(default)]
+    pub webhook_token_env: Option<String>,
+    /// File that holds the webhook token.
+    #[serde(default)]
+    pub webhook_token_file: Option<PathBuf>,
+    /// Largest callback body accepted (bytes); larger ones are answered 413.
+    #[serde(default = "super::default_webhook_max_body_bytes")]
+    pub webhook_max_body_bytes: usize,
+    /// The account's time zone (IANA name): Exotel's times carry no offset.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// Seconds between exports of the inbox to the lake (push kinds take no `schedule`).
+    #[serde(default = "super::default_flush_interval_secs")]
+    pub flush_interval_secs: u64,
+    /// Exported deliveries are deleted from the inbox after this many days.
+    #[serde(default = "super::default_inbox_retention_days")]
+    pub inbox_retention_days: u64,
+}
+
+fn default_timezone() -> String {
+    "Asia/Kolkata".into()
+}
+
+impl ExotelMonitorConfig {
+    /// Reports every problem of this table.
+    pub fn validate(&self, table: &str, problems: &mut Problems) {
+        validate_secret(
+            table,
+            "webhook_token",
+            &self.webhook_token_env,
+            &self.webhook_token_file,
+            problems,
+        );
+        if self.timezone.parse::<Tz>().is_err() {
+            problems.push(
+                table,
+                Some("timezone"),
+                format!(
+                    "{:?} is not an IANA time zone (e.g. \"Asia/Kolkata\")",
+                    self.timezone
+                ),
+            );
+        }
+        super::validate_push(
+            table,
+            self.webhook_max_body_bytes,
+            self.flush_interval_secs,
+            problems,
+        );
+    }
+
+    /// The time zone (validated).
+    pub fn tz(&self) -> Tz {
+        self.timezone.parse().unwrap_or(chrono_tz::Asia::Kolkata)
+    }
+}
+
+/// One export of the inbox.
+pub struct ExotelMonitorSource {
+    ctx: OpenContext,
+    source_name: String,
+    tz: Tz,
+    seq: i64,
+    retention_days: u64,
+    started: bool,
+    done: bool,
+}
+
+impl ExotelMonitorSource {
+    pub fn new(
+        source_name: &str,
+        cfg: &ExotelMonitorConfig,
+        cursor: Option<&Cursor>,
+        ctx: &OpenContext,
+    ) -> Result<Self, SourceError> {
+        let c: InboxCursor = decode_cursor(source_name, cursor)?.unwrap_or_default();
+        Ok(ExotelMonitorSource {
+            ctx: ctx.clone(),
+            source_name: source_name.to_string(),
+            tz: cfg.tz(),
+            seq: c.seq,
+            retention_days: cfg.inbox_retention_days,
+            started: false,
+            done: false,
+        })
+    }
+
+    fn inbox_error(&self, reason: String) -> SourceError {
+        SourceError::KnownKeys {
+            source_name: self.source_name.clone(),
+            reason: format!("reading the inbox: {reason}"),
+        }
+    }
+
+    fn read_page(&mut self) -> Result<Option<Page>, SourceError> {
+        if self.done {
+            return Ok(None);
+        }
+        if !self.started {
+            self.started = true;
+            // Everything up to the stored cursor is committed to the lake.
+            self.ctx
+                .inbox
+                .prune(self.seq, self.retention_days)
+                .map_err(|e| self.inbox_error(e))?;
+        }
+        let inbox: Arc<dyn crate::sources::Inbox> = self.ctx.inbox.clone();
+        let deliveries = inbox
+            .after(self.seq, PAGE)
+            .map_err(|e| self.inbox_error(e))?;
+        if deliveries.is_empty() {
+            self.done = true;
+            return Ok(None);
+        }
+        self.done = deliveries.len() < PAGE;
+        let mut batch = LegBatch::new(self.tz);
+        let mut rejects = Vec::new();
+        for d in &deliveries {
+            self.seq = self.seq.max(d.seq);
+            let raw = String::from_utf8_lossy(&d.body).into_owned();
+            let parsed = match &d.invalid {
+                Some(reason) => Err(reason.clone()),
+                None => LegCallback::parse(d.content_type.as_deref(), &d.body)
+                    .and_then(|cb| batch.append(&cb, &d.key, &raw_json(&cb), d.received_at_us)),
+            };
+            if let Err(error) = parsed {
+                rejects.push(Reject {
+                    call_id: d
+                        .key
+                        .split(':')
+                        .next()
+                        .filter(|k| !k.starts_with("invalid-"))
+                        .map(str::to_string),
+                    error,
+                    raw,
+                });
+            }
+        }
+        let calls = if batch.is_empty() {
+            None
+        } else {
+            Some(batch.finish().map_err(|e| SourceError::Protocol {
+                source_name: self.source_name.clone(),
+                reason: format!("building the batch: {e}"),
+            })?)
+        };
+        Ok(Some(Page {
+            dataset: Dataset::MonitorLegs,
+            calls,
+            rejects,
+            files: Vec::new(),
+            cursor: Some(serde_json::json!({ "seq": self.seq })),
+            known: 0,
+        }))
+    }
+}
+
+/// The callback as a JSON object of its fields (a form body becomes the same object).
+fn raw_json(cb: &LegCallback) -> String {
+    serde_json::to_string(&cb.0).unwrap_or_default()
+}
+
+impl Source for ExotelMonitorSource {
+    fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>, SourceError>> {
+        let r = self.read_page();
+        Box::pin(async move { r })
+    }
+}
