@@ -195,6 +195,17 @@ pub fn status(cfg: &Config, json: bool, out: &mut dyn Write) -> anyhow::Result<i
             "  exported: {} calls, {} rejects in total",
             s.rows_total, s.rejects_total
         )?;
+        if let Some(i) = &s.inbox {
+            writeln!(
+                out,
+                "  inbox: {} deliveries not yet exported{}",
+                i.depth,
+                i.oldest_unexported_at
+                    .as_ref()
+                    .map(|t| format!(", oldest received {t}"))
+                    .unwrap_or_default()
+            )?;
+        }
         match s.last_run {
             Some(r) => writeln!(
                 out,

@@ -118,6 +118,16 @@ pub struct SourceStatus {
     pub last_error: Option<String>,
     /// Backfills not finished (running, interrupted or failed).
     pub backfills: Vec<BackfillInfo>,
+    /// A push source's webhook inbox: deliveries not exported yet, and when the oldest of
+    /// them arrived (RFC 3339).
+    pub inbox: Option<InboxStatus>,
+}
+
+/// The backlog of a push source's inbox, for `status`.
+#[derive(Debug, Clone, Serialize)]
+pub struct InboxStatus {
+    pub depth: u64,
+    pub oldest_unexported_at: Option<String>,
 }
 
 /// A backfill not finished yet, for `status`.
@@ -705,11 +715,39 @@ impl State {
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
+            let cursor: Option<serde_json::Value> =
+                cursor.and_then(|c| serde_json::from_str(&c).ok());
+            let seq = cursor
+                .as_ref()
+                .and_then(|c| c.get("seq"))
+                .and_then(|v| v.as_i64());
+            let has_inbox = seq.is_some()
+                || self
+                    .conn
+                    .query_row(
+                        "SELECT 1 FROM inbox WHERE source_id = ?1 LIMIT 1",
+                        [id],
+                        |_| Ok(()),
+                    )
+                    .optional()?
+                    .is_some();
+            let inbox = if has_inbox {
+                let (depth, oldest) = self.inbox_backlog(id, seq.unwrap_or(0))?;
+                Some(InboxStatus {
+                    depth,
+                    oldest_unexported_at: oldest
+                        .and_then(chrono::DateTime::from_timestamp_micros)
+                        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)),
+                })
+            } else {
+                None
+            };
             out.push(SourceStatus {
                 backfills,
+                inbox,
                 name,
                 kind,
-                cursor: cursor.and_then(|c| serde_json::from_str(&c).ok()),
+                cursor,
                 rows_total,
                 rejects_total,
                 last_run,

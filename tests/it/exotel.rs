@@ -347,6 +347,16 @@ fn a_kill_9_right_after_acknowledging_a_burst_loses_and_doubles_nothing() {
     std::thread::sleep(Duration::from_millis(1500));
     let got: BTreeSet<String> = read_legs(&env).into_keys().collect();
     assert_eq!(got, acked);
+    let st = env.run(&["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let legs = st
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "legs")
+        .unwrap();
+    assert_eq!(legs["inbox"]["depth"], 0, "{legs}");
+    assert_eq!(legs["rows_total"], 600, "{legs}");
     let v = env.run(&["verify"]);
     assert_eq!(v.status.code(), Some(0), "{}", text(&v));
 }
