@@ -195,6 +195,17 @@ pub fn status(cfg: &Config, json: bool, out: &mut dyn Write) -> anyhow::Result<i
             "  exported: {} calls, {} rejects in total",
             s.rows_total, s.rejects_total
         )?;
+        for j in &s.failed_jobs {
+            writeln!(
+                out,
+                "  analysis {} of call {}: {} (after {} submission{})",
+                j.status,
+                j.call_sid,
+                j.reason.as_deref().unwrap_or("no reason given"),
+                j.submissions,
+                if j.submissions == 1 { "" } else { "s" }
+            )?;
+        }
         if let Some(i) = &s.inbox {
             writeln!(
                 out,
@@ -649,4 +660,87 @@ pub fn health(cfg: &Config, rt: &Runtime, out: &mut dyn Write) -> anyhow::Result
             Ok(EXIT_FAILED)
         }
     }
+}
+
+/// `exotel analyze`: submits calls to ExoVoiceAnalyze and records each job. A call already
+/// queued or analysed is not submitted again unless `force`; a refused call (400) is named
+/// with the vendor's message (exit 1).
+pub fn exotel_analyze(
+    cfg: &Config,
+    source: &str,
+    call_sids: &[String],
+    from_file: Option<&Path>,
+    force: bool,
+    rt: &Runtime,
+    out: &mut dyn Write,
+) -> anyhow::Result<i32> {
+    use crate::sources::SourceConfig;
+    use crate::sources::exotel_analyze::{Analyzer, Submitted};
+    let Some(scfg) = cfg.sources.get(source) else {
+        return unknown_source(cfg, source, out);
+    };
+    let SourceConfig::ExotelAnalyze(acfg) = scfg else {
+        writeln!(
+            out,
+            "error: source {source} is of kind {}, not exotel_analyze",
+            scfg.kind()
+        )?;
+        return Ok(EXIT_USAGE);
+    };
+    let mut calls: Vec<String> = call_sids.to_vec();
+    if let Some(f) = from_file {
+        let text =
+            std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?;
+        calls.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(String::from),
+        );
+    }
+    if calls.is_empty() {
+        writeln!(
+            out,
+            "error: no call sid given (--call-sid SID or --from-file FILE)"
+        )?;
+        return Ok(EXIT_USAGE);
+    }
+    let state = State::open(&cfg.state.path)
+        .with_context(|| format!("opening state {}", cfg.state.path.display()))?;
+    let id = state.source(source, scfg.kind())?.id;
+    let known: std::collections::HashMap<String, String> = state
+        .jobs(id, None)?
+        .into_iter()
+        .map(|j| (j.call_sid, j.status))
+        .collect();
+    let analyzer = Analyzer::new(source, acfg)?;
+    let (mut submitted, mut skipped, mut refused) = (0, 0, 0);
+    let mut seen = std::collections::HashSet::new();
+    for call in &calls {
+        if !seen.insert(call.clone()) {
+            continue;
+        }
+        if !force && matches!(known.get(call).map(String::as_str), Some("queued" | "done")) {
+            skipped += 1;
+            continue;
+        }
+        match rt.block_on(analyzer.submit(call))? {
+            Submitted::Queued { task_id, job_id } => {
+                state.job_submitted(id, call, &task_id, Some(&job_id))?;
+                submitted += 1;
+            }
+            Submitted::Refused(msg) => {
+                refused += 1;
+                writeln!(
+                    out,
+                    "{source}: call {call} refused by ExoVoiceAnalyze (HTTP 400): {msg}"
+                )?;
+            }
+        }
+    }
+    writeln!(
+        out,
+        "{source}: {submitted} submitted, {skipped} already queued or analysed (--force submits them again), {refused} refused"
+    )?;
+    Ok(if refused > 0 { EXIT_FAILED } else { EXIT_OK })
 }

@@ -157,10 +157,28 @@ impl HttpClient {
     /// `Response` (the caller decides what a 404 means); 401/403 fail at once; 429, 5xx,
     /// timeouts and dropped connections are retried until `max_attempts`.
     pub async fn get(&self, url: &Url) -> Result<Response, HttpError> {
+        self.request(url, None).await
+    }
+
+    /// POST of a JSON body, with the same retries as `get` (callers make the request safe to
+    /// repeat: a retried POST may reach the vendor twice).
+    pub async fn post_json(
+        &self,
+        url: &Url,
+        body: &serde_json::Value,
+    ) -> Result<Response, HttpError> {
+        self.request(url, Some(body)).await
+    }
+
+    async fn request(
+        &self,
+        url: &Url,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Response, HttpError> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let outcome = self.attempt(url).await?;
+            let outcome = self.attempt(url, body).await?;
             match outcome {
                 Outcome::Done(r) => return Ok(r),
                 Outcome::Retry {
@@ -196,7 +214,7 @@ impl HttpClient {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let (reason, retry_after) = match self.send(url).await {
+            let (reason, retry_after) = match self.send(url, None).await {
                 Err(e) => (describe(&e), None),
                 Ok(resp) => {
                     let status = resp.status();
@@ -269,12 +287,24 @@ impl HttpClient {
         Ok(())
     }
 
-    async fn send(&self, url: &Url) -> Result<reqwest::Response, reqwest::Error> {
-        let mut req = self.inner.get(url.clone());
+    async fn send(
+        &self,
+        url: &Url,
+        body: Option<&serde_json::Value>,
+    ) -> Result<reqwest::Response, reqwest::Error> {
+        let mut req = match body {
+            None => self.inner.get(url.clone()),
+            Some(b) => self
+                .inner
+                .post(url.clone())
+                .header(reqwest::header::CONTENT_TYPE, "application/json")
+                .body(b.to_string()),
+        };
         if let Some((name, value)) = &self.auth {
             req = req.header(name.clone(), value.clone());
         }
-        debug!(source = %self.source_name, url = %redact_url(url), "GET");
+        let method = if body.is_some() { "POST" } else { "GET" };
+        debug!(source = %self.source_name, method, url = %redact_url(url), "Request.");
         let r = req.send().await;
         crate::telemetry::http_response(
             &self.source_name,
@@ -283,8 +313,12 @@ impl HttpClient {
         r
     }
 
-    async fn attempt(&self, url: &Url) -> Result<Outcome, HttpError> {
-        let resp = match self.send(url).await {
+    async fn attempt(
+        &self,
+        url: &Url,
+        body: Option<&serde_json::Value>,
+    ) -> Result<Outcome, HttpError> {
+        let resp = match self.send(url, body).await {
             Ok(r) => r,
             Err(e) => {
                 return Ok(Outcome::Retry {

@@ -27,6 +27,25 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+enum ExotelCommand {
+    /// Submits calls for analysis; each becomes a job whose result the daemon receives.
+    Analyze {
+        /// The exotel_analyze source.
+        #[arg(long = "source", value_name = "NAME")]
+        source: String,
+        /// A call to analyse (repeatable).
+        #[arg(long = "call-sid", value_name = "SID")]
+        call_sids: Vec<String>,
+        /// A file with one call sid per line.
+        #[arg(long, value_name = "FILE")]
+        from_file: Option<PathBuf>,
+        /// Submit calls already queued or analysed again.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum Command {
     /// One incremental pass over every configured source (or the named ones).
     Sync {
@@ -63,6 +82,11 @@ enum Command {
         /// Only this source (repeatable).
         #[arg(long = "source", value_name = "NAME")]
         sources: Vec<String>,
+    },
+    /// Exotel: submit calls to ExoVoiceAnalyze (results arrive at the daemon's webhook).
+    Exotel {
+        #[command(subcommand)]
+        command: ExotelCommand,
     },
     /// Rebuilds a source's state from its lake (after the state was lost or restored from an
     /// older copy): manifest, exported keys, a safe cursor and the lake marker.
@@ -183,6 +207,23 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Repair { sources, force } => app::repair(&cfg, &sources, force, &mut out),
         Command::Verify { sources } => app::verify(&cfg, &sources, &mut out),
         Command::Health => app::health(&cfg, &rt, &mut out),
+        Command::Exotel {
+            command:
+                ExotelCommand::Analyze {
+                    source,
+                    call_sids,
+                    from_file,
+                    force,
+                },
+        } => app::exotel_analyze(
+            &cfg,
+            &source,
+            &call_sids,
+            from_file.as_deref(),
+            force,
+            &rt,
+            &mut out,
+        ),
         Command::Check { sources } => app::check(&cfg, &sources, &rt, &mut out),
         Command::Demo { .. } | Command::Run => unreachable!("handled above"),
     }

@@ -223,6 +223,7 @@ fn run_inner(
             state: std::sync::Mutex::new(State::open(&ctx.state_path)?),
             source_id: row.id,
         }),
+        jobs: Arc::new(StateJobs::open(&ctx.state_path, row.id)?),
     };
     let (opened, backfill_id, stored) = match mode {
         RunMode::Sync => (
@@ -393,6 +394,38 @@ impl Inbox for StateInbox {
         state
             .inbox_prune(self.source_id, upto, before)
             .map_err(|e| e.to_string())
+    }
+}
+
+/// A source's analysis jobs in the state, through their own connection.
+pub struct StateJobs {
+    state: std::sync::Mutex<State>,
+    source_id: i64,
+}
+
+impl StateJobs {
+    pub fn open(path: &std::path::Path, source_id: i64) -> Result<StateJobs, StateError> {
+        Ok(StateJobs {
+            state: std::sync::Mutex::new(State::open(path)?),
+            source_id,
+        })
+    }
+}
+
+impl crate::sources::Jobs for StateJobs {
+    fn submitted(&self, call_sid: &str, task_id: &str, job_id: Option<&str>) -> Result<(), String> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.job_submitted(self.source_id, call_sid, task_id, job_id)
+            .map_err(|e| e.to_string())
+    }
+    fn give_up(&self, call_sid: &str, reason: &str) -> Result<(), String> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.job_give_up(self.source_id, call_sid, reason)
+            .map_err(|e| e.to_string())
+    }
+    fn list(&self, status: Option<&str>) -> Result<Vec<crate::sources::Job>, String> {
+        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        s.jobs(self.source_id, status).map_err(|e| e.to_string())
     }
 }
 

@@ -62,6 +62,8 @@ pub struct CallRow<'a> {
     pub transcript: Option<&'a [Turn]>,
     pub survey_score: Option<f64>,
     pub recording_ref: Option<&'a str>,
+    /// The category a vendor's analysis put the call in (schema version 2).
+    pub category: Option<&'a str>,
     /// JSON of the record as received.
     pub raw: &'a str,
 }
@@ -131,6 +133,7 @@ pub struct CallBatchBuilder {
     transcript: ListBuilder<StructBuilder>,
     survey_score: Float64Builder,
     recording_ref: StringBuilder,
+    category: StringBuilder,
     raw: StringBuilder,
     len: usize,
 }
@@ -178,6 +181,7 @@ impl CallBatchBuilder {
                 .with_field(turn_item()),
             survey_score: Float64Builder::with_capacity(rows),
             recording_ref: text(),
+            category: text(),
             raw: StringBuilder::with_capacity(rows, raw_bytes),
             len: 0,
         }
@@ -238,6 +242,7 @@ impl CallBatchBuilder {
         }
         self.survey_score.append_option(r.survey_score);
         self.recording_ref.append_option(r.recording_ref);
+        self.category.append_option(r.category);
         self.raw.append_value(r.raw);
         self.len += 1;
     }
@@ -272,6 +277,7 @@ impl CallBatchBuilder {
             Arc::new(self.transcript.finish()),
             Arc::new(self.survey_score.finish()),
             Arc::new(self.recording_ref.finish()),
+            Arc::new(self.category.finish()),
             Arc::new(self.raw.finish()),
             Arc::new(extracted.finish()),
         ];

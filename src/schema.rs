@@ -6,7 +6,7 @@ use arrow_schema::{DataType, Field, Fields, Schema, SchemaRef, TimeUnit};
 
 /// Bumped whenever a column is renamed or retyped; written to every Parquet file's
 /// key-value metadata as [`SCHEMA_VERSION_KEY`].
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 /// The Parquet key-value metadata key that carries [`SCHEMA_VERSION`].
 pub const SCHEMA_VERSION_KEY: &str = "callsync.schema_version";
@@ -63,6 +63,7 @@ static SCHEMA: LazyLock<SchemaRef> = LazyLock::new(|| {
         Field::new("transcript", DataType::List(turn_item()), true),
         Field::new("survey_score", DataType::Float64, true),
         utf8("recording_ref"),
+        utf8("category"),
         utf8("raw"),
         Field::new("extracted_at", timestamp(), false),
     ]))
@@ -130,6 +131,13 @@ impl Dataset {
         match self {
             Dataset::Calls => "call_id",
             Dataset::MonitorLegs => "delivery_key",
+        }
+    }
+    /// The column whose day is used when the partition column is empty.
+    pub fn fallback_partition_column(self) -> &'static str {
+        match self {
+            Dataset::Calls => "extracted_at",
+            Dataset::MonitorLegs => "received_at",
         }
     }
     pub fn partition_column(self) -> &'static str {

@@ -53,6 +53,6 @@ table = ds.dataset(f"{root}/calls", format="parquet", partitioning="hive").to_ta
 assert table.num_rows == rows, (table.num_rows, rows)
 for path in ds.dataset(f"{root}/calls", format="parquet", partitioning="hive").files:
     meta = pq.read_metadata(path).metadata or {}
-    assert meta.get(b"callsync.schema_version") == b"1", (path, meta)
+    assert meta.get(b"callsync.schema_version") == b"2", (path, meta)
 
 print(f"interop: DuckDB {duckdb.__version__} and pyarrow read {rows} unique calls; types OK")

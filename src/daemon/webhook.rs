@@ -29,7 +29,7 @@ struct Endpoint {
     source_id: i64,
     token: Secret,
     max_body_bytes: usize,
-    delivery_key: fn(Option<&str>, &[u8]) -> Result<String, String>,
+    receive: fn(Option<&str>, &[u8]) -> Result<crate::sources::Received, String>,
 }
 
 /// A delivery waiting for the group commit, and where to say how it went.
@@ -121,7 +121,7 @@ impl Intake {
                     source_id,
                     token,
                     max_body_bytes: spec.max_body_bytes,
-                    delivery_key: spec.delivery_key,
+                    receive: spec.receive,
                 }),
             );
         }
@@ -202,10 +202,11 @@ pub async fn receive(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
-    let (key, invalid) = match (ep.delivery_key)(content_type.as_deref(), &bytes) {
-        Ok(k) => (k, None),
+    let (key, job, invalid) = match (ep.receive)(content_type.as_deref(), &bytes) {
+        Ok(r) => (r.key, r.job, None),
         Err(reason) => (
             format!("invalid-{}", uuid::Uuid::now_v7().simple()),
+            None,
             Some(reason),
         ),
     };
@@ -219,6 +220,7 @@ pub async fn receive(
             headers: headers_json(&headers),
             body: bytes.to_vec(),
             invalid: invalid.clone(),
+            job,
         },
         reply,
     };

@@ -182,13 +182,16 @@ impl<'a> CommitWriter<'a> {
             .ok_or_else(|| {
                 std::io::Error::other(format!("batch has no {column} timestamp column"))
             })?;
-        // Sources reject rows without that time; should one arrive anyway it lands in
-        // date=1970-01-01 rather than being lost.
+        // A row without that time (an analysis result carries none) lands in the partition
+        // of the day it was extracted.
+        let fallback = batch
+            .column_by_name(dataset.fallback_partition_column())
+            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>());
         let day_of = |i: usize| {
             let t = if started.is_valid(i) {
                 started.value(i)
             } else {
-                0
+                fallback.filter(|f| f.is_valid(i)).map_or(0, |f| f.value(i))
             };
             t.div_euclid(MICROS_PER_DAY)
         };

@@ -121,3 +121,176 @@ pub async fn deliver(
         .ok()
         .map(|r| r.status().as_u16())
 }
+
+/// What the simulated ExoVoiceAnalyze does with a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fate {
+    /// One result webhook.
+    Ok,
+    /// The result webhook comes twice (Exotel retries).
+    Twice,
+    /// A `success: false` result.
+    Fail,
+    /// No webhook for the first submission; a result for the later ones.
+    LostFirst,
+}
+
+/// The simulated ExoVoiceAnalyze account.
+pub struct AnalyzeSim {
+    pub account_sid: String,
+    pub api_key: String,
+    pub api_token: String,
+    /// Submissions per call sid.
+    pub submissions: std::collections::HashMap<String, u32>,
+    /// Result webhooks sent (doubles included).
+    pub webhooks_sent: u64,
+}
+
+impl Default for AnalyzeSim {
+    fn default() -> Self {
+        AnalyzeSim {
+            account_sid: "exotel30m".into(),
+            api_key: "sim-exotel-key".into(),
+            api_token: "sim-exotel-token".into(),
+            submissions: Default::default(),
+            webhooks_sent: 0,
+        }
+    }
+}
+
+/// A call sid's fate, from the number it ends with: 3 → twice, 7 → failure, 9 → its first
+/// webhook never comes; others succeed.
+pub fn fate(call_sid: &str) -> Fate {
+    match call_sid.bytes().last() {
+        Some(b'3') => Fate::Twice,
+        Some(b'7') => Fate::Fail,
+        Some(b'9') => Fate::LostFirst,
+        _ => Fate::Ok,
+    }
+}
+
+/// The insights the simulator returns for a call: (summary, sentiment, category, transcript lines).
+pub fn insights(call_sid: &str) -> (String, String, String, Vec<String>) {
+    let n = call_sid.bytes().fold(0u64, |h, b| h * 31 + b as u64);
+    let sentiment = ["POSITIVE", "NEGATIVE", "NEUTRAL"][(n % 3) as usize];
+    let category = [
+        "sales",
+        "support",
+        "Jobseeker mentioned they will not be able to move forward",
+    ][(n % 3) as usize];
+    let lines = vec![
+        "Hello, where do you go?".to_string(),
+        format!("Hi, this is caller {}.", n % 1000),
+        "I am looking for \"help\" with my order.".to_string(),
+        "Thanks for calling.".to_string(),
+    ];
+    (
+        format!(
+            "Caller {} asked about an order; resolved.\nFollow-up by email.",
+            n % 1000
+        ),
+        sentiment.to_string(),
+        category.to_string(),
+        lines,
+    )
+}
+
+fn result_body(call_sid: &str, job_id: &str, task_id: &str, fate: Fate) -> String {
+    if fate == Fate::Fail {
+        return serde_json::json!({"success": false, "reason": "Forbidden to access recording url of call",
+            "job_id": job_id, "callSID": call_sid}).to_string();
+    }
+    let (summary, sentiment, category, lines) = insights(call_sid);
+    serde_json::json!({
+        "success": true, "reason": "", "task_id": task_id, "job_id": job_id, "callSID": call_sid,
+        "summary": {"summary": summary, "confidence": 0.9},
+        "sentiment": {"sentiment": sentiment, "confidence": 0.8},
+        "category": {"category": category, "confidence": 0.7},
+        "transcript": lines.join("\n") + "\n",
+    })
+    .to_string()
+}
+
+/// `POST /exotel/v1/Accounts/{sid}/Calls/{call}/ExoVoiceAnalyze.json`
+pub async fn exo_voice_analyze(
+    axum::extract::State(shared): axum::extract::State<std::sync::Arc<super::Shared>>,
+    axum::extract::Path((sid, call)): axum::extract::Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use base64::Engine;
+    let (expected, account, n) = {
+        let mut sim = super::lock(&shared.exotel);
+        let basic = base64::engine::general_purpose::STANDARD
+            .encode(format!("{}:{}", sim.api_key, sim.api_token));
+        let n = {
+            let e = sim.submissions.entry(call.clone()).or_default();
+            *e += 1;
+            *e
+        };
+        (format!("Basic {basic}"), sim.account_sid.clone(), n)
+    };
+    if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(expected.as_str())
+        || sid != account
+    {
+        return (
+            axum::http::StatusCode::UNAUTHORIZED,
+            "Authentication is required",
+        )
+            .into_response();
+    }
+    let req: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let tasks: Vec<String> = req["insight_tasks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t.as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default();
+    let known = ["summarization", "categorise", "sentiment", "transcript"];
+    let bad = tasks.is_empty() || tasks.iter().any(|t| !known.contains(&t.as_str()));
+    let no_categories = tasks.iter().any(|t| t == "categorise")
+        && req["categories"].as_array().is_none_or(|a| a.is_empty());
+    if bad || no_categories || call.starts_with("BAD") {
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({"request_id": "1cb6", "method": "POST", "http_code": 400,
+                "ResponseData": {"Code": 400, "Message": "Invalid parameter", "Description": "Invalid insight task"}})),
+        )
+            .into_response();
+    }
+    let job_id = format!("{:08x}-job-{n}-{call}", fastrand::u32(..));
+    let task_id = req["task_id"].as_str().unwrap_or_default().to_string();
+    let callback = req["callback_url"].as_str().unwrap_or_default().to_string();
+    let fate = fate(&call);
+    let sends = match (fate, n) {
+        (Fate::LostFirst, 1) => 0,
+        (Fate::Twice, _) => 2,
+        _ => 1,
+    };
+    if sends > 0 {
+        let body = result_body(&call, &job_id, &task_id, fate);
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            for _ in 0..sends {
+                tokio::time::sleep(Duration::from_millis(50 + fastrand::u64(0..200))).await;
+                let ok = client
+                    .post(&callback)
+                    .header("content-type", "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .is_ok();
+                if ok {
+                    super::lock(&shared.exotel).webhooks_sent += 1;
+                }
+            }
+        });
+    }
+    axum::Json(serde_json::json!({"request_id": "11a3", "method": "POST", "http_code": 200, "success": true, "reason": "",
+        "ExoVoiceAnalyze": {"job_id": job_id, "task_id": task_id, "call_sid": call, "status": "queued"}}))
+    .into_response()
+}

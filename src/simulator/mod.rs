@@ -25,6 +25,7 @@ pub struct Shared {
     pub voicegain: Mutex<VoicegainSim>,
     pub voice_calls: Mutex<VoiceCallsSim>,
     pub vonage: Mutex<VonageSim>,
+    pub exotel: Mutex<exotel::AnalyzeSim>,
     pub faults: Mutex<FaultPlan>,
     /// Requests answered (faults included).
     pub requests: AtomicU64,
@@ -81,6 +82,10 @@ impl Simulator {
         let app: Router = voicegain::routes()
             .merge(voice_calls::routes())
             .merge(vonage::routes())
+            .route(
+                "/exotel/v1/Accounts/{sid}/Calls/{call}/ExoVoiceAnalyze.json",
+                axum::routing::post(exotel::exo_voice_analyze),
+            )
             .layer(axum::middleware::from_fn_with_state(
                 shared.clone(),
                 count_in_flight,
@@ -141,6 +146,16 @@ impl Simulator {
     /// Replaces the fault plan.
     pub fn set_faults(&self, plan: FaultPlan) {
         *lock(&self.shared.faults) = plan;
+    }
+
+    /// The `base_url` for an exotel_analyze source.
+    pub fn exotel_base_url(&self) -> String {
+        format!("{}/exotel", self.base_url())
+    }
+
+    /// The ExoVoiceAnalyze account.
+    pub fn exotel(&self) -> MutexGuard<'_, exotel::AnalyzeSim> {
+        lock(&self.shared.exotel)
     }
 
     /// The most requests to one vendor (`voicegain`, `vonage`, `voicecalls`) in flight at once.

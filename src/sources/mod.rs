@@ -2,7 +2,9 @@
 //! variant per kind. A source knows nothing of Parquet or SQLite: it yields pages of
 //! normalized records and the opaque cursor they advance to.
 
+pub mod exotel_analyze;
 pub mod exotel_monitor;
+pub mod push;
 pub mod voice_calls;
 pub mod voicegain;
 pub mod vonage_insights;
@@ -67,6 +69,8 @@ pub struct OpenContext {
     pub known: Arc<dyn KnownKeys>,
     /// The webhook inbox of this source (push sources read their pages from it).
     pub inbox: Arc<dyn Inbox>,
+    /// The source's analysis jobs (kinds that submit work to a vendor).
+    pub jobs: Arc<dyn Jobs>,
 }
 
 /// What the pipeline tells a source about its exported keys, so that a re-listed call costs
@@ -106,6 +110,29 @@ pub trait Inbox: Send + Sync {
     fn after(&self, seq: i64, limit: usize) -> Result<Vec<Delivery>, String>;
     /// Deletes exported deliveries (`seq <= upto`) older than `days`.
     fn prune(&self, upto: i64, days: u64) -> Result<usize, String>;
+}
+
+/// An analysis job submitted to a vendor (Exotel ExoVoiceAnalyze), one per call.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Job {
+    pub call_sid: String,
+    pub task_id: String,
+    pub job_id: Option<String>,
+    /// `queued`, `done`, `failed` (the vendor's result said so) or `timed_out`.
+    pub status: String,
+    pub submissions: i64,
+    pub submitted_at_us: i64,
+    pub reason: Option<String>,
+}
+
+/// A source's analysis jobs, kept by the state (behind the pipeline).
+pub trait Jobs: Send + Sync {
+    /// A call was submitted (again): `queued`, one more submission.
+    fn submitted(&self, call_sid: &str, task_id: &str, job_id: Option<&str>) -> Result<(), String>;
+    /// A job is given up (`timed_out`).
+    fn give_up(&self, call_sid: &str, reason: &str) -> Result<(), String>;
+    /// The jobs, all or in one status.
+    fn list(&self, status: Option<&str>) -> Result<Vec<Job>, String>;
 }
 
 /// Knows no exported key: every id is new (tests, benchmarks).
@@ -216,6 +243,8 @@ pub enum SourceConfig {
     VonageInsights(vonage_insights::VonageInsightsConfig),
     /// Exotel Listen/Whisper/Barge monitor legs, pushed by webhook.
     ExotelMonitor(exotel_monitor::ExotelMonitorConfig),
+    /// Exotel ExoVoiceAnalyze: submitted by `exotel analyze`, results pushed by webhook.
+    ExotelAnalyze(exotel_analyze::ExotelAnalyzeConfig),
 }
 
 /// When the daemon runs a source.
@@ -247,8 +276,17 @@ pub struct InboxCursor {
 pub struct WebhookSpec {
     pub token: SecretRef,
     pub max_body_bytes: usize,
-    /// The delivery identity of a body (`Err`: why it is unusable: 400 and a reject).
-    pub delivery_key: fn(Option<&str>, &[u8]) -> Result<String, String>,
+    /// What a body is (`Err`: why it is unusable: 400 and a reject).
+    pub receive: fn(Option<&str>, &[u8]) -> Result<Received, String>,
+}
+
+/// What the intake learns from a delivery before it stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Received {
+    /// The vendor's delivery identity (unique per source: a redelivery is absorbed).
+    pub key: String,
+    /// The analysis job it reports on: (job id, succeeded, reason).
+    pub job: Option<(String, bool, Option<String>)>,
 }
 
 /// 1 MiB.
@@ -284,6 +322,7 @@ pub const KINDS: &[&str] = &[
     vonage_insights::KIND,
     voice_calls::KIND,
     exotel_monitor::KIND,
+    exotel_analyze::KIND,
 ];
 
 impl SourceConfig {
@@ -319,6 +358,7 @@ impl SourceConfig {
             voice_calls::KIND => typed(table, rest, problems).map(SourceConfig::VoiceCalls),
             vonage_insights::KIND => typed(table, rest, problems).map(SourceConfig::VonageInsights),
             exotel_monitor::KIND => typed(table, rest, problems).map(SourceConfig::ExotelMonitor),
+            exotel_analyze::KIND => typed(table, rest, problems).map(SourceConfig::ExotelAnalyze),
             other => {
                 problems.push(
                     table,
@@ -337,6 +377,7 @@ impl SourceConfig {
             SourceConfig::VoiceCalls(_) => voice_calls::KIND,
             SourceConfig::VonageInsights(_) => vonage_insights::KIND,
             SourceConfig::ExotelMonitor(_) => exotel_monitor::KIND,
+            SourceConfig::ExotelAnalyze(_) => exotel_analyze::KIND,
         }
     }
 
@@ -347,6 +388,7 @@ impl SourceConfig {
             SourceConfig::VoiceCalls(c) => Trigger::Cron(&c.schedule),
             SourceConfig::VonageInsights(c) => Trigger::Cron(&c.schedule),
             SourceConfig::ExotelMonitor(c) => Trigger::Every(c.flush_interval_secs),
+            SourceConfig::ExotelAnalyze(c) => Trigger::Every(c.flush_interval_secs),
         }
     }
 
@@ -356,7 +398,12 @@ impl SourceConfig {
             SourceConfig::ExotelMonitor(c) => Some(WebhookSpec {
                 token: SecretRef::from_pair(&c.webhook_token_env, &c.webhook_token_file)?,
                 max_body_bytes: c.webhook_max_body_bytes,
-                delivery_key: exotel_monitor::webhook::delivery_key,
+                receive: exotel_monitor::webhook::receive,
+            }),
+            SourceConfig::ExotelAnalyze(c) => Some(WebhookSpec {
+                token: SecretRef::from_pair(&c.webhook_token_env, &c.webhook_token_file)?,
+                max_body_bytes: c.webhook_max_body_bytes,
+                receive: exotel_analyze::receive,
             }),
             _ => None,
         }
@@ -375,7 +422,7 @@ impl SourceConfig {
                 window::repair_cursor(facts, marker, c.window_settings())
             }
             // The inbox lives in the state: with the state lost, so is the inbox; start over.
-            SourceConfig::ExotelMonitor(_) => None,
+            SourceConfig::ExotelMonitor(_) | SourceConfig::ExotelAnalyze(_) => None,
         }
     }
 
@@ -383,7 +430,9 @@ impl SourceConfig {
     /// time (the windowed ones); `None` for the others.
     pub fn cursor_time(&self, cursor: &Cursor) -> Option<i64> {
         match self {
-            SourceConfig::Voicegain(_) | SourceConfig::ExotelMonitor(_) => None,
+            SourceConfig::Voicegain(_)
+            | SourceConfig::ExotelMonitor(_)
+            | SourceConfig::ExotelAnalyze(_) => None,
             SourceConfig::VoiceCalls(_) | SourceConfig::VonageInsights(_) => {
                 serde_json::from_value::<window::WindowCursor>(cursor.clone())
                     .ok()
@@ -431,6 +480,9 @@ impl SourceConfig {
                 SourceConfig::ExotelMonitor(c) => {
                     secret_from(source_name, &c.webhook_token_env, &c.webhook_token_file)?;
                 }
+                SourceConfig::ExotelAnalyze(c) => {
+                    exotel_analyze::Analyzer::new(source_name, c)?;
+                }
                 SourceConfig::VoiceCalls(c) => {
                     let token = secret_from(source_name, &c.token_env, &c.token_file)?;
                     let client = voice_calls::client::VoiceCallsClient::new(
@@ -454,7 +506,7 @@ impl SourceConfig {
             SourceConfig::Voicegain(c) => c.run_on_start,
             SourceConfig::VoiceCalls(c) => c.run_on_start,
             SourceConfig::VonageInsights(c) => c.run_on_start,
-            SourceConfig::ExotelMonitor(_) => true,
+            SourceConfig::ExotelMonitor(_) | SourceConfig::ExotelAnalyze(_) => true,
         }
     }
 
@@ -468,6 +520,7 @@ impl SourceConfig {
             SourceConfig::VoiceCalls(c) => c.validate(table, problems),
             SourceConfig::VonageInsights(c) => c.validate(table, problems),
             SourceConfig::ExotelMonitor(c) => c.validate(table, problems),
+            SourceConfig::ExotelAnalyze(c) => c.validate(table, problems),
         }
     }
 
@@ -483,7 +536,7 @@ impl SourceConfig {
     ) -> Result<Box<dyn Source>, SourceError> {
         let clock = |w| window::WindowClock::range(source_name, from, to, cursor, w);
         Ok(match self {
-            SourceConfig::ExotelMonitor(_) => {
+            SourceConfig::ExotelMonitor(_) | SourceConfig::ExotelAnalyze(_) => {
                 return Err(SourceError::Protocol {
                     source_name: source_name.to_string(),
                     reason: "a push source has no history to backfill: its calls arrive by webhook"
@@ -542,6 +595,9 @@ impl SourceConfig {
             )),
             SourceConfig::ExotelMonitor(c) => Ok(Box::new(
                 exotel_monitor::ExotelMonitorSource::new(source_name, c, cursor, ctx)?,
+            )),
+            SourceConfig::ExotelAnalyze(c) => Ok(Box::new(
+                exotel_analyze::ExotelAnalyzeSource::new(source_name, c, cursor, ctx)?,
             )),
         }
     }

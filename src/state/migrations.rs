@@ -89,4 +89,20 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX inbox_by_source ON inbox (source_id, seq);
     "#,
+    // 5: analysis jobs submitted to a vendor (Exotel ExoVoiceAnalyze), one row per call.
+    r#"
+    CREATE TABLE jobs (
+        source_id    INTEGER NOT NULL,
+        call_sid     TEXT NOT NULL,
+        task_id      TEXT NOT NULL,
+        job_id       TEXT,
+        status       TEXT NOT NULL,
+        submissions  INTEGER NOT NULL DEFAULT 0,
+        submitted_at INTEGER NOT NULL,
+        updated_at   INTEGER NOT NULL,
+        reason       TEXT,
+        PRIMARY KEY (source_id, call_sid)
+    );
+    CREATE INDEX jobs_by_job ON jobs (source_id, job_id);
+    "#,
 ];

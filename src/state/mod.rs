@@ -64,7 +64,11 @@ pub struct NewDelivery {
     pub body: Vec<u8>,
     /// Why the body cannot be used (it becomes a reject), if so.
     pub invalid: Option<String>,
+    /// The result of an analysis job this delivery carries: (job id, succeeded, reason).
+    pub job: Option<(String, bool, Option<String>)>,
 }
+
+pub use crate::sources::Job;
 
 /// A manifest row with what `verify` compares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +125,8 @@ pub struct SourceStatus {
     /// A push source's webhook inbox: deliveries not exported yet, and when the oldest of
     /// them arrived (RFC 3339).
     pub inbox: Option<InboxStatus>,
+    /// Analysis jobs that failed (the vendor's result said so) or were given up.
+    pub failed_jobs: Vec<Job>,
 }
 
 /// The backlog of a push source's inbox, for `status`.
@@ -487,7 +493,19 @@ impl State {
             let mut stmt = tx.prepare_cached(
                 "INSERT OR IGNORE INTO inbox (source_id, delivery_key, received_at, content_type, headers, body, invalid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
+            let mut job = tx.prepare_cached(
+                "UPDATE jobs SET status = ?3, reason = ?4, updated_at = ?5 WHERE source_id = ?1 AND job_id = ?2 AND status IN ('queued', 'timed_out')",
+            )?;
             for d in batch {
+                if let Some((job_id, ok, reason)) = &d.job {
+                    job.execute(params![
+                        d.source_id,
+                        job_id,
+                        if *ok { "done" } else { "failed" },
+                        reason,
+                        d.received_at_us
+                    ])?;
+                }
                 let n = stmt.execute(params![
                     d.source_id,
                     d.key,
@@ -502,6 +520,61 @@ impl State {
         }
         tx.commit()?;
         Ok(out)
+    }
+
+    /// Records a submitted job (a call's first or a fresh one): status `queued`.
+    pub fn job_submitted(
+        &self,
+        source_id: i64,
+        call_sid: &str,
+        task_id: &str,
+        job_id: Option<&str>,
+    ) -> Result<(), StateError> {
+        let now = chrono::Utc::now().timestamp_micros();
+        self.conn.execute(
+            "INSERT INTO jobs (source_id, call_sid, task_id, job_id, status, submissions, submitted_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, 'queued', 1, ?5, ?5)
+             ON CONFLICT(source_id, call_sid) DO UPDATE SET task_id = ?3, job_id = ?4, status = 'queued',
+               submissions = submissions + 1, submitted_at = ?5, updated_at = ?5, reason = NULL",
+            params![source_id, call_sid, task_id, job_id, now],
+        )?;
+        Ok(())
+    }
+
+    /// Marks a job given up (`timed_out`) with its reason.
+    pub fn job_give_up(
+        &self,
+        source_id: i64,
+        call_sid: &str,
+        reason: &str,
+    ) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE jobs SET status = 'timed_out', reason = ?3, updated_at = ?4 WHERE source_id = ?1 AND call_sid = ?2",
+            params![source_id, call_sid, reason, chrono::Utc::now().timestamp_micros()],
+        )?;
+        Ok(())
+    }
+
+    /// The jobs of a source (all, or only those in `status`).
+    pub fn jobs(&self, source_id: i64, status: Option<&str>) -> Result<Vec<Job>, StateError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT call_sid, task_id, job_id, status, submissions, submitted_at, reason FROM jobs
+             WHERE source_id = ?1 AND (?2 IS NULL OR status = ?2) ORDER BY call_sid",
+        )?;
+        let rows = stmt
+            .query_map(params![source_id, status], |r| {
+                Ok(Job {
+                    call_sid: r.get(0)?,
+                    task_id: r.get(1)?,
+                    job_id: r.get(2)?,
+                    status: r.get(3)?,
+                    submissions: r.get(4)?,
+                    submitted_at_us: r.get(5)?,
+                    reason: r.get(6)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
     }
 
     /// Up to `limit` deliveries of a source after `seq`, in order.
@@ -742,9 +815,12 @@ impl State {
             } else {
                 None
             };
+            let mut failed_jobs = self.jobs(id, Some("failed"))?;
+            failed_jobs.extend(self.jobs(id, Some("timed_out"))?);
             out.push(SourceStatus {
                 backfills,
                 inbox,
+                failed_jobs,
                 name,
                 kind,
                 cursor,

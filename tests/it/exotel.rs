@@ -360,3 +360,191 @@ fn a_kill_9_right_after_acknowledging_a_burst_loses_and_doubles_nothing() {
     let v = env.run(&["verify"]);
     assert_eq!(v.status.code(), Some(0), "{}", text(&v));
 }
+
+/// A free loopback port (the daemon's callback URL must be known before it starts).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// (summary, sentiment_label, category, transcript (role, text)) of a call.
+type Insights = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Vec<(String, String)>,
+);
+
+/// The insights of every call of `source`, asserting none is there twice.
+fn read_insights(env: &Env, source: &str) -> BTreeMap<String, Insights> {
+    let mut out = BTreeMap::new();
+    for path in files_with_suffix(
+        &env.warehouse().join(format!("calls/source={source}")),
+        ".parquet",
+    ) {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())
+            .unwrap()
+            .build()
+            .unwrap();
+        for b in reader {
+            let b = b.unwrap();
+            let s = |n: &str| b.column_by_name(n).unwrap().as_string::<i32>().clone();
+            let (id, sum, sen, cat) = (
+                s("call_id"),
+                s("summary"),
+                s("sentiment_label"),
+                s("category"),
+            );
+            let tr = b
+                .column_by_name("transcript")
+                .unwrap()
+                .as_list::<i32>()
+                .clone();
+            let opt = |a: &arrow_array::StringArray, i: usize| {
+                (!a.is_null(i)).then(|| a.value(i).to_string())
+            };
+            for i in 0..b.num_rows() {
+                let turns = if tr.is_null(i) {
+                    Vec::new()
+                } else {
+                    let v = tr.value(i);
+                    let st = v.as_struct();
+                    let role = st.column(0).as_string::<i32>();
+                    let text = st.column(2).as_string::<i32>();
+                    (0..st.len())
+                        .map(|j| (role.value(j).to_string(), text.value(j).to_string()))
+                        .collect()
+                };
+                let k = id.value(i).to_string();
+                let row = (opt(&sum, i), opt(&sen, i), opt(&cat, i), turns);
+                assert!(
+                    out.insert(k.clone(), row).is_none(),
+                    "{k} is in the lake twice"
+                );
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn analysis_results_land_once_failures_show_in_status_and_lost_ones_are_resubmitted() {
+    use callsync::simulator::exotel::{Fate, fate, insights};
+    let env = Env::new(VoicegainSim::new(1, 0), 100);
+    let port = free_port();
+    let (key, tok) = {
+        let e = env.sim.exotel();
+        (e.api_key.clone(), e.api_token.clone())
+    };
+    let key = token_file(&env, "exo-key", &key);
+    let tok = token_file(&env, "exo-token", &tok);
+    let hook = token_file(&env, "exo-hook", TOKEN);
+    std::fs::write(
+        &env.config,
+        format!(
+            "[warehouse]\nroot = \"{}\"\n[state]\npath = \"{}\"\n[server]\nlisten = \"127.0.0.1:{port}\"\n\
+             [sources.insights]\nkind = \"exotel_analyze\"\naccount_sid = \"exotel30m\"\nbase_url = \"{}\"\n\
+             api_key_file = \"{}\"\napi_token_file = \"{}\"\nwebhook_token_file = \"{}\"\n\
+             callback_base_url = \"http://127.0.0.1:{port}\"\n\
+             insight_tasks = [\"summarization\", \"categorise\", \"sentiment\", \"transcript\"]\n\
+             categories = [\"sales\", \"support\"]\nresult_timeout_secs = 2\nmax_submissions = 3\nflush_interval_secs = 1\n\
+             [sources.insights.http]\nmax_attempts = 3\nbackoff_initial_ms = 10\nbackoff_max_ms = 50\n",
+            env.warehouse().display(),
+            env.state_path().display(),
+            env.sim.exotel_base_url(),
+            key.display(),
+            tok.display(),
+            hook.display()
+        ),
+    )
+    .unwrap();
+    let d = Daemon::start(&env, &[], true);
+    let calls: Vec<String> = (0..30).map(|i| format!("CA{:04}", 1000 + i)).collect();
+    let mut args = vec!["exotel", "analyze", "--source", "insights"];
+    for c in &calls {
+        args.extend(["--call-sid", c.as_str()]);
+    }
+    let out = env.run(&args);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("insights: 30 submitted, 0 already"),
+        "{}",
+        text(&out)
+    );
+    // Idempotent: nothing is submitted again.
+    let out = env.run(&args);
+    assert!(
+        text(&out).contains("insights: 0 submitted, 30 already queued or analysed"),
+        "{}",
+        text(&out)
+    );
+    let want: BTreeSet<&String> = calls.iter().filter(|c| fate(c) != Fate::Fail).collect();
+    assert!(
+        wait_until(30, || read_insights(&env, "insights").len() == want.len()),
+        "{}\n{:?}",
+        d.log_text(),
+        read_insights(&env, "insights").keys().collect::<Vec<_>>()
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let got = read_insights(&env, "insights");
+    assert_eq!(got.keys().collect::<BTreeSet<_>>(), want);
+    for (call, (summary, sentiment, category, turns)) in &got {
+        let (s, se, ca, lines) = insights(call);
+        assert_eq!(summary.as_deref(), Some(s.as_str()));
+        assert_eq!(sentiment.as_deref(), Some(se.as_str()));
+        assert_eq!(category.as_deref(), Some(ca.as_str()));
+        let want_turns: Vec<(String, String)> = lines
+            .into_iter()
+            .map(|l| ("unknown".to_string(), l))
+            .collect();
+        assert_eq!(turns, &want_turns, "{call}");
+    }
+    // Lost first webhooks were resubmitted; doubled ones absorbed.
+    let subs = env.sim.exotel().submissions.clone();
+    for c in &calls {
+        let n = subs[c];
+        match fate(c) {
+            Fate::LostFirst => assert_eq!(n, 2, "{c} submissions"),
+            _ => assert_eq!(n, 1, "{c} submissions"),
+        }
+    }
+    let st = env.run(&["status", "--json"]);
+    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
+    let s = st
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "insights")
+        .unwrap();
+    let failed: BTreeSet<String> = s["failed_jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|j| {
+            assert_eq!(j["status"], "failed");
+            assert_eq!(j["reason"], "Forbidden to access recording url of call");
+            j["call_sid"].as_str().unwrap().to_string()
+        })
+        .collect();
+    let want_failed: BTreeSet<String> = calls
+        .iter()
+        .filter(|c| fate(c) == Fate::Fail)
+        .cloned()
+        .collect();
+    assert_eq!(failed, want_failed);
+    // An invalid task is refused with the vendor's message, naming the call.
+    let out = env.run(&[
+        "exotel",
+        "analyze",
+        "--source",
+        "insights",
+        "--call-sid",
+        "BAD0001",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out).contains("call BAD0001 refused by ExoVoiceAnalyze (HTTP 400): Invalid parameter: Invalid insight task"), "{}", text(&out));
+    assert!(!d.log_text().contains(TOKEN));
+}

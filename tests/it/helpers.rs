@@ -220,7 +220,7 @@ pub fn read_file(path: &Path) -> Vec<LakeRow> {
         .unwrap_or_default();
     assert!(
         kv.iter()
-            .any(|k| k.key == "callsync.schema_version" && k.value.as_deref() == Some("1")),
+            .any(|k| k.key == "callsync.schema_version" && k.value.as_deref() == Some("2")),
         "{} lacks callsync.schema_version",
         path.display()
     );

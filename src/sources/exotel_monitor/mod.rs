@@ -12,27 +12,20 @@ pub mod normalize;
 pub mod webhook;
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use chrono_tz::Tz;
 use serde::Deserialize;
 
 use crate::config::Problems;
-use crate::record::Reject;
 use crate::schema::Dataset;
-use crate::sources::{
-    BoxFuture, Cursor, InboxCursor, OpenContext, Page, Source, SourceError, decode_cursor,
-    validate_secret,
-};
+use crate::sources::push::{InboxPages, reject};
+use crate::sources::{BoxFuture, Cursor, OpenContext, Page, Source, SourceError, validate_secret};
 
 use model::LegCallback;
 use normalize::LegBatch;
 
 /// The `kind` of this source.
 pub const KIND: &str = "exotel_monitor";
-
-/// Deliveries read from the inbox per page.
-const PAGE: usize = 1000;
 
 /// `[sources.<name>]` with `kind = "exotel_monitor"`.
 #[derive(Debug, Clone, Deserialize)]
@@ -102,10 +95,7 @@ pub struct ExotelMonitorSource {
     ctx: OpenContext,
     source_name: String,
     tz: Tz,
-    seq: i64,
-    retention_days: u64,
-    started: bool,
-    done: bool,
+    pages: InboxPages,
 }
 
 impl ExotelMonitorSource {
@@ -115,67 +105,33 @@ impl ExotelMonitorSource {
         cursor: Option<&Cursor>,
         ctx: &OpenContext,
     ) -> Result<Self, SourceError> {
-        let c: InboxCursor = decode_cursor(source_name, cursor)?.unwrap_or_default();
         Ok(ExotelMonitorSource {
             ctx: ctx.clone(),
             source_name: source_name.to_string(),
             tz: cfg.tz(),
-            seq: c.seq,
-            retention_days: cfg.inbox_retention_days,
-            started: false,
-            done: false,
+            pages: InboxPages::new(source_name, cursor, cfg.inbox_retention_days)?,
         })
     }
 
-    fn inbox_error(&self, reason: String) -> SourceError {
-        SourceError::KnownKeys {
-            source_name: self.source_name.clone(),
-            reason: format!("reading the inbox: {reason}"),
-        }
-    }
-
     fn read_page(&mut self) -> Result<Option<Page>, SourceError> {
-        if self.done {
+        let Some(deliveries) = self.pages.next(&self.ctx)? else {
             return Ok(None);
-        }
-        if !self.started {
-            self.started = true;
-            // Everything up to the stored cursor is committed to the lake.
-            self.ctx
-                .inbox
-                .prune(self.seq, self.retention_days)
-                .map_err(|e| self.inbox_error(e))?;
-        }
-        let inbox: Arc<dyn crate::sources::Inbox> = self.ctx.inbox.clone();
-        let deliveries = inbox
-            .after(self.seq, PAGE)
-            .map_err(|e| self.inbox_error(e))?;
-        if deliveries.is_empty() {
-            self.done = true;
-            return Ok(None);
-        }
-        self.done = deliveries.len() < PAGE;
+        };
         let mut batch = LegBatch::new(self.tz);
         let mut rejects = Vec::new();
         for d in &deliveries {
-            self.seq = self.seq.max(d.seq);
-            let raw = String::from_utf8_lossy(&d.body).into_owned();
             let parsed = match &d.invalid {
                 Some(reason) => Err(reason.clone()),
                 None => LegCallback::parse(d.content_type.as_deref(), &d.body)
                     .and_then(|cb| batch.append(&cb, &d.key, &raw_json(&cb), d.received_at_us)),
             };
             if let Err(error) = parsed {
-                rejects.push(Reject {
-                    call_id: d
-                        .key
-                        .split(':')
-                        .next()
-                        .filter(|k| !k.starts_with("invalid-"))
-                        .map(str::to_string),
-                    error,
-                    raw,
-                });
+                let id = d
+                    .key
+                    .split(':')
+                    .next()
+                    .filter(|k| !k.starts_with("invalid-"));
+                rejects.push(reject(d, error, id.map(str::to_string)));
             }
         }
         let calls = if batch.is_empty() {
@@ -191,7 +147,7 @@ impl ExotelMonitorSource {
             calls,
             rejects,
             files: Vec::new(),
-            cursor: Some(serde_json::json!({ "seq": self.seq })),
+            cursor: Some(self.pages.cursor()),
             known: 0,
         }))
     }

@@ -2,8 +2,12 @@
 //! (`LegSid` + `EventType`), or why the body is unusable.
 
 use super::model::LegCallback;
+use crate::sources::Received;
 
-/// The unique delivery key of a StatusCallback body.
-pub fn delivery_key(content_type: Option<&str>, body: &[u8]) -> Result<String, String> {
-    LegCallback::parse(content_type, body)?.delivery_key()
+/// A StatusCallback body: its unique delivery key (`LegSid:EventType`).
+pub fn receive(content_type: Option<&str>, body: &[u8]) -> Result<Received, String> {
+    Ok(Received {
+        key: LegCallback::parse(content_type, body)?.delivery_key()?,
+        job: None,
+    })
 }

@@ -1,0 +1,436 @@
+//! Exotel ExoVoiceAnalyze: `callsync exotel analyze` submits calls
+//! (`POST {base}/v1/Accounts/<sid>/Calls/<CallSid>/ExoVoiceAnalyze.json`, Basic auth key:token,
+//! our own `task_id`) and records each job; Exotel later POSTs the result to
+//! `<callback_base_url>/webhooks/<source>/<token>`, where the daemon commits it to the inbox
+//! before answering. Each run of the source exports the inbox into the `calls` table
+//! (`call_id` = callSID, summary, sentiment, category, transcript lines as turns) and first
+//! resubmits jobs whose result is overdue (a fresh task id), up to `max_submissions`.
+//!
+//! Assumptions where the vendor doc is silent: a result is keyed by `job_id` (a redelivery is
+//! absorbed); a `success: false` result writes no call row and is kept on its job with its
+//! reason; the transcript has no speakers, so each line is a turn with role `unknown`.
+
+pub mod model;
+
+use std::path::PathBuf;
+
+use reqwest::header::{AUTHORIZATION, HeaderName};
+use serde::Deserialize;
+
+use crate::config::{HttpConfig, Problems};
+use crate::http::HttpClient;
+use crate::record::{CallBatchBuilder, CallRow, Turn};
+use crate::secret::Secret;
+use crate::sources::push::{InboxPages, reject};
+use crate::sources::{
+    BoxFuture, Cursor, OpenContext, Page, Received, Source, SourceError, secret_from,
+    validate_base_url, validate_secret,
+};
+
+use model::{AnalyzeResult, SubmitAnswer};
+
+/// The `kind` of this source, also written to `source_kind`.
+pub const KIND: &str = "exotel_analyze";
+
+/// Insight tasks the vendor knows.
+pub const TASKS: &[&str] = &["summarization", "categorise", "sentiment", "transcript"];
+
+/// `[sources.<name>]` with `kind = "exotel_analyze"`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExotelAnalyzeConfig {
+    /// The Exotel account SID.
+    pub account_sid: String,
+    /// Environment variable / file that holds the API key (Basic auth user).
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// Environment variable / file that holds the API token (Basic auth password).
+    #[serde(default)]
+    pub api_token_env: Option<String>,
+    #[serde(default)]
+    pub api_token_file: Option<PathBuf>,
+    /// `https://api.exotel.com` (Singapore, the default) or `https://api.in.exotel.com` (Mumbai).
+    #[serde(default = "default_base_url")]
+    pub base_url: String,
+    /// Insights to ask for: a subset of summarization, categorise, sentiment, transcript.
+    #[serde(default = "default_tasks")]
+    pub insight_tasks: Vec<String>,
+    /// Business categories (required with `categorise`).
+    #[serde(default)]
+    pub categories: Vec<String>,
+    /// The public URL of this daemon; results go to `<this>/webhooks/<source>/<token>`.
+    pub callback_base_url: String,
+    /// Environment variable / file that holds the webhook token.
+    #[serde(default)]
+    pub webhook_token_env: Option<String>,
+    #[serde(default)]
+    pub webhook_token_file: Option<PathBuf>,
+    /// Largest result body accepted (bytes).
+    #[serde(default = "super::default_webhook_max_body_bytes")]
+    pub webhook_max_body_bytes: usize,
+    /// A job with no result after this long is submitted again (a fresh task id).
+    #[serde(default = "default_result_timeout_secs")]
+    pub result_timeout_secs: u64,
+    /// Submissions per call before its job is given up (`timed_out`).
+    #[serde(default = "default_max_submissions")]
+    pub max_submissions: u32,
+    /// Seconds between exports of the inbox (push kinds take no `schedule`).
+    #[serde(default = "super::default_flush_interval_secs")]
+    pub flush_interval_secs: u64,
+    /// Exported deliveries are deleted from the inbox after this many days.
+    #[serde(default = "super::default_inbox_retention_days")]
+    pub inbox_retention_days: u64,
+    /// Timeouts and retries of the submissions.
+    #[serde(default)]
+    pub http: HttpConfig,
+}
+
+fn default_base_url() -> String {
+    "https://api.exotel.com".into()
+}
+fn default_tasks() -> Vec<String> {
+    ["summarization", "sentiment", "transcript"]
+        .map(String::from)
+        .to_vec()
+}
+fn default_result_timeout_secs() -> u64 {
+    3600
+}
+fn default_max_submissions() -> u32 {
+    3
+}
+
+impl ExotelAnalyzeConfig {
+    /// Reports every problem of this table.
+    pub fn validate(&self, table: &str, problems: &mut Problems) {
+        validate_base_url(table, &self.base_url, problems);
+        validate_secret(
+            table,
+            "api_key",
+            &self.api_key_env,
+            &self.api_key_file,
+            problems,
+        );
+        validate_secret(
+            table,
+            "api_token",
+            &self.api_token_env,
+            &self.api_token_file,
+            problems,
+        );
+        validate_secret(
+            table,
+            "webhook_token",
+            &self.webhook_token_env,
+            &self.webhook_token_file,
+            problems,
+        );
+        if self.account_sid.trim().is_empty() {
+            problems.push(table, Some("account_sid"), "must not be empty");
+        }
+        if let Err(e) = reqwest::Url::parse(&self.callback_base_url) {
+            problems.push(table, Some("callback_base_url"), format!("not a URL: {e}"));
+        }
+        if self.insight_tasks.is_empty() {
+            problems.push(table, Some("insight_tasks"), "must name at least one task");
+        }
+        for t in &self.insight_tasks {
+            if !TASKS.contains(&t.as_str()) {
+                problems.push(
+                    table,
+                    Some("insight_tasks"),
+                    format!("unknown task {t:?} (one of: {})", TASKS.join(", ")),
+                );
+            }
+        }
+        if self.insight_tasks.iter().any(|t| t == "categorise") && self.categories.is_empty() {
+            problems.push(
+                table,
+                Some("categories"),
+                "required with the categorise task",
+            );
+        }
+        if self.max_submissions == 0 {
+            problems.push(table, Some("max_submissions"), "must be at least 1");
+        }
+        super::validate_push(
+            table,
+            self.webhook_max_body_bytes,
+            self.flush_interval_secs,
+            problems,
+        );
+        self.http.validate(table, problems);
+    }
+}
+
+/// What the intake learns from a result: its key (`job_id`) and the job's outcome.
+pub fn receive(_content_type: Option<&str>, body: &[u8]) -> Result<Received, String> {
+    let r = AnalyzeResult::parse(body)?;
+    if r.job_id.trim().is_empty() {
+        return Err("the result has no job_id".into());
+    }
+    let reason = r.reason.filter(|s| !s.trim().is_empty());
+    Ok(Received {
+        key: r.job_id.clone(),
+        job: Some((r.job_id, r.success, reason)),
+    })
+}
+
+/// Submits calls for analysis.
+pub struct Analyzer {
+    http: HttpClient,
+    cfg: ExotelAnalyzeConfig,
+    callback_url: String,
+    source_name: String,
+}
+
+/// How one submission went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Submitted {
+    /// Queued with this job id.
+    Queued { task_id: String, job_id: String },
+    /// The vendor refused it (400): its message.
+    Refused(String),
+}
+
+impl Analyzer {
+    /// Resolves the API key, token and webhook token.
+    pub fn new(source_name: &str, cfg: &ExotelAnalyzeConfig) -> Result<Analyzer, SourceError> {
+        use base64::Engine;
+        let key = secret_from(source_name, &cfg.api_key_env, &cfg.api_key_file)?;
+        let token = secret_from(source_name, &cfg.api_token_env, &cfg.api_token_file)?;
+        let hook = secret_from(source_name, &cfg.webhook_token_env, &cfg.webhook_token_file)?;
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+            "{}:{}",
+            key.expose(),
+            token.expose()
+        ));
+        let auth: (HeaderName, Secret) = (AUTHORIZATION, Secret::new(format!("Basic {basic}")));
+        Ok(Analyzer {
+            http: HttpClient::new(source_name, &cfg.http, Some(auth))?,
+            callback_url: format!(
+                "{}/webhooks/{source_name}/{}",
+                cfg.callback_base_url.trim_end_matches('/'),
+                hook.expose()
+            ),
+            cfg: cfg.clone(),
+            source_name: source_name.to_string(),
+        })
+    }
+
+    /// Submits one call with a fresh task id.
+    pub async fn submit(&self, call_sid: &str) -> Result<Submitted, SourceError> {
+        let path = format!(
+            "/v1/Accounts/{}/Calls/{}/ExoVoiceAnalyze.json",
+            self.cfg.account_sid, call_sid
+        );
+        let url = self.http.url(&self.cfg.base_url, &path)?;
+        let task_id = uuid::Uuid::now_v7().simple().to_string();
+        let mut body = serde_json::json!({
+            "callback_url": self.callback_url,
+            "insight_tasks": self.cfg.insight_tasks,
+            "task_id": task_id,
+        });
+        if !self.cfg.categories.is_empty() {
+            body["categories"] = serde_json::json!(self.cfg.categories);
+        }
+        let r = self.http.post_json(&url, &body).await?;
+        let answer: Option<SubmitAnswer> = serde_json::from_slice(&r.body).ok();
+        if r.status.as_u16() == 400 {
+            let msg = answer
+                .and_then(|a| a.error)
+                .map(|e| {
+                    [e.message, e.description]
+                        .into_iter()
+                        .flatten()
+                        .collect::<Vec<_>>()
+                        .join(": ")
+                })
+                .unwrap_or_else(|| String::from_utf8_lossy(&r.body).chars().take(200).collect());
+            return Ok(Submitted::Refused(msg));
+        }
+        if !r.status.is_success() {
+            return Err(SourceError::Protocol {
+                source_name: self.source_name.clone(),
+                reason: format!(
+                    "ExoVoiceAnalyze answered HTTP {} for call {call_sid}",
+                    r.status
+                ),
+            });
+        }
+        let job_id = answer
+            .and_then(|a| a.job)
+            .and_then(|j| j.job_id)
+            .ok_or_else(|| SourceError::Protocol {
+                source_name: self.source_name.clone(),
+                reason: format!("ExoVoiceAnalyze queued call {call_sid} without a job_id"),
+            })?;
+        Ok(Submitted::Queued { task_id, job_id })
+    }
+
+    /// Resubmits the queued jobs whose result is overdue; gives up on those submitted
+    /// `max_submissions` times. Returns (resubmitted, given up).
+    pub async fn resubmit_overdue(
+        &self,
+        jobs: &dyn super::Jobs,
+    ) -> Result<(usize, usize), SourceError> {
+        let err = |reason: String| SourceError::KnownKeys {
+            source_name: self.source_name.clone(),
+            reason: format!("reading the jobs: {reason}"),
+        };
+        let cutoff =
+            chrono::Utc::now().timestamp_micros() - self.cfg.result_timeout_secs as i64 * 1_000_000;
+        let (mut again, mut gave_up) = (0, 0);
+        for job in jobs.list(Some("queued")).map_err(err)? {
+            if job.submitted_at_us > cutoff {
+                continue;
+            }
+            if job.submissions >= self.cfg.max_submissions as i64 {
+                jobs.give_up(
+                    &job.call_sid,
+                    &format!(
+                        "no result after {} submissions, {} s each",
+                        job.submissions, self.cfg.result_timeout_secs
+                    ),
+                )
+                .map_err(err)?;
+                gave_up += 1;
+                continue;
+            }
+            match self.submit(&job.call_sid).await? {
+                Submitted::Queued { task_id, job_id } => {
+                    jobs.submitted(&job.call_sid, &task_id, Some(&job_id))
+                        .map_err(err)?;
+                    again += 1;
+                }
+                Submitted::Refused(msg) => {
+                    jobs.give_up(&job.call_sid, &format!("resubmission refused: {msg}"))
+                        .map_err(err)?;
+                    gave_up += 1;
+                }
+            }
+        }
+        Ok((again, gave_up))
+    }
+}
+
+/// One export of the results in the inbox (after resubmitting overdue jobs).
+pub struct ExotelAnalyzeSource {
+    ctx: OpenContext,
+    source_name: String,
+    cfg: ExotelAnalyzeConfig,
+    pages: InboxPages,
+    resubmitted: bool,
+}
+
+impl ExotelAnalyzeSource {
+    pub fn new(
+        source_name: &str,
+        cfg: &ExotelAnalyzeConfig,
+        cursor: Option<&Cursor>,
+        ctx: &OpenContext,
+    ) -> Result<Self, SourceError> {
+        Ok(ExotelAnalyzeSource {
+            ctx: ctx.clone(),
+            source_name: source_name.to_string(),
+            cfg: cfg.clone(),
+            pages: InboxPages::new(source_name, cursor, cfg.inbox_retention_days)?,
+            resubmitted: false,
+        })
+    }
+
+    async fn read_page(&mut self) -> Result<Option<Page>, SourceError> {
+        if !self.resubmitted {
+            self.resubmitted = true;
+            let analyzer = Analyzer::new(&self.source_name, &self.cfg)?;
+            let (again, gave_up) = analyzer.resubmit_overdue(self.ctx.jobs.as_ref()).await?;
+            if again + gave_up > 0 {
+                tracing::info!(source = %self.source_name, resubmitted = again, given_up = gave_up, "Overdue analysis jobs handled.");
+            }
+        }
+        let Some(deliveries) = self.pages.next(&self.ctx)? else {
+            return Ok(None);
+        };
+        let mut builder = CallBatchBuilder::new();
+        let mut rejects = Vec::new();
+        for d in &deliveries {
+            if let Some(reason) = &d.invalid {
+                rejects.push(reject(d, reason.clone(), None));
+                continue;
+            }
+            let r = match AnalyzeResult::parse(&d.body) {
+                Ok(r) => r,
+                Err(e) => {
+                    rejects.push(reject(d, e, None));
+                    continue;
+                }
+            };
+            // A failed analysis is kept on its job (status shows it); it is not a call row.
+            if !r.success {
+                continue;
+            }
+            let Some(call_sid) = r.call_sid.as_deref().filter(|s| !s.trim().is_empty()) else {
+                rejects.push(reject(d, "the result has no callSID".into(), None));
+                continue;
+            };
+            let turns: Vec<Turn> = r
+                .transcript
+                .as_deref()
+                .unwrap_or("")
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .map(|l| Turn {
+                    role: Some("unknown".into()),
+                    speaker: None,
+                    text: Some(l.to_string()),
+                    offset_ms: None,
+                })
+                .collect();
+            let raw = String::from_utf8_lossy(&d.body);
+            let value = |i: &Option<model::Insight>| i.as_ref().and_then(|i| i.value.clone());
+            let (summary, sentiment, category) =
+                (value(&r.summary), value(&r.sentiment), value(&r.category));
+            builder.append(&CallRow {
+                call_id: call_sid,
+                source_kind: KIND,
+                summary: summary.as_deref(),
+                sentiment_label: sentiment.as_deref(),
+                category: category.as_deref(),
+                transcript: (!turns.is_empty()).then_some(turns.as_slice()),
+                // A result carries no call time: `started_at` stays empty and the row lands in
+                // the partition of the day it was extracted.
+                raw: &raw,
+                ..CallRow::default()
+            });
+        }
+        let calls = if builder.is_empty() {
+            None
+        } else {
+            Some(
+                builder
+                    .finish(chrono::Utc::now().timestamp_micros())
+                    .map_err(|e| SourceError::Protocol {
+                        source_name: self.source_name.clone(),
+                        reason: format!("building the batch: {e}"),
+                    })?,
+            )
+        };
+        Ok(Some(Page {
+            dataset: crate::schema::Dataset::Calls,
+            calls,
+            rejects,
+            files: Vec::new(),
+            cursor: Some(self.pages.cursor()),
+            known: 0,
+        }))
+    }
+}
+
+impl Source for ExotelAnalyzeSource {
+    fn next_page(&mut self) -> BoxFuture<'_, Result<Option<Page>, SourceError>> {
+        Box::pin(self.read_page())
+    }
+}
