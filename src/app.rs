@@ -316,14 +316,45 @@ pub fn demo(
         .format("%Y-%m-%d")
         .to_string();
     // The daemon demo: every source every 5 s, windows settled after 5 s, a server.
-    let (server, every, settle) = if daemon.is_some() {
+    // The daemon demo: every source every 5 s, windows settled after 5 s, a server on a
+    // free port (known before the start: it is the Exotel callback URL), and the Exotel push
+    // sources.
+    let port = std::net::TcpListener::bind(("127.0.0.1", 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())?;
+    let (server, every, settle, exotel) = if daemon.is_some() {
+        let hook = secret("exotel.webhook", format!("{:032x}", fastrand::u128(..)))?;
+        let key = secret("exotel.key", sim.exotel().api_key.clone())?;
+        let token = secret("exotel.token", sim.exotel().api_token.clone())?;
         (
-            "\n[server]\nlisten = \"127.0.0.1:0\"\n",
+            format!("\n[server]\nlisten = \"127.0.0.1:{port}\"\n"),
             "schedule = \"*/5 * * * * *\"\n",
             "settle_secs = 5\n",
+            format!(
+                r#"
+[sources.exotel_legs_demo]
+kind = "exotel_monitor"
+webhook_token_file = {hook:?}
+flush_interval_secs = 5
+
+[sources.exotel_insights_demo]
+kind = "exotel_analyze"
+account_sid = "exotel30m"
+base_url = {base:?}
+api_key_file = {key:?}
+api_token_file = {token:?}
+webhook_token_file = {hook:?}
+callback_base_url = "http://127.0.0.1:{port}"
+insight_tasks = ["summarization", "categorise", "sentiment", "transcript"]
+categories = ["sales", "support"]
+result_timeout_secs = 30
+flush_interval_secs = 5
+"#,
+                base = sim.exotel_base_url(),
+            ),
         )
     } else {
-        ("", "", "")
+        (String::new(), "", "", String::new())
     };
     let text = format!(
         r#"# Written by `callsync demo`: one source of each pull kind, pointed at the built-in simulator.
@@ -353,7 +384,7 @@ base_url = {vc_base:?}
 token_file = {vc_token:?}
 start_date = {start_date:?}
 window_days = 7
-{every}{settle}"#,
+{every}{settle}{exotel}"#,
         warehouse = warehouse.display().to_string(),
         state = state_path.display().to_string(),
         vg_base = sim.voicegain_base_url(),
@@ -371,9 +402,16 @@ window_days = 7
     if let Some(signals) = daemon {
         writeln!(
             out,
-            "daemon:    every source every 5 s; new calls arrive every 3 s; Ctrl-C drains and stops it"
+            "daemon:    every source every 5 s; new calls arrive every 3 s, Exotel monitor legs and analysis results by webhook; Ctrl-C drains and stops it"
         )?;
-        let feeder = rt.spawn(feed(std::sync::Arc::new(sim)));
+        let hook = std::fs::read_to_string(dir.join("exotel.webhook"))?
+            .trim()
+            .to_string();
+        let feeder = rt.spawn(feed(
+            std::sync::Arc::new(sim),
+            format!("http://127.0.0.1:{port}/webhooks/exotel_legs_demo/{hook}"),
+            cfg.clone(),
+        ));
         let code = crate::daemon::run(&config_path, cfg, rt, signals, out)?;
         feeder.abort();
         writeln!(
@@ -406,9 +444,35 @@ window_days = 7
 }
 
 /// New calls for the daemon demo: every 3 s a few of each vendor's, started seconds ago.
-async fn feed(sim: std::sync::Arc<Simulator>) {
+/// Also, every 3 s: two monitor-leg callbacks posted to the daemon's webhook (as Exotel would)
+/// and one call submitted to ExoVoiceAnalyze (as `callsync exotel analyze` does).
+async fn feed(sim: std::sync::Arc<Simulator>, legs_url: String, cfg: Config) {
+    use crate::simulator::exotel::{MonitorLeg, deliver};
+    use crate::sources::SourceConfig;
+    use crate::sources::exotel_analyze::{Analyzer, Submitted};
+    let client = reqwest::Client::new();
+    let mut rng = fastrand::Rng::new();
+    let analyzer = match cfg.sources.get("exotel_insights_demo") {
+        Some(SourceConfig::ExotelAnalyze(c)) => Analyzer::new("exotel_insights_demo", c).ok(),
+        _ => None,
+    };
+    let mut n = 0u64;
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        n += 1;
+        for i in 0..2 {
+            let leg = MonitorLeg::random(&mut rng, n * 2 + i, 60, 19_800);
+            let _ = deliver(&client, &legs_url, &leg, i == 0).await;
+        }
+        if let Some(a) = &analyzer {
+            let call = format!("CA{:06}", 100_000 + n);
+            if let Ok(Submitted::Queued { task_id, job_id }) = a.submit(&call).await
+                && let Ok(state) = State::open(&cfg.state.path)
+                && let Ok(row) = state.source("exotel_insights_demo", "exotel_analyze")
+            {
+                let _ = state.job_submitted(row.id, &call, &task_id, Some(&job_id));
+            }
+        }
         let now = chrono::Utc::now();
         sim.voicegain().now_secs = now.timestamp() - 30;
         sim.voicegain().add_calls(5);
