@@ -202,22 +202,16 @@ fn a_daemon_on_a_one_second_schedule_exports_everything_and_its_metrics_match_th
     let env = Env::new(VoicegainSim::new(90, 0).with_ratios(0.0, 0.01), 200);
     env.sim.voicegain().add_calls(900);
     with_sessions(&env, 200);
-    std::fs::write(
-        &env.config,
-        format!(
-            "[warehouse]\nroot = \"{}\"\n[state]\npath = \"{}\"\n{}",
-            env.warehouse().display(),
-            env.state_path().display(),
-            config(
-                &env,
-                "* * * * * *",
-                200,
-                true,
-                "[server]\nlisten = \"127.0.0.1:0\""
-            )
+    env.write_config(
+        &config(
+            &env,
+            "* * * * * *",
+            200,
+            true,
+            "[server]\nlisten = \"127.0.0.1:0\"",
         ),
-    )
-    .unwrap();
+        100_000,
+    );
     let mut d = Daemon::start(&env, &[], true);
     let want_vg = env.sim.voicegain().expected_exported().len();
     assert!(
@@ -304,22 +298,16 @@ fn a_source_slower_than_its_schedule_never_runs_twice_at_once() {
         1,
         vec![FaultKind::Slow(Duration::from_millis(150))],
     ));
-    std::fs::write(
-        &env.config,
-        format!(
-            "[warehouse]\nroot = \"{}\"\nmax_rows_per_file = 40\n[state]\npath = \"{}\"\n{}",
-            env.warehouse().display(),
-            env.state_path().display(),
-            config(
-                &env,
-                "* * * * * *",
-                20,
-                false,
-                "[server]\nlisten = \"127.0.0.1:0\""
-            )
+    env.write_config(
+        &config(
+            &env,
+            "* * * * * *",
+            20,
+            false,
+            "[server]\nlisten = \"127.0.0.1:0\"",
         ),
-    )
-    .unwrap();
+        40,
+    );
     let d = Daemon::start(&env, &[], true);
     // 20 pages of 150 ms: a run takes about 3 s, its schedule is every second.
     let want = env.sim.voicegain().expected_exported().len();
@@ -351,16 +339,7 @@ fn a_source_slower_than_its_schedule_never_runs_twice_at_once() {
 fn systemd_gets_ready_watchdog_at_its_rate_and_stopping() {
     let env = Env::new(VoicegainSim::new(92, 0), 100);
     env.sim.voicegain().add_calls(50);
-    std::fs::write(
-        &env.config,
-        format!(
-            "[warehouse]\nroot = \"{}\"\n[state]\npath = \"{}\"\n{}",
-            env.warehouse().display(),
-            env.state_path().display(),
-            config(&env, "0 0 0 1 1 *", 100, false, "")
-        ),
-    )
-    .unwrap();
+    env.write_config(&config(&env, "0 0 0 1 1 *", 100, false, ""), 100_000);
     let sock_path = env.dir.path().join("notify.sock");
     let sock = UnixDatagram::bind(&sock_path).unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(200)))
@@ -426,22 +405,16 @@ fn slow_env(seed: u64) -> Env {
         1,
         vec![FaultKind::Slow(Duration::from_millis(40))],
     ));
-    std::fs::write(
-        &env.config,
-        format!(
-            "[warehouse]\nroot = \"{}\"\nmax_rows_per_file = 200\n[state]\npath = \"{}\"\n{}",
-            env.warehouse().display(),
-            env.state_path().display(),
-            config(
-                &env,
-                "0 0 0 1 1 *",
-                20,
-                false,
-                "[daemon]\nshutdown_grace_secs = 10"
-            )
+    env.write_config(
+        &config(
+            &env,
+            "0 0 0 1 1 *",
+            20,
+            false,
+            "[daemon]\nshutdown_grace_secs = 10",
         ),
-    )
-    .unwrap();
+        200,
+    );
     env
 }
 
@@ -580,26 +553,20 @@ fn sighup_adds_a_new_source_and_a_broken_config_keeps_the_old_one() {
 #[test]
 fn an_idle_daemon_uses_little_cpu_and_memory() {
     let env = Env::new(VoicegainSim::new(96, 0), 100);
-    std::fs::write(
-        &env.config,
-        format!(
-            "[warehouse]\nroot = \"{}\"\n[state]\npath = \"{}\"\n{}",
-            env.warehouse().display(),
-            env.state_path().display(),
-            config(
-                &env,
-                "0 0 0 1 1 *",
-                100,
-                false,
-                "[server]\nlisten = \"127.0.0.1:0\""
-            )
-            .replace(
-                "kind = \"voicegain\"",
-                "kind = \"voicegain\"\nrun_on_start = false"
-            )
+    env.write_config(
+        &config(
+            &env,
+            "0 0 0 1 1 *",
+            100,
+            false,
+            "[server]\nlisten = \"127.0.0.1:0\"",
+        )
+        .replace(
+            "kind = \"voicegain\"",
+            "kind = \"voicegain\"\nrun_on_start = false",
         ),
-    )
-    .unwrap();
+        100_000,
+    );
     let d = Daemon::start(&env, &[], true);
     let pid = d.child.id();
     let cpu = || {
@@ -636,16 +603,7 @@ fn an_idle_daemon_uses_little_cpu_and_memory() {
 fn check_passes_with_good_credentials_and_names_the_source_and_status_with_a_bad_one() {
     let env = Env::new(VoicegainSim::new(97, 0), 100);
     with_sessions(&env, 10);
-    std::fs::write(
-        &env.config,
-        format!(
-            "[warehouse]\nroot = \"{}\"\n[state]\npath = \"{}\"\n{}",
-            env.warehouse().display(),
-            env.state_path().display(),
-            config(&env, "0 */15 * * * *", 100, true, "")
-        ),
-    )
-    .unwrap();
+    env.write_config(&config(&env, "0 */15 * * * *", 100, true, ""), 100_000);
     let out = env.run(&["check"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert!(
@@ -766,22 +724,16 @@ fn the_daemon_makes_only_syscalls_its_systemd_unit_allows() {
     // A daemon that exports through its server, under strace.
     let env = Env::new(VoicegainSim::new(99, 0), 100);
     env.sim.voicegain().add_calls(500);
-    std::fs::write(
-        &env.config,
-        format!(
-            "[warehouse]\nroot = \"{}\"\n[state]\npath = \"{}\"\n{}",
-            env.warehouse().display(),
-            env.state_path().display(),
-            config(
-                &env,
-                "* * * * * *",
-                100,
-                false,
-                "[server]\nlisten = \"127.0.0.1:0\""
-            )
+    env.write_config(
+        &config(
+            &env,
+            "* * * * * *",
+            100,
+            false,
+            "[server]\nlisten = \"127.0.0.1:0\"",
         ),
-    )
-    .unwrap();
+        100_000,
+    );
     let trace = env.dir.path().join("strace.txt");
     let mut child = Command::new("strace")
         .args(["-f", "-qq", "-o"])
