@@ -43,10 +43,8 @@ pub fn sync(
     stop: &StopFlag,
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
-    for name in only {
-        if !cfg.sources.contains_key(name) {
-            return unknown_source(cfg, name, out);
-        }
+    if let Some(name) = only.iter().find(|n| !cfg.sources.contains_key(*n)) {
+        return unknown_source(cfg, name, out);
     }
     // Create and migrate the state once, before the sources open it concurrently.
     State::open(&cfg.state.path)
@@ -513,10 +511,8 @@ pub fn repair(
     force: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
-    for name in only {
-        if !cfg.sources.contains_key(name) {
-            return unknown_source(cfg, name, out);
-        }
+    if let Some(name) = only.iter().find(|n| !cfg.sources.contains_key(*n)) {
+        return unknown_source(cfg, name, out);
     }
     State::open(&cfg.state.path)
         .with_context(|| format!("opening state {}", cfg.state.path.display()))?;
@@ -644,10 +640,8 @@ pub fn check(
     rt: &Runtime,
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
-    for name in only {
-        if !cfg.sources.contains_key(name) {
-            return unknown_source(cfg, name, out);
-        }
+    if let Some(name) = only.iter().find(|n| !cfg.sources.contains_key(*n)) {
+        return unknown_source(cfg, name, out);
     }
     let mut code = EXIT_OK;
     for (name, scfg) in &cfg.sources {
