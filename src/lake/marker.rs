@@ -74,7 +74,24 @@ pub fn disagreement(
     source_id: i64,
     source: &str,
 ) -> Result<Option<String>, LakeError> {
-    if let Some(m) = read(storage, source)? {
+    disagreement_with(
+        read(storage, source)?.as_ref(),
+        storage,
+        state,
+        source_id,
+        source,
+    )
+}
+
+/// `disagreement`, with the marker already read.
+pub fn disagreement_with(
+    marker: Option<&Marker>,
+    storage: &dyn Storage,
+    state: &State,
+    source_id: i64,
+    source: &str,
+) -> Result<Option<String>, LakeError> {
+    if let Some(m) = marker {
         if !state.knows_commit(source_id, &m.commit_id)? {
             return Ok(Some(format!(
                 "the lake's marker {} names commit {}, which the state does not know (the state is missing, older than the lake, or another lake's)",
@@ -101,6 +118,7 @@ pub fn disagreement(
 /// Writes the marker when it does not name the state's last commit of the source (after
 /// recovery finished a publish, or for a lake written before markers existed).
 pub fn refresh(
+    marker: Option<&Marker>,
     storage: &dyn Storage,
     state: &State,
     source_id: i64,
@@ -110,7 +128,7 @@ pub fn refresh(
     let Some(last) = state.last_commit(source_id)? else {
         return Ok(());
     };
-    if read(storage, source)?.is_none_or(|m| m.commit_id != last) {
+    if marker.is_none_or(|m| m.commit_id != last) {
         write(storage, source, &last, cursor)?;
     }
     Ok(())

@@ -65,6 +65,36 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+impl LocalStorage {
+    /// Calls `f` with the lake-relative path of every file below `rel_dir` (none when it does
+    /// not exist), depth first, until `f` answers `true`.
+    fn visit(
+        &self,
+        rel_dir: &str,
+        mut f: impl FnMut(String, &fs::DirEntry) -> io::Result<bool>,
+    ) -> io::Result<()> {
+        let mut dirs = vec![rel_dir.trim_end_matches('/').to_string()];
+        while let Some(d) = dirs.pop() {
+            let entries = match fs::read_dir(self.path(&d)) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for e in entries {
+                let e = e?;
+                let rel = format!("{d}/{}", e.file_name().to_string_lossy());
+                let t = e.file_type()?;
+                if t.is_dir() {
+                    dirs.push(rel);
+                } else if t.is_file() && f(rel, &e)? {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Storage for LocalStorage {
     fn create_staged(&self, rel: &str) -> io::Result<File> {
         let p = self.path(rel);
@@ -175,49 +205,24 @@ impl Storage for LocalStorage {
 
     fn walk(&self, rel_dir: &str) -> io::Result<Vec<(String, u64)>> {
         let mut out = Vec::new();
-        let mut dirs = vec![rel_dir.trim_end_matches('/').to_string()];
-        while let Some(d) = dirs.pop() {
-            let entries = match fs::read_dir(self.path(&d)) {
-                Ok(e) => e,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            for e in entries {
-                let e = e?;
-                let rel = format!("{d}/{}", e.file_name().to_string_lossy());
-                let t = e.file_type()?;
-                if t.is_dir() {
-                    dirs.push(rel);
-                } else if t.is_file() {
-                    out.push((rel, e.metadata()?.len()));
-                }
-            }
-        }
+        self.visit(rel_dir, |rel, e| {
+            out.push((rel, e.metadata()?.len()));
+            Ok(false)
+        })?;
         out.sort();
         Ok(out)
     }
 
     fn first_file(&self, rel_dir: &str, suffix: &str) -> io::Result<Option<String>> {
-        let mut dirs = vec![rel_dir.trim_end_matches('/').to_string()];
-        while let Some(d) = dirs.pop() {
-            let entries = match fs::read_dir(self.path(&d)) {
-                Ok(e) => e,
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(e),
-            };
-            for e in entries {
-                let e = e?;
-                let name = e.file_name().to_string_lossy().into_owned();
-                let rel = format!("{d}/{name}");
-                let t = e.file_type()?;
-                if t.is_dir() {
-                    dirs.push(rel);
-                } else if t.is_file() && name.ends_with(suffix) {
-                    return Ok(Some(rel));
-                }
+        let mut found = None;
+        self.visit(rel_dir, |rel, _| {
+            let hit = rel.ends_with(suffix);
+            if hit {
+                found = Some(rel);
             }
-        }
-        Ok(None)
+            Ok(hit)
+        })?;
+        Ok(found)
     }
 
     fn open(&self, rel: &str) -> io::Result<File> {

@@ -1,6 +1,9 @@
 //! Runs one source: pages → exported-key skip → staged files → one commit → publish.
 //! The only place that ties sources to the lake and the state.
 
+mod source_state;
+pub use source_state::SourceState;
+
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,9 +20,7 @@ use crate::config::WarehouseConfig;
 use crate::lake::storage::{LocalStorage, Storage};
 use crate::lake::writer::{CommitWriter, StagedFile};
 use crate::lake::{self, LakeError, marker};
-use crate::sources::{
-    Cursor, Delivery, Inbox, KnownKeys, OpenContext, Page, SourceConfig, SourceError,
-};
+use crate::sources::{Cursor, OpenContext, Page, SourceConfig, SourceError};
 use crate::state::keys::CommitKeys;
 use crate::state::lock::{LockError, SourceLock};
 use crate::state::{Commit, KeySet, ManifestRow, State, StateError};
@@ -213,17 +214,14 @@ fn run_inner(
         return Err(e);
     }
     info!(source = %name, kind = cfg.kind(), mode = mode.name(), "Run started.");
+    // One connection of its own for what the source asks (it runs on the async runtime, the
+    // exporter on its thread): exported keys, its inbox, its jobs.
+    let asked = Arc::new(SourceState::open(&ctx.state_path, row.id)?);
     let open_ctx = OpenContext {
         warehouse_root: ctx.warehouse.root.clone(),
-        known: Arc::new(StateKeys {
-            state: std::sync::Mutex::new(State::open(&ctx.state_path)?),
-            source_id: row.id,
-        }),
-        inbox: Arc::new(StateInbox {
-            state: std::sync::Mutex::new(State::open(&ctx.state_path)?),
-            source_id: row.id,
-        }),
-        jobs: Arc::new(StateJobs::open(&ctx.state_path, row.id)?),
+        known: asked.clone(),
+        inbox: asked.clone(),
+        jobs: asked,
     };
     let (opened, backfill_id, stored) = match mode {
         RunMode::Sync => (
@@ -339,7 +337,11 @@ fn prepare(
     source_id: i64,
     name: &str,
 ) -> Result<(), PipelineError> {
-    if let Some(reason) = marker::disagreement(storage, state, source_id, name)? {
+    // One read of the marker, whatever the lake's size.
+    let current = marker::read(storage, name)?;
+    if let Some(reason) =
+        marker::disagreement_with(current.as_ref(), storage, state, source_id, name)?
+    {
         return Err(PipelineError::Disagree {
             source_name: name.to_string(),
             lake: ctx.warehouse.root.display().to_string(),
@@ -349,6 +351,7 @@ fn prepare(
     }
     lake::recover(storage, state, source_id, name)?;
     marker::refresh(
+        current.as_ref(),
         storage,
         state,
         source_id,
@@ -356,77 +359,6 @@ fn prepare(
         state.cursor(source_id)?.as_ref(),
     )?;
     Ok(())
-}
-
-/// The exported keys of one source, asked by the source itself before per-call work (its
-/// own connection: the source runs on the async runtime, the exporter on its thread).
-struct StateKeys {
-    state: std::sync::Mutex<State>,
-    source_id: i64,
-}
-
-impl KnownKeys for StateKeys {
-    fn exported_among(&self, ids: &[&str]) -> Result<KeySet, String> {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state
-            .exported_among(self.source_id, ids.iter().copied())
-            .map_err(|e| e.to_string())
-    }
-}
-
-/// A push source's inbox, read through its own connection.
-struct StateInbox {
-    state: std::sync::Mutex<State>,
-    source_id: i64,
-}
-
-impl Inbox for StateInbox {
-    fn after(&self, seq: i64, limit: usize) -> Result<Vec<Delivery>, String> {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state
-            .inbox_after(self.source_id, seq, limit)
-            .map_err(|e| e.to_string())
-    }
-
-    fn prune(&self, upto: i64, days: u64) -> Result<usize, String> {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let before = chrono::Utc::now().timestamp_micros() - days as i64 * 86_400_000_000;
-        state
-            .inbox_prune(self.source_id, upto, before)
-            .map_err(|e| e.to_string())
-    }
-}
-
-/// A source's analysis jobs in the state, through their own connection.
-pub struct StateJobs {
-    state: std::sync::Mutex<State>,
-    source_id: i64,
-}
-
-impl StateJobs {
-    pub fn open(path: &std::path::Path, source_id: i64) -> Result<StateJobs, StateError> {
-        Ok(StateJobs {
-            state: std::sync::Mutex::new(State::open(path)?),
-            source_id,
-        })
-    }
-}
-
-impl crate::sources::Jobs for StateJobs {
-    fn submitted(&self, call_sid: &str, task_id: &str, job_id: Option<&str>) -> Result<(), String> {
-        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.job_submitted(self.source_id, call_sid, task_id, job_id)
-            .map_err(|e| e.to_string())
-    }
-    fn give_up(&self, call_sid: &str, reason: &str) -> Result<(), String> {
-        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.job_give_up(self.source_id, call_sid, reason)
-            .map_err(|e| e.to_string())
-    }
-    fn list(&self, status: Option<&str>) -> Result<Vec<crate::sources::Job>, String> {
-        let s = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        s.jobs(self.source_id, status).map_err(|e| e.to_string())
-    }
 }
 
 /// The records of one commit being staged.
