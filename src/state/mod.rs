@@ -4,6 +4,11 @@
 pub mod keys;
 pub mod lock;
 mod migrations;
+mod push;
+mod rebuild;
+
+pub use push::NewDelivery;
+pub use rebuild::Rebuild;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -49,23 +54,6 @@ pub struct SourceRow {
 pub struct ManifestRow {
     pub staged: String,
     pub final_path: String,
-}
-
-/// A webhook delivery to store in the inbox.
-#[derive(Debug, Clone)]
-pub struct NewDelivery {
-    pub source_id: i64,
-    /// The vendor's delivery identity (unique per source), or a fresh one for an invalid body.
-    pub key: String,
-    pub received_at_us: i64,
-    pub content_type: Option<String>,
-    /// The request headers as JSON (credentials left out).
-    pub headers: String,
-    pub body: Vec<u8>,
-    /// Why the body cannot be used (it becomes a reject), if so.
-    pub invalid: Option<String>,
-    /// The result of an analysis job this delivery carries: (job id, succeeded, reason).
-    pub job: Option<(String, bool, Option<String>)>,
 }
 
 pub use crate::sources::Job;
@@ -460,174 +448,6 @@ impl State {
         Ok(rows)
     }
 
-    /// Starts rebuilding a source's state from its lake (`repair`): one transaction that
-    /// first forgets the source's manifest, exported keys and commits (its backfills' progress
-    /// is kept: re-reading is skipped by key).
-    pub fn rebuild(&mut self, source_id: i64) -> Result<Rebuild<'_>, StateError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        tx.execute("DELETE FROM exported WHERE source_id = ?1", [source_id])?;
-        tx.execute("DELETE FROM manifest WHERE source_id = ?1", [source_id])?;
-        tx.execute("DELETE FROM commits WHERE source_id = ?1", [source_id])?;
-        tx.execute(
-            "INSERT INTO runs (source_id, kind, started_at) VALUES (?1, 'repair', ?2)",
-            params![source_id, now()],
-        )?;
-        let run_id = tx.last_insert_rowid();
-        Ok(Rebuild {
-            tx,
-            source_id,
-            run_id,
-        })
-    }
-
-    /// Stores deliveries in one transaction (a group commit: one fsync for all); per delivery,
-    /// whether it was new (a redelivery of a stored key is absorbed).
-    pub fn inbox_insert(&mut self, batch: &[NewDelivery]) -> Result<Vec<bool>, StateError> {
-        let tx = self
-            .conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let mut out = Vec::with_capacity(batch.len());
-        {
-            let mut stmt = tx.prepare_cached(
-                "INSERT OR IGNORE INTO inbox (source_id, delivery_key, received_at, content_type, headers, body, invalid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            )?;
-            let mut job = tx.prepare_cached(
-                "UPDATE jobs SET status = ?3, reason = ?4, updated_at = ?5 WHERE source_id = ?1 AND job_id = ?2 AND status IN ('queued', 'timed_out')",
-            )?;
-            for d in batch {
-                if let Some((job_id, ok, reason)) = &d.job {
-                    job.execute(params![
-                        d.source_id,
-                        job_id,
-                        if *ok { "done" } else { "failed" },
-                        reason,
-                        d.received_at_us
-                    ])?;
-                }
-                let n = stmt.execute(params![
-                    d.source_id,
-                    d.key,
-                    d.received_at_us,
-                    d.content_type,
-                    d.headers,
-                    d.body,
-                    d.invalid
-                ])?;
-                out.push(n == 1);
-            }
-        }
-        tx.commit()?;
-        Ok(out)
-    }
-
-    /// Records a submitted job (a call's first or a fresh one): status `queued`.
-    pub fn job_submitted(
-        &self,
-        source_id: i64,
-        call_sid: &str,
-        task_id: &str,
-        job_id: Option<&str>,
-    ) -> Result<(), StateError> {
-        let now = chrono::Utc::now().timestamp_micros();
-        self.conn.execute(
-            "INSERT INTO jobs (source_id, call_sid, task_id, job_id, status, submissions, submitted_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, 'queued', 1, ?5, ?5)
-             ON CONFLICT(source_id, call_sid) DO UPDATE SET task_id = ?3, job_id = ?4, status = 'queued',
-               submissions = submissions + 1, submitted_at = ?5, updated_at = ?5, reason = NULL",
-            params![source_id, call_sid, task_id, job_id, now],
-        )?;
-        Ok(())
-    }
-
-    /// Marks a job given up (`timed_out`) with its reason.
-    pub fn job_give_up(
-        &self,
-        source_id: i64,
-        call_sid: &str,
-        reason: &str,
-    ) -> Result<(), StateError> {
-        self.conn.execute(
-            "UPDATE jobs SET status = 'timed_out', reason = ?3, updated_at = ?4 WHERE source_id = ?1 AND call_sid = ?2",
-            params![source_id, call_sid, reason, chrono::Utc::now().timestamp_micros()],
-        )?;
-        Ok(())
-    }
-
-    /// The jobs of a source (all, or only those in `status`).
-    pub fn jobs(&self, source_id: i64, status: Option<&str>) -> Result<Vec<Job>, StateError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT call_sid, task_id, job_id, status, submissions, submitted_at, reason FROM jobs
-             WHERE source_id = ?1 AND (?2 IS NULL OR status = ?2) ORDER BY call_sid",
-        )?;
-        let rows = stmt
-            .query_map(params![source_id, status], |r| {
-                Ok(Job {
-                    call_sid: r.get(0)?,
-                    task_id: r.get(1)?,
-                    job_id: r.get(2)?,
-                    status: r.get(3)?,
-                    submissions: r.get(4)?,
-                    submitted_at_us: r.get(5)?,
-                    reason: r.get(6)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
-    }
-
-    /// Up to `limit` deliveries of a source after `seq`, in order.
-    pub fn inbox_after(
-        &self,
-        source_id: i64,
-        seq: i64,
-        limit: usize,
-    ) -> Result<Vec<crate::sources::Delivery>, StateError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT seq, delivery_key, received_at, content_type, body, invalid FROM inbox WHERE source_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
-        )?;
-        let rows = stmt
-            .query_map(params![source_id, seq, limit as i64], |r| {
-                Ok(crate::sources::Delivery {
-                    seq: r.get(0)?,
-                    key: r.get(1)?,
-                    received_at_us: r.get(2)?,
-                    content_type: r.get(3)?,
-                    body: r.get(4)?,
-                    invalid: r.get(5)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
-    }
-
-    /// Deletes exported deliveries (`seq <= upto`) received before `before_us`.
-    pub fn inbox_prune(
-        &self,
-        source_id: i64,
-        upto: i64,
-        before_us: i64,
-    ) -> Result<usize, StateError> {
-        Ok(self.conn.execute(
-            "DELETE FROM inbox WHERE source_id = ?1 AND seq <= ?2 AND received_at < ?3",
-            params![source_id, upto, before_us],
-        )?)
-    }
-
-    /// Deliveries not exported yet (`seq > after`) and the oldest one's receipt time (µs).
-    pub fn inbox_backlog(
-        &self,
-        source_id: i64,
-        after: i64,
-    ) -> Result<(u64, Option<i64>), StateError> {
-        Ok(self.conn.query_row(
-            "SELECT count(*), min(received_at) FROM inbox WHERE source_id = ?1 AND seq > ?2",
-            params![source_id, after],
-            |r| Ok((r.get::<_, i64>(0)? as u64, r.get(1)?)),
-        )?)
-    }
-
     /// Manifest rows of a source whose publish is not recorded yet.
     pub fn unpublished(&self, source_id: i64) -> Result<Vec<ManifestRow>, StateError> {
         let mut stmt = self.conn.prepare_cached(
@@ -831,93 +651,6 @@ impl State {
             });
         }
         Ok(out)
-    }
-}
-
-/// A source's state being rebuilt from its lake; nothing is visible until `finish`.
-pub struct Rebuild<'a> {
-    tx: rusqlite::Transaction<'a>,
-    source_id: i64,
-    run_id: i64,
-}
-
-impl Rebuild<'_> {
-    /// Records a file present in the lake as published by `commit_id`.
-    pub fn add_file(
-        &self,
-        final_path: &str,
-        commit_id: &str,
-        rows: u64,
-        bytes: u64,
-    ) -> Result<(), StateError> {
-        self.tx.execute(
-            "INSERT INTO manifest (staged, final_path, source_id, commit_id, rows, bytes, published) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)",
-            params![
-                format!("repaired:{final_path}"),
-                final_path,
-                self.source_id,
-                commit_id,
-                rows as i64,
-                bytes as i64
-            ],
-        )?;
-        Ok(())
-    }
-
-    /// Records exported keys.
-    pub fn add_keys(&self, keys: &[&str]) -> Result<(), StateError> {
-        for chunk in keys.chunks(KEY_CHUNK) {
-            let mut k = self.tx.prepare_cached(&insert_sql(chunk.len()))?;
-            k.execute(rusqlite::params_from_iter(key_args(self.source_id, chunk)))?;
-        }
-        Ok(())
-    }
-
-    /// Records a commit found in the lake (or the repair's own, with the cursor).
-    pub fn add_commit(
-        &self,
-        commit_id: &str,
-        rows: u64,
-        rejects: u64,
-        cursor: Option<&Cursor>,
-    ) -> Result<(), StateError> {
-        self.tx.execute(
-            "INSERT OR REPLACE INTO commits (id, source_id, run_id, committed_at, rows, rejects, cursor) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![
-                commit_id,
-                self.source_id,
-                self.run_id,
-                now(),
-                rows as i64,
-                rejects as i64,
-                cursor.map(|c| c.to_string())
-            ],
-        )?;
-        Ok(())
-    }
-
-    /// Stores the cursor and totals, closes the repair's run record and commits.
-    pub fn finish(
-        self,
-        cursor: Option<&Cursor>,
-        rows: u64,
-        rejects: u64,
-    ) -> Result<(), StateError> {
-        self.tx.execute(
-            "UPDATE sources SET cursor = ?2, rows_total = ?3, rejects_total = ?4 WHERE id = ?1",
-            params![
-                self.source_id,
-                cursor.map(|c| c.to_string()),
-                rows as i64,
-                rejects as i64
-            ],
-        )?;
-        self.tx.execute(
-            "UPDATE runs SET ended_at = ?2, outcome = 'ok', rows = ?3, rejects = ?4 WHERE id = ?1",
-            params![self.run_id, now(), rows as i64, rejects as i64],
-        )?;
-        self.tx.commit()?;
-        Ok(())
     }
 }
 

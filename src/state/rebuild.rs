@@ -1,0 +1,118 @@
+//! `repair`'s side of the state: a source's manifest, exported keys, commits and cursor
+//! rebuilt from its lake in one transaction.
+
+use rusqlite::params;
+
+use super::{KEY_CHUNK, State, StateError, insert_sql, key_args, now};
+use crate::sources::Cursor;
+
+impl State {
+    /// Starts rebuilding a source's state from its lake (`repair`): one transaction that
+    /// first forgets the source's manifest, exported keys and commits (its backfills' progress
+    /// is kept: re-reading is skipped by key).
+    pub fn rebuild(&mut self, source_id: i64) -> Result<Rebuild<'_>, StateError> {
+        let tx = self
+            .conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        tx.execute("DELETE FROM exported WHERE source_id = ?1", [source_id])?;
+        tx.execute("DELETE FROM manifest WHERE source_id = ?1", [source_id])?;
+        tx.execute("DELETE FROM commits WHERE source_id = ?1", [source_id])?;
+        tx.execute(
+            "INSERT INTO runs (source_id, kind, started_at) VALUES (?1, 'repair', ?2)",
+            params![source_id, now()],
+        )?;
+        let run_id = tx.last_insert_rowid();
+        Ok(Rebuild {
+            tx,
+            source_id,
+            run_id,
+        })
+    }
+}
+
+/// A source's state being rebuilt from its lake; nothing is visible until `finish`.
+pub struct Rebuild<'a> {
+    tx: rusqlite::Transaction<'a>,
+    source_id: i64,
+    run_id: i64,
+}
+
+impl Rebuild<'_> {
+    /// Records a file present in the lake as published by `commit_id`.
+    pub fn add_file(
+        &self,
+        final_path: &str,
+        commit_id: &str,
+        rows: u64,
+        bytes: u64,
+    ) -> Result<(), StateError> {
+        self.tx.execute(
+            "INSERT INTO manifest (staged, final_path, source_id, commit_id, rows, bytes, published) VALUES (?1, ?2, ?3, ?4, ?5, ?6, 1)",
+            params![
+                format!("repaired:{final_path}"),
+                final_path,
+                self.source_id,
+                commit_id,
+                rows as i64,
+                bytes as i64
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Records exported keys.
+    pub fn add_keys(&self, keys: &[&str]) -> Result<(), StateError> {
+        for chunk in keys.chunks(KEY_CHUNK) {
+            let mut k = self.tx.prepare_cached(&insert_sql(chunk.len()))?;
+            k.execute(rusqlite::params_from_iter(key_args(self.source_id, chunk)))?;
+        }
+        Ok(())
+    }
+
+    /// Records a commit found in the lake (or the repair's own, with the cursor).
+    pub fn add_commit(
+        &self,
+        commit_id: &str,
+        rows: u64,
+        rejects: u64,
+        cursor: Option<&Cursor>,
+    ) -> Result<(), StateError> {
+        self.tx.execute(
+            "INSERT OR REPLACE INTO commits (id, source_id, run_id, committed_at, rows, rejects, cursor) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![
+                commit_id,
+                self.source_id,
+                self.run_id,
+                now(),
+                rows as i64,
+                rejects as i64,
+                cursor.map(|c| c.to_string())
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// Stores the cursor and totals, closes the repair's run record and commits.
+    pub fn finish(
+        self,
+        cursor: Option<&Cursor>,
+        rows: u64,
+        rejects: u64,
+    ) -> Result<(), StateError> {
+        self.tx.execute(
+            "UPDATE sources SET cursor = ?2, rows_total = ?3, rejects_total = ?4 WHERE id = ?1",
+            params![
+                self.source_id,
+                cursor.map(|c| c.to_string()),
+                rows as i64,
+                rejects as i64
+            ],
+        )?;
+        self.tx.execute(
+            "UPDATE runs SET ended_at = ?2, outcome = 'ok', rows = ?3, rejects = ?4 WHERE id = ?1",
+            params![self.run_id, now(), rows as i64, rejects as i64],
+        )?;
+        self.tx.commit()?;
+        Ok(())
+    }
+}
