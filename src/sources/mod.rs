@@ -5,6 +5,11 @@
 pub mod exotel_analyze;
 pub mod exotel_monitor;
 pub mod push;
+
+pub use push::{
+    Delivery, Inbox, InboxCursor, Job, Jobs, Received, WebhookSpec, default_flush_interval_secs,
+    default_inbox_retention_days, default_webhook_max_body_bytes, validate_push,
+};
 pub mod voice_calls;
 pub mod voicegain;
 pub mod vonage_insights;
@@ -89,50 +94,6 @@ pub struct LakeFacts {
     pub max_numeric_id: Option<u64>,
     /// The latest `started_at` in the data files, µs since the epoch.
     pub max_started_at: Option<i64>,
-}
-
-/// One webhook delivery as the inbox holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    /// Its place in the inbox: a push source's cursor.
-    pub seq: i64,
-    pub key: String,
-    pub received_at_us: i64,
-    pub content_type: Option<String>,
-    pub body: Vec<u8>,
-    /// Why it could not be parsed when it arrived (it goes to the rejects area).
-    pub invalid: Option<String>,
-}
-
-/// What a push source reads its pages from: the webhook inbox (SQLite, behind the pipeline).
-pub trait Inbox: Send + Sync {
-    /// Up to `limit` deliveries after `seq`, in order.
-    fn after(&self, seq: i64, limit: usize) -> Result<Vec<Delivery>, String>;
-    /// Deletes exported deliveries (`seq <= upto`) older than `days`.
-    fn prune(&self, upto: i64, days: u64) -> Result<usize, String>;
-}
-
-/// An analysis job submitted to a vendor (Exotel ExoVoiceAnalyze), one per call.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Job {
-    pub call_sid: String,
-    pub task_id: String,
-    pub job_id: Option<String>,
-    /// `queued`, `done`, `failed` (the vendor's result said so) or `timed_out`.
-    pub status: String,
-    pub submissions: i64,
-    pub submitted_at_us: i64,
-    pub reason: Option<String>,
-}
-
-/// A source's analysis jobs, kept by the state (behind the pipeline).
-pub trait Jobs: Send + Sync {
-    /// A call was submitted (again): `queued`, one more submission.
-    fn submitted(&self, call_sid: &str, task_id: &str, job_id: Option<&str>) -> Result<(), String>;
-    /// A job is given up (`timed_out`).
-    fn give_up(&self, call_sid: &str, reason: &str) -> Result<(), String>;
-    /// The jobs, all or in one status.
-    fn list(&self, status: Option<&str>) -> Result<Vec<Job>, String>;
 }
 
 /// Knows no exported key: every id is new (tests, benchmarks).
@@ -262,57 +223,6 @@ impl std::fmt::Display for Trigger<'_> {
             Trigger::Cron(c) => write!(f, "{c}"),
             Trigger::Every(s) => write!(f, "every {s} s"),
         }
-    }
-}
-
-/// The stored cursor of a push source: the last inbox sequence number exported.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-pub struct InboxCursor {
-    pub seq: i64,
-}
-
-/// What the webhook intake needs from a push source.
-#[derive(Debug, Clone)]
-pub struct WebhookSpec {
-    pub token: SecretRef,
-    pub max_body_bytes: usize,
-    /// What a body is (`Err`: why it is unusable: 400 and a reject).
-    pub receive: fn(Option<&str>, &[u8]) -> Result<Received, String>,
-}
-
-/// What the intake learns from a delivery before it stores it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Received {
-    /// The vendor's delivery identity (unique per source: a redelivery is absorbed).
-    pub key: String,
-    /// The analysis job it reports on: (job id, succeeded, reason).
-    pub job: Option<(String, bool, Option<String>)>,
-}
-
-/// 1 MiB.
-pub fn default_webhook_max_body_bytes() -> usize {
-    1 << 20
-}
-/// 5 s.
-pub fn default_flush_interval_secs() -> u64 {
-    5
-}
-/// A week.
-pub fn default_inbox_retention_days() -> u64 {
-    7
-}
-
-/// Checks the keys every push kind has.
-pub fn validate_push(table: &str, max_body: usize, flush_secs: u64, problems: &mut Problems) {
-    if !(1024..=64 << 20).contains(&max_body) {
-        problems.push(
-            table,
-            Some("webhook_max_body_bytes"),
-            "must be between 1024 and 67108864",
-        );
-    }
-    if flush_secs == 0 {
-        problems.push(table, Some("flush_interval_secs"), "must be at least 1");
     }
 }
 
