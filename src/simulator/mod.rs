@@ -5,6 +5,7 @@ pub mod exotel;
 pub mod faults;
 pub mod voice_calls;
 pub mod voicegain;
+mod voicegain_rows;
 pub mod vonage;
 
 use std::net::SocketAddr;
