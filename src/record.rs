@@ -80,6 +80,21 @@ pub struct Reject {
     pub raw: String,
 }
 
+impl Reject {
+    /// What the state remembers of a reject, so that the same record re-listed (the lookback,
+    /// a repair) is not rejected again: its key (the call id, or for a record without one a
+    /// hash of its raw text) and a hash of its raw text (a changed record is judged again).
+    /// xxHash64 with seed 0: stable across builds, so a state and a lake of another build agree.
+    pub fn identity(call_id: Option<&str>, raw: &str) -> (String, i64) {
+        let hash = twox_hash::XxHash64::oneshot(0, raw.as_bytes());
+        let key = match call_id {
+            Some(id) => id.to_string(),
+            None => format!("raw:{hash:016x}"),
+        };
+        (key, hash as i64)
+    }
+}
+
 /// UTC day (`YYYY-MM-DD`) of a microsecond timestamp.
 pub fn utc_day(micros: i64) -> String {
     match chrono::DateTime::from_timestamp_micros(micros) {

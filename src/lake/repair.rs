@@ -149,10 +149,15 @@ pub fn rebuild(
         let mut lines = 0u64;
         for line in text.split(|b| *b == b'\n').filter(|l| !l.is_empty()) {
             lines += 1;
-            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(line)
-                && let Some(id) = v.get("call_id").and_then(|c| c.as_str())
-            {
-                note_id(id);
+            if let Ok(v) = serde_json::from_slice::<serde_json::Value>(line) {
+                let id = v.get("call_id").and_then(|c| c.as_str());
+                if let Some(id) = id {
+                    note_id(id);
+                }
+                if let Some(raw) = v.get("raw").and_then(|r| r.as_str()) {
+                    let (key, hash) = crate::record::Reject::identity(id, raw);
+                    rebuild.add_rejected(&key, hash)?;
+                }
             }
         }
         let commit = commit_of(&path).unwrap_or(&commit_id).to_string();

@@ -4,6 +4,7 @@
 mod source_state;
 pub use source_state::SourceState;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -20,6 +21,7 @@ use crate::config::WarehouseConfig;
 use crate::lake::storage::{LocalStorage, Storage};
 use crate::lake::writer::{CommitWriter, StagedFile};
 use crate::lake::{self, LakeError, marker};
+use crate::record::Reject;
 use crate::sources::{Cursor, OpenContext, Page, SourceConfig, SourceError};
 use crate::state::keys::CommitKeys;
 use crate::state::lock::{LockError, SourceLock};
@@ -365,6 +367,8 @@ fn prepare(
 struct Batch<'a> {
     writer: CommitWriter<'a>,
     keys: CommitKeys,
+    /// The rejects staged: key → hash of the raw record (`Reject::identity`).
+    rejected: HashMap<String, i64>,
     cursor: Option<Cursor>,
     started: Instant,
 }
@@ -397,6 +401,7 @@ impl<'a> Exporter<'a> {
                 chrono::Utc::now().timestamp_micros(),
             ),
             keys: CommitKeys::default(),
+            rejected: HashMap::new(),
             cursor: None,
             started: Instant::now(),
         }
@@ -507,9 +512,26 @@ impl<'a> Exporter<'a> {
                 self.storage.delete(&f.staged).map_err(LakeError::from)?;
             }
         }
-        for r in &page.rejects {
-            debug!(source = %self.source, call_id = ?r.call_id, error = %r.error, "Record rejected.");
-            batch.writer.add_reject(r)?;
+        if !page.rejects.is_empty() {
+            // A reject is written once: the same record listed again (the lookback, a repair,
+            // a re-read inbox) writes and counts nothing; a changed one is judged again.
+            let ids: Vec<(String, i64)> = page
+                .rejects
+                .iter()
+                .map(|r| Reject::identity(r.call_id.as_deref(), &r.raw))
+                .collect();
+            let known = self
+                .state
+                .rejected_among(self.source_id, ids.iter().map(|(k, _)| k.as_str()))?;
+            for (r, (key, hash)) in page.rejects.iter().zip(ids) {
+                if known.get(&key) == Some(&hash) || batch.rejected.get(&key) == Some(&hash) {
+                    self.summary.skipped += 1;
+                    continue;
+                }
+                debug!(source = %self.source, call_id = ?r.call_id, error = %r.error, "Record rejected.");
+                batch.writer.add_reject(r)?;
+                batch.rejected.insert(key, hash);
+            }
         }
         if page.cursor.is_some() {
             batch.cursor = page.cursor;
@@ -529,6 +551,7 @@ impl<'a> Exporter<'a> {
         failpoint("after_stage");
         slow_commit();
         let keys: Vec<&str> = batch.keys.iter().collect();
+        let rejected: Vec<(String, i64)> = batch.rejected.into_iter().collect();
         let commit = Commit {
             commit_id: &commit_id,
             source_id: self.source_id,
@@ -539,6 +562,7 @@ impl<'a> Exporter<'a> {
             backfill_id: self.backfill_id,
             rows,
             rejects,
+            rejected: &rejected,
         };
         if let Err(e) = self.state.commit(&commit) {
             for f in &files {

@@ -35,6 +35,8 @@ pub struct VnSession {
     /// (key, text): `user` for the caller, the agent's id otherwise.
     pub transcript: Vec<(String, String)>,
     pub audio_url: String,
+    /// Renders `channel_data.duration` as text (`"27 s"`): a record the source must reject.
+    pub malformed_duration: bool,
 }
 
 impl VnSession {
@@ -63,7 +65,8 @@ impl VnSession {
             "session_end_time": if ended { Value::from(t(self.start_us + self.duration_ms * 1000)) } else { Value::Null },
             "agent_information": {"id": self.agent_id, "name": self.agent_name, "voice": "Salli",
                                   "language": self.language, "version_id": "5f7f2f337340dc7249f81406"},
-            "channel_data": {"duration": if ended { Value::from(self.duration_ms) } else { Value::Null },
+            "channel_data": {"duration": if self.malformed_duration { Value::from(format!("{} s", self.duration_ms / 1000)) }
+                                         else if ended { Value::from(self.duration_ms) } else { Value::Null },
                              "audio_url": self.audio_url,
                              "call_status": if ended { "ended" } else { "in_progress" }, "status_code": 200},
             "tags_list": self.tags.iter().map(|t| json!({"tag": t, "category": "ddbc05cc", "count": 1})).collect::<Vec<_>>(),
@@ -155,6 +158,7 @@ impl VonageSim {
                     .map(|t| t.to_string())
                     .collect(),
                 transcript,
+                malformed_duration: false,
             });
         }
     }
@@ -169,6 +173,11 @@ impl VonageSim {
             }
         }
         n
+    }
+
+    /// Every session, to change (a record the vendor corrects or breaks).
+    pub fn sessions_mut(&mut self) -> &mut [VnSession] {
+        &mut self.sessions
     }
 
     /// Every session.

@@ -105,4 +105,22 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX jobs_by_job ON jobs (source_id, job_id);
     "#,
+    // 6: rejects remembered (a re-listed identical record is not rejected again), each
+    // source's last success (metrics across restarts), analysis jobs recorded before they are
+    // submitted and found by task id too, and whether a result's call had details.
+    r#"
+    CREATE TABLE rejected (
+        source_id  INTEGER NOT NULL,
+        reject_key TEXT NOT NULL,
+        hash       INTEGER NOT NULL,
+        PRIMARY KEY (source_id, reject_key)
+    ) WITHOUT ROWID;
+    ALTER TABLE sources ADD COLUMN last_success_at INTEGER;
+    UPDATE sources SET last_success_at = (
+        SELECT CAST(strftime('%s', max(ended_at)) AS INTEGER) * 1000000 FROM runs
+        WHERE runs.source_id = sources.id AND runs.outcome = 'ok');
+    ALTER TABLE jobs ADD COLUMN no_call_details INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX jobs_by_task ON jobs (source_id, task_id);
+    CREATE INDEX runs_by_start ON runs (started_at);
+    "#,
 ];

@@ -12,7 +12,7 @@ pub use push::NewDelivery;
 pub use rebuild::Rebuild;
 pub use status::{BackfillInfo, InboxStatus, RunInfo, SourceStatus};
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
@@ -84,6 +84,9 @@ pub struct Commit<'a> {
     pub backfill_id: Option<i64>,
     pub rows: u64,
     pub rejects: u64,
+    /// The rejects written, as `(key, hash of the raw record)`: remembered so that the same
+    /// record is not rejected again.
+    pub rejected: &'a [(String, i64)],
 }
 
 /// Call ids per lookup or insert statement (one statement per chunk, not per call).
@@ -263,6 +266,27 @@ impl State {
         Ok(found)
     }
 
+    /// The rejects already recorded among `keys`: key → hash of the raw record rejected.
+    pub fn rejected_among<'a>(
+        &self,
+        source_id: i64,
+        keys: impl IntoIterator<Item = &'a str>,
+    ) -> Result<HashMap<String, i64>, StateError> {
+        let mut out = HashMap::new();
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT hash FROM rejected WHERE source_id = ?1 AND reject_key = ?2",
+        )?;
+        for k in keys {
+            if let Some(h) = stmt
+                .query_row(params![source_id, k], |r| r.get::<_, i64>(0))
+                .optional()?
+            {
+                out.insert(k.to_string(), h);
+            }
+        }
+        Ok(out)
+    }
+
     /// Records a commit: manifest rows, exported keys, counts and cursor, in one transaction.
     pub fn commit(&mut self, c: &Commit<'_>) -> Result<(), StateError> {
         let tx = self
@@ -289,6 +313,15 @@ impl State {
             for chunk in keys.chunks(KEY_CHUNK) {
                 let mut k = tx.prepare_cached(&insert_sql(chunk.len()))?;
                 k.execute(rusqlite::params_from_iter(key_args(c.source_id, chunk)))?;
+            }
+        }
+        {
+            let mut r = tx.prepare_cached(
+                "INSERT INTO rejected (source_id, reject_key, hash) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(source_id, reject_key) DO UPDATE SET hash = excluded.hash",
+            )?;
+            for (key, hash) in c.rejected {
+                r.execute(params![c.source_id, key, hash])?;
             }
         }
         tx.execute(
@@ -451,7 +484,44 @@ impl State {
             "UPDATE runs SET ended_at = ?2, outcome = ?3, error = ?4 WHERE id = ?1",
             params![run_id, now(), outcome, error],
         )?;
+        if outcome == "ok" {
+            self.conn.execute(
+                "UPDATE sources SET last_success_at = ?2 WHERE id = (SELECT source_id FROM runs WHERE id = ?1)",
+                params![run_id, chrono::Utc::now().timestamp_micros()],
+            )?;
+        }
         Ok(())
+    }
+
+    /// Marks a source's last success now without a run record (a push source's flush that
+    /// found nothing to export: healthy, and nothing written but this).
+    pub fn touch_success(&self, source_id: i64) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE sources SET last_success_at = ?2 WHERE id = ?1",
+            params![source_id, chrono::Utc::now().timestamp_micros()],
+        )?;
+        Ok(())
+    }
+
+    /// Each source's last success (µs since the epoch), by name.
+    pub fn last_successes(&self) -> Result<Vec<(String, Option<i64>)>, StateError> {
+        let mut stmt = self
+            .conn
+            .prepare("SELECT name, last_success_at FROM sources ORDER BY name")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Deletes run records that started more than `days` ago (`[state] runs_retention_days`).
+    pub fn prune_runs(&self, days: u64) -> Result<usize, StateError> {
+        let before = (chrono::Utc::now() - chrono::Duration::days(days as i64))
+            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true);
+        Ok(self.conn.execute(
+            "DELETE FROM runs WHERE started_at < ?1 AND ended_at IS NOT NULL",
+            [before],
+        )?)
     }
 
     /// The backfill of `source_id` over `[from_day, to_day]`: created, resumed where it
@@ -522,6 +592,7 @@ mod tests {
             backfill_id: None,
             rows: keys.len() as u64,
             rejects: 0,
+            rejected: &[],
         })
         .unwrap();
         let asked: Vec<String> = (0..1234).map(|i| format!("c{i}")).collect();

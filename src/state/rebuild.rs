@@ -17,6 +17,7 @@ impl State {
         tx.execute("DELETE FROM exported WHERE source_id = ?1", [source_id])?;
         tx.execute("DELETE FROM manifest WHERE source_id = ?1", [source_id])?;
         tx.execute("DELETE FROM commits WHERE source_id = ?1", [source_id])?;
+        tx.execute("DELETE FROM rejected WHERE source_id = ?1", [source_id])?;
         tx.execute(
             "INSERT INTO runs (source_id, kind, started_at) VALUES (?1, 'repair', ?2)",
             params![source_id, now()],
@@ -66,6 +67,17 @@ impl Rebuild<'_> {
             let mut k = self.tx.prepare_cached(&insert_sql(chunk.len()))?;
             k.execute(rusqlite::params_from_iter(key_args(self.source_id, chunk)))?;
         }
+        Ok(())
+    }
+
+    /// Records a reject found in the lake (`Reject::identity`), so it is not written again.
+    pub fn add_rejected(&self, key: &str, hash: i64) -> Result<(), StateError> {
+        self.tx
+            .prepare_cached(
+                "INSERT INTO rejected (source_id, reject_key, hash) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(source_id, reject_key) DO UPDATE SET hash = excluded.hash",
+            )?
+            .execute(params![self.source_id, key, hash])?;
         Ok(())
     }
 

@@ -15,5 +15,6 @@ mod export;
 mod kill9;
 mod lake_state;
 mod lookback;
+mod rejects;
 mod voice_calls;
 mod vonage;
