@@ -104,16 +104,25 @@ pub struct StateConfig {
     /// Path of the SQLite state database (cursors, file manifest, exported keys, runs).
     #[serde(default = "default_state_path")]
     pub path: PathBuf,
+    /// Run records (`status`'s history) older than this many days are deleted.
+    #[serde(default = "default_runs_retention_days")]
+    pub runs_retention_days: u64,
 }
 
 fn default_state_path() -> PathBuf {
     PathBuf::from("state/callsync.db")
 }
 
+/// A month of run records.
+fn default_runs_retention_days() -> u64 {
+    30
+}
+
 impl Default for StateConfig {
     fn default() -> Self {
         StateConfig {
             path: default_state_path(),
+            runs_retention_days: default_runs_retention_days(),
         }
     }
 }

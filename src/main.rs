@@ -39,7 +39,11 @@ enum ExotelCommand {
         /// A file with one call sid per line.
         #[arg(long, value_name = "FILE")]
         from_file: Option<PathBuf>,
-        /// Submit calls already queued or analysed again.
+        /// Submit failed and timed-out analyses again (each submission is charged).
+        #[arg(long)]
+        retry_failed: bool,
+        /// Submit queued, failed and timed-out jobs again (never an analysed call: one row
+        /// per call).
         #[arg(long)]
         force: bool,
     },
@@ -213,6 +217,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     source,
                     call_sids,
                     from_file,
+                    retry_failed,
                     force,
                 },
         } => app::exotel_analyze(
@@ -220,7 +225,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             &source,
             &call_sids,
             from_file.as_deref(),
-            force,
+            app::Resubmit {
+                retry_failed,
+                force,
+            },
             &rt,
             &mut out,
         ),

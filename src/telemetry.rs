@@ -81,6 +81,8 @@ pub struct Metrics {
     webhook_not_found: Counter,
     inbox_depth: Family<SourceLabels, Gauge>,
     inbox_oldest: Family<SourceLabels, FloatGauge>,
+    inbox_flush_interval: Family<SourceLabels, FloatGauge>,
+    resubmit_failures: Family<SourceLabels, Counter>,
     /// Where each source's cursor stands in time (µs), for the lag computed at each scrape.
     cursor_at: Mutex<HashMap<String, i64>>,
 }
@@ -109,6 +111,8 @@ impl Metrics {
             webhook_not_found: Counter::default(),
             inbox_depth: Family::default(),
             inbox_oldest: Family::default(),
+            inbox_flush_interval: Family::default(),
+            resubmit_failures: Family::default(),
             cursor_at: Mutex::new(HashMap::new()),
         };
         registry.register(
@@ -172,6 +176,16 @@ impl Metrics {
             m.inbox_oldest.clone(),
         );
         registry.register(
+            "callsync_inbox_flush_interval_seconds",
+            "A push source's flush_interval_secs: its inbox is exported once the oldest delivery is this old",
+            m.inbox_flush_interval.clone(),
+        );
+        registry.register(
+            "callsync_analysis_resubmit_failures",
+            "Resubmissions of overdue analysis jobs that failed (5xx, timeout); tried again at the next flush",
+            m.resubmit_failures.clone(),
+        );
+        registry.register(
             "callsync_build",
             "This build of callsync",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -201,8 +215,60 @@ impl Metrics {
         }
     }
 
-    /// Creates a push source's webhook and inbox series at 0.
-    pub fn add_push_source(&self, name: &str) {
+    /// Removes every series of a source that left the config (a reload), so no alert stays
+    /// on a source that no longer exists.
+    pub fn remove_source(&self, name: &str) {
+        let s = source(name);
+        self.rows.remove(&s);
+        self.rejects.remove(&s);
+        self.http_retries.remove(&s);
+        self.last_success.remove(&s);
+        self.cursor_lag.remove(&s);
+        self.run_duration.remove(&s);
+        self.inbox_depth.remove(&s);
+        self.inbox_oldest.remove(&s);
+        self.inbox_flush_interval.remove(&s);
+        self.resubmit_failures.remove(&s);
+        lock(&self.cursor_at).remove(name);
+        for o in OUTCOMES {
+            self.runs.remove(&RunLabels {
+                source: name.to_string(),
+                outcome: o.to_string(),
+            });
+        }
+        for c in STATUS_CLASSES {
+            self.http_requests.remove(&HttpLabels {
+                source: name.to_string(),
+                status_class: c.to_string(),
+            });
+        }
+        for o in WEBHOOK_OUTCOMES {
+            self.webhooks.remove(&WebhookLabels {
+                source: name.to_string(),
+                outcome: o.to_string(),
+            });
+        }
+    }
+
+    /// The source's last success as the state recorded it (at start-up: the series tells the
+    /// truth across restarts instead of starting at 0).
+    pub fn last_success_at(&self, name: &str, at_us: i64) {
+        self.last_success
+            .get_or_create(&source(name))
+            .set(at_us as f64 / 1e6);
+    }
+
+    /// An overdue analysis job could not be resubmitted.
+    pub fn resubmit_failed(&self, name: &str) {
+        self.resubmit_failures.get_or_create(&source(name)).inc();
+    }
+
+    /// Creates a push source's webhook and inbox series at 0, with its flush interval.
+    pub fn add_push_source(&self, name: &str, flush_interval_secs: u64) {
+        self.inbox_flush_interval
+            .get_or_create(&source(name))
+            .set(flush_interval_secs as f64);
+        let _ = self.resubmit_failures.get_or_create(&source(name));
         for o in WEBHOOK_OUTCOMES {
             let _ = self.webhooks.get_or_create(&WebhookLabels {
                 source: name.to_string(),
@@ -252,9 +318,13 @@ impl Metrics {
             self.run_duration.get_or_create(&source(name)).observe(secs);
         }
         if outcome == "ok" {
-            let now = chrono::Utc::now().timestamp_micros() as f64 / 1e6;
-            self.last_success.get_or_create(&source(name)).set(now);
+            self.succeeded(name);
         }
+    }
+
+    /// The source succeeded now (a run, or a push source's flush that found nothing to do).
+    pub fn succeeded(&self, name: &str) {
+        self.last_success_at(name, chrono::Utc::now().timestamp_micros());
     }
 
     /// Where the source's cursor stands in time (µs since the epoch).
@@ -329,6 +399,13 @@ pub fn http_response(source_name: &str, status: Option<u16>) {
                 status_class: class.to_string(),
             })
             .inc();
+    }
+}
+
+/// A resubmission of an overdue analysis job of `source` failed.
+pub fn resubmit_failed(source_name: &str) {
+    if let Some(m) = get() {
+        m.resubmit_failed(source_name);
     }
 }
 

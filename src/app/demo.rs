@@ -210,11 +210,18 @@ window_days = 7
 async fn feed(sim: std::sync::Arc<Simulator>, legs_url: String, cfg: Config) {
     use crate::simulator::exotel::{MonitorLeg, deliver};
     use crate::sources::SourceConfig;
-    use crate::sources::exotel_analyze::{Analyzer, Submitted};
+    use crate::pipeline::SourceState;
+    use crate::sources::exotel_analyze::{Analyzer, KIND};
     let client = reqwest::Client::new();
     let mut rng = fastrand::Rng::new();
     let analyzer = match cfg.sources.get("exotel_insights_demo") {
-        Some(SourceConfig::ExotelAnalyze(c)) => Analyzer::new("exotel_insights_demo", c).ok(),
+        Some(SourceConfig::ExotelAnalyze(c)) => Analyzer::new("exotel_insights_demo", c)
+            .ok()
+            .and_then(|a| {
+                let state = State::open(&cfg.state.path).ok()?;
+                let id = state.source("exotel_insights_demo", KIND).ok()?.id;
+                Some((a, SourceState::open(&cfg.state.path, id).ok()?))
+            }),
         _ => None,
     };
     let mut n = 0u64;
@@ -225,14 +232,9 @@ async fn feed(sim: std::sync::Arc<Simulator>, legs_url: String, cfg: Config) {
             let leg = MonitorLeg::random(&mut rng, n * 2 + i, 60, 19_800);
             let _ = deliver(&client, &legs_url, &leg, i == 0).await;
         }
-        if let Some(a) = &analyzer {
+        if let Some((a, jobs)) = &analyzer {
             let call = format!("CA{:06}", 100_000 + n);
-            if let Ok(Submitted::Queued { task_id, job_id }) = a.submit(&call).await
-                && let Ok(state) = State::open(&cfg.state.path)
-                && let Ok(row) = state.source("exotel_insights_demo", "exotel_analyze")
-            {
-                let _ = state.job_submitted(row.id, &call, &task_id, Some(&job_id));
-            }
+            let _ = a.submit(&call, jobs).await;
         }
         let now = chrono::Utc::now();
         sim.voicegain().now_secs = now.timestamp() - 30;

@@ -19,7 +19,7 @@ mod ops;
 
 pub use demo::demo;
 pub use lake::{repair, verify};
-pub use ops::{check, exotel_analyze, health};
+pub use ops::{Resubmit, check, exotel_analyze, health};
 
 /// Exit code: every source succeeded.
 pub const EXIT_OK: i32 = 0;
@@ -55,10 +55,7 @@ pub fn sync(
     // Create and migrate the state once, before the sources open it concurrently.
     State::open(&cfg.state.path)
         .with_context(|| format!("opening state {}", cfg.state.path.display()))?;
-    let ctx = RunContext {
-        warehouse: cfg.warehouse.clone(),
-        state_path: cfg.state.path.clone(),
-    };
+    let ctx = RunContext::of(cfg);
     let mut handles = Vec::new();
     for (name, scfg) in &cfg.sources {
         if !only.is_empty() && !only.contains(name) {
@@ -120,10 +117,7 @@ pub fn backfill(
     }
     State::open(&cfg.state.path)
         .with_context(|| format!("opening state {}", cfg.state.path.display()))?;
-    let ctx = RunContext {
-        warehouse: cfg.warehouse.clone(),
-        state_path: cfg.state.path.clone(),
-    };
+    let ctx = RunContext::of(cfg);
     let (name, stop2, handle) = (source.to_string(), stop.clone(), rt.handle().clone());
     let mode = RunMode::Backfill { from, to };
     let report = rt
@@ -208,6 +202,14 @@ pub fn status(cfg: &Config, json: bool, out: &mut dyn Write) -> anyhow::Result<i
                 j.reason.as_deref().unwrap_or("no reason given"),
                 j.submissions,
                 if j.submissions == 1 { "" } else { "s" }
+            )?;
+        }
+        if !s.calls_without_details.is_empty() {
+            writeln!(
+                out,
+                "  {} analysed call(s) not returned by the call-details API (no started_at; partitioned by extraction day): {}",
+                s.calls_without_details.len(),
+                s.calls_without_details.join(", ")
             )?;
         }
         if let Some(i) = &s.inbox {

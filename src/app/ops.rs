@@ -29,12 +29,7 @@ pub fn check(
         }
         let t0 = std::time::Instant::now();
         match rt.block_on(scfg.check(name)) {
-            Ok(()) => writeln!(
-                out,
-                "{name}: ok ({} reached, credential accepted, {} ms)",
-                scfg.kind(),
-                t0.elapsed().as_millis()
-            )?,
+            Ok(what) => writeln!(out, "{name}: ok ({what}, {} ms)", t0.elapsed().as_millis())?,
             Err(e) => {
                 code = EXIT_FAILED;
                 let meaning = match (&e, e.status()) {
@@ -99,15 +94,27 @@ pub fn health(cfg: &Config, rt: &Runtime, out: &mut dyn Write) -> anyhow::Result
     }
 }
 
-/// `exotel analyze`: submits calls to ExoVoiceAnalyze and records each job. A call already
-/// queued or analysed is not submitted again unless `force`; a refused call (400) is named
-/// with the vendor's message (exit 1).
+/// Which jobs `exotel analyze` submits again: by default none (each analysis is charged, and a
+/// failure such as an unreadable recording fails the same way again).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Resubmit {
+    /// Failed and timed-out jobs are submitted again.
+    pub retry_failed: bool,
+    /// Queued, failed and timed-out jobs are submitted again (never an analysed call).
+    pub force: bool,
+}
+
+/// `exotel analyze`: submits calls to ExoVoiceAnalyze, each recorded as a job before it is
+/// sent. A call already submitted is not submitted again unless `again` says so; an analysed
+/// call never is (one row per call). A refused call (400) is named with the vendor's message
+/// (exit 1).
+#[allow(clippy::too_many_arguments)]
 pub fn exotel_analyze(
     cfg: &Config,
     source: &str,
     call_sids: &[String],
     from_file: Option<&Path>,
-    force: bool,
+    again: Resubmit,
     rt: &Runtime,
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
@@ -145,39 +152,68 @@ pub fn exotel_analyze(
     let state = State::open(&cfg.state.path)
         .with_context(|| format!("opening state {}", cfg.state.path.display()))?;
     let id = state.source(source, scfg.kind())?.id;
+    let jobs = crate::pipeline::SourceState::open(&cfg.state.path, id)?;
     let known: std::collections::HashMap<String, String> = state
         .jobs(id, None)?
         .into_iter()
         .map(|j| (j.call_sid, j.status))
         .collect();
     let analyzer = Analyzer::new(source, acfg)?;
-    let (mut submitted, mut skipped, mut refused) = (0, 0, 0);
+    let (mut submitted, mut skipped, mut failed_kept, mut refused, mut analysed) = (0, 0, 0, 0, 0);
+    let mut errors = 0;
     let mut seen = std::collections::HashSet::new();
     for call in &calls {
         if !seen.insert(call.clone()) {
             continue;
         }
-        if !force && matches!(known.get(call).map(String::as_str), Some("queued" | "done")) {
-            skipped += 1;
-            continue;
-        }
-        match rt.block_on(analyzer.submit(call))? {
-            Submitted::Queued { task_id, job_id } => {
-                state.job_submitted(id, call, &task_id, Some(&job_id))?;
-                submitted += 1;
+        match known.get(call).map(String::as_str) {
+            None => {}
+            Some("done") => {
+                if again.force || again.retry_failed {
+                    analysed += 1;
+                    writeln!(
+                        out,
+                        "{source}: call {call} is already analysed and its row is in the lake (one row per call): not submitted again; for a second analysis configure another exotel_analyze source"
+                    )?;
+                }
+                skipped += 1;
+                continue;
             }
-            Submitted::Refused(msg) => {
+            Some("failed" | "timed_out") if !(again.force || again.retry_failed) => {
+                failed_kept += 1;
+                continue;
+            }
+            Some("queued" | "submitting") if !again.force => {
+                skipped += 1;
+                continue;
+            }
+            Some(_) => {}
+        }
+        match rt.block_on(analyzer.submit(call, &jobs)) {
+            Ok(Submitted::Queued { .. }) => submitted += 1,
+            Ok(Submitted::Refused(msg)) => {
                 refused += 1;
                 writeln!(
                     out,
                     "{source}: call {call} refused by ExoVoiceAnalyze (HTTP 400): {msg}"
                 )?;
             }
+            Err(e) => {
+                errors += 1;
+                writeln!(
+                    out,
+                    "{source}: call {call} not confirmed: {e} (recorded; the daemon submits it again after result_timeout_secs)"
+                )?;
+            }
         }
     }
     writeln!(
         out,
-        "{source}: {submitted} submitted, {skipped} already queued or analysed (--force submits them again), {refused} refused"
+        "{source}: {submitted} submitted, {skipped} already submitted or analysed (--force submits queued ones again), {failed_kept} failed before (--retry-failed submits them again), {refused} refused"
     )?;
-    Ok(if refused > 0 { EXIT_FAILED } else { EXIT_OK })
+    Ok(if refused + errors + analysed > 0 {
+        EXIT_FAILED
+    } else {
+        EXIT_OK
+    })
 }

@@ -68,7 +68,8 @@ pub struct Shared {
     pub heartbeat: AtomicI64,
     /// Longest the loop sleeps between turns (health calls it stuck past a few of these).
     pub max_sleep: Duration,
-    pub state_path: Mutex<PathBuf>,
+    /// The server's connections to the state (health probe, metrics reads).
+    pub state: Arc<server::StateProbe>,
     pub metrics: Arc<Metrics>,
     /// The webhook intake, when a push source is configured.
     pub intake: Option<Arc<webhook::Intake>>,
@@ -90,14 +91,18 @@ struct Slot {
     schedule: Schedule,
     next: DateTime<Utc>,
     running: bool,
-    waiting: bool,
+    /// Due and waiting for a free slot since this tick (the longest-waiting starts first).
+    waiting: Option<DateTime<Utc>>,
 }
 
 /// A run that ended.
 struct Done {
     name: String,
     report: RunReport,
+    started_at: DateTime<Utc>,
     secs: f64,
+    /// Where the source's cursor stands in time now (windowed kinds).
+    cursor_time: Option<i64>,
 }
 
 /// The scheduler loop wakes at least this often (watchdog, heartbeat).
@@ -112,15 +117,28 @@ pub fn run(
     out: &mut dyn std::io::Write,
 ) -> anyhow::Result<i32> {
     use anyhow::Context;
-    State::open(&cfg.state.path)
+    let state = State::open(&cfg.state.path)
         .with_context(|| format!("opening state {}", cfg.state.path.display()))?;
     let metrics = telemetry::install(Arc::new(Metrics::new()));
     for (name, scfg) in &cfg.sources {
         metrics.add_source(name);
-        if scfg.webhook().is_some() {
-            metrics.add_push_source(name);
+        if let Some(p) = scfg.flush_policy() {
+            metrics.add_push_source(name, p.interval_secs);
         }
     }
+    // Each source's last success as the state recorded it: a restart does not make a healthy
+    // source look stale (nor a stale one healthy).
+    let last_success: BTreeMap<String, i64> = state
+        .last_successes()
+        .with_context(|| format!("reading state {}", cfg.state.path.display()))?
+        .into_iter()
+        .filter_map(|(name, at)| Some((name, at?)))
+        .filter(|(name, _)| cfg.sources.contains_key(name))
+        .collect();
+    for (name, at) in &last_success {
+        metrics.last_success_at(name, *at);
+    }
+    drop(state);
     // The intake runs whenever a server does: push sources added by a reload find it there.
     let intake = match &cfg.server.listen {
         Some(_) => {
@@ -138,12 +156,25 @@ pub fn run(
             None
         }
     };
+    let health = last_success
+        .iter()
+        .filter_map(|(name, at)| {
+            let t = DateTime::from_timestamp_micros(*at)?;
+            Some((
+                name.clone(),
+                SourceHealth {
+                    last_success_at: Some(rfc3339(t)),
+                    ..SourceHealth::default()
+                },
+            ))
+        })
+        .collect();
     let shared = Arc::new(Shared {
         draining: AtomicBool::new(false),
-        sources: Mutex::new(BTreeMap::new()),
+        sources: Mutex::new(health),
         heartbeat: AtomicI64::new(Utc::now().timestamp()),
         max_sleep: MAX_SLEEP,
-        state_path: Mutex::new(cfg.state.path.clone()),
+        state: Arc::new(server::StateProbe::new(&cfg.state.path)),
         metrics: metrics.clone(),
         intake,
     });
@@ -206,10 +237,12 @@ impl Scheduler {
     /// Takes a (new) config: sources added, removed, rescheduled or changed.
     fn apply(&mut self, cfg: Config, start: bool) {
         let now = Utc::now();
+        let metrics = self.shared.metrics.clone();
         self.slots.retain(|name, slot| {
             let keep = cfg.sources.contains_key(name);
             if !keep && !start {
                 info!(source = %name, running = slot.running, "Source removed from the config; no more ticks.");
+                metrics.remove_source(name);
             }
             keep
         });
@@ -244,7 +277,7 @@ impl Scheduler {
                             schedule,
                             next,
                             running: false,
-                            waiting: false,
+                            waiting: None,
                         },
                     );
                 }
@@ -260,11 +293,6 @@ impl Scheduler {
                 h.next_tick = Some(rfc3339(slot.next));
             }
         }
-        *self
-            .shared
-            .state_path
-            .lock()
-            .unwrap_or_else(|p| p.into_inner()) = cfg.state.path.clone();
         if !start && cfg.server.listen != self.cfg.server.listen {
             warn!("[server] listen changed; it takes effect at the next start.");
         }
@@ -276,9 +304,20 @@ impl Scheduler {
             Ok(cfg) => {
                 info!(file = %self.config_path.display(), sources = cfg.sources.len(), "Config reloaded.");
                 for (name, scfg) in &cfg.sources {
-                    if scfg.webhook().is_some() {
-                        self.shared.metrics.add_push_source(name);
+                    if let Some(p) = scfg.flush_policy() {
+                        self.shared.metrics.add_push_source(name, p.interval_secs);
                     }
+                }
+                let mut cfg = cfg;
+                if cfg.state.path != self.cfg.state.path {
+                    // The intake, the runs and the metrics share one state: a new path is
+                    // taken at the next start, like a new listen address.
+                    warn!(
+                        running = %self.cfg.state.path.display(),
+                        configured = %cfg.state.path.display(),
+                        "[state] path changed; it takes effect at the next start. The running state stays."
+                    );
+                    cfg.state.path = self.cfg.state.path.clone();
                 }
                 if let Some(i) = &self.shared.intake {
                     i.configure(&cfg);
@@ -303,8 +342,9 @@ impl Scheduler {
                 continue;
             }
             // A tick missed while busy or down is not replayed: the next one is after now.
+            let due_at = slot.next;
             slot.next = slot.schedule.next_after(now);
-            if slot.running || slot.waiting {
+            if slot.running || slot.waiting.is_some() {
                 self.shared.metrics.run_finished(name, "skipped", None);
                 let mut health = self.shared.health();
                 if let Some(h) = health.get_mut(name) {
@@ -312,7 +352,7 @@ impl Scheduler {
                 }
                 warn!(source = %name, next = %rfc3339(slot.next), "Tick skipped: the previous run is still going.");
             } else {
-                slot.waiting = true;
+                slot.waiting = Some(due_at);
             }
             if let Some(h) = self.shared.health().get_mut(name) {
                 h.next_tick = Some(rfc3339(slot.next));
@@ -323,20 +363,21 @@ impl Scheduler {
             .daemon
             .max_concurrent_sources
             .saturating_sub(self.running());
-        // Due sources in order of how long they have waited (their schedule's due time).
-        let due: Vec<String> = self
+        // Due sources in order of how long they have waited (their schedule's due time), so a
+        // saturated daemon takes every source in turn, not the first names only.
+        let mut due: Vec<(DateTime<Utc>, String)> = self
             .slots
             .iter()
-            .filter(|(_, s)| s.waiting)
-            .map(|(n, _)| n.clone())
+            .filter_map(|(n, s)| Some((s.waiting?, n.clone())))
             .collect();
-        for name in due.into_iter().take(free) {
+        due.sort();
+        for (_, name) in due.into_iter().take(free) {
             self.start(&name);
         }
         let mut health = self.shared.health();
         for (name, slot) in &self.slots {
             if let Some(h) = health.get_mut(name) {
-                h.waiting = slot.waiting;
+                h.waiting = slot.waiting.is_some();
                 h.running = slot.running;
             }
         }
@@ -346,12 +387,9 @@ impl Scheduler {
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };
-        slot.waiting = false;
+        slot.waiting = None;
         slot.running = true;
-        let ctx = RunContext {
-            warehouse: self.cfg.warehouse.clone(),
-            state_path: self.cfg.state.path.clone(),
-        };
+        let ctx = RunContext::of(&self.cfg);
         let (name, scfg, stop, handle, tx) = (
             name.to_string(),
             slot.cfg.clone(),
@@ -361,28 +399,49 @@ impl Scheduler {
         );
         if let Some(h) = self.shared.health().get_mut(&name) {
             h.running = true;
-            h.last_run_started_at = Some(rfc3339(Utc::now()));
         }
+        let mode = if self.shared.draining.load(Ordering::SeqCst) {
+            RunMode::Drain
+        } else {
+            RunMode::Tick
+        };
+        // The run and every state query about it stay on a blocking thread.
         self.handle.spawn_blocking(move || {
-            let t0 = Instant::now();
-            let report = crate::pipeline::run(
-                &ctx,
-                &name,
-                &scfg,
-                &handle,
-                &stop,
-                &RunMode::Sync,
-                &|_, _| {},
-            );
+            let (started_at, t0) = (Utc::now(), Instant::now());
+            let report =
+                crate::pipeline::run(&ctx, &name, &scfg, &handle, &stop, &mode, &|_, _| {});
+            let cursor_time = (!report.idle)
+                .then(|| {
+                    let state = State::open(&ctx.state_path).ok()?;
+                    let id = state.source_id(&name).ok()??;
+                    let cursor = state.cursor(id).ok()??;
+                    scfg.cursor_time(&cursor)
+                })
+                .flatten();
             let _ = tx.send(Done {
                 name,
                 report,
+                started_at,
                 secs: t0.elapsed().as_secs_f64(),
+                cursor_time,
             });
         });
     }
 
     fn finished(&mut self, d: Done) {
+        if let Some(slot) = self.slots.get_mut(&d.name) {
+            slot.running = false;
+        }
+        let now = rfc3339(Utc::now());
+        if d.report.idle {
+            // A push source with nothing due: healthy, and nothing ran.
+            self.shared.metrics.succeeded(&d.name);
+            if let Some(h) = self.shared.health().get_mut(&d.name) {
+                h.running = false;
+                h.last_success_at = Some(now);
+            }
+            return;
+        }
         let outcome = if d.report.error.is_none() {
             "ok"
         } else {
@@ -391,22 +450,13 @@ impl Scheduler {
         self.shared
             .metrics
             .run_finished(&d.name, outcome, Some(d.secs));
-        let cursor_time = self.slots.get(&d.name).and_then(|slot| {
-            let state = State::open(&self.cfg.state.path).ok()?;
-            let id = state.source_id(&d.name).ok()??;
-            let cursor = state.cursor(id).ok()??;
-            slot.cfg.cursor_time(&cursor)
-        });
-        if let Some(t) = cursor_time {
+        if let Some(t) = d.cursor_time {
             self.shared.metrics.cursor_at(&d.name, t);
         }
-        if let Some(slot) = self.slots.get_mut(&d.name) {
-            slot.running = false;
-        }
-        let now = rfc3339(Utc::now());
         let mut health = self.shared.health();
         if let Some(h) = health.get_mut(&d.name) {
             h.running = false;
+            h.last_run_started_at = Some(rfc3339(d.started_at));
             h.last_run_ended_at = Some(now.clone());
             h.last_outcome = Some(outcome.to_string());
             h.last_rows = d.report.summary.rows;
@@ -467,7 +517,7 @@ impl Scheduler {
         if let Some(w) = self.watchdog {
             d = d.min(w / 2);
         }
-        for s in self.slots.values().filter(|s| !s.waiting) {
+        for s in self.slots.values().filter(|s| s.waiting.is_none()) {
             let until = (s.next - now).to_std().unwrap_or(Duration::ZERO);
             d = d.min(until);
         }
@@ -497,6 +547,8 @@ impl Scheduler {
     /// ended within the grace period, at once (1) past it or on a second signal.
     async fn drain(mut self, signals: &mut mpsc::UnboundedReceiver<Signal>) -> i32 {
         self.shared.draining.store(true, Ordering::SeqCst);
+        // systemd hears of the stop as it begins (its stop timeout is running already).
+        notify::stopping();
         self.stop.stop();
         let grace = Duration::from_secs(self.cfg.daemon.shutdown_grace_secs);
         let deadline = tokio::time::Instant::now() + grace;
@@ -507,7 +559,7 @@ impl Scheduler {
         );
         notify::status("Draining");
         for slot in self.slots.values_mut() {
-            slot.waiting = false;
+            slot.waiting = None;
         }
         let mut listening = true;
         while self.running() > 0 {
@@ -559,7 +611,6 @@ impl Scheduler {
                 }
             }
         }
-        notify::stopping();
         info!("Drained; exiting.");
         0
     }

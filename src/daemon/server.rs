@@ -3,8 +3,10 @@
 //! cannot) and `GET /metrics` (Prometheus/OpenMetrics text from `prometheus-client`).
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State as AxState;
@@ -15,6 +17,7 @@ use serde_json::json;
 use tokio::task::JoinHandle;
 
 use super::Shared;
+use crate::state::{State, StateError};
 
 /// Binds `addr` and serves in the background; returns the bound address.
 pub async fn start(
@@ -39,21 +42,66 @@ pub async fn start(
     Ok((bound, handle))
 }
 
-/// Whether the state database takes a write: `BEGIN IMMEDIATE` then roll back. A writer
-/// holding the lock (a commit in progress) counts as writable.
-fn state_writable(path: &std::path::Path) -> Result<(), String> {
-    let conn = rusqlite::Connection::open(path).map_err(|e| e.to_string())?;
-    conn.busy_timeout(std::time::Duration::from_millis(500))
-        .map_err(|e| e.to_string())?;
-    match conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;") {
-        Ok(()) => Ok(()),
-        Err(rusqlite::Error::SqliteFailure(e, _))
-            if e.code == rusqlite::ErrorCode::DatabaseBusy =>
-        {
-            Ok(())
+/// The server's own connections to the state, opened once and reused: one read-only (metrics),
+/// one for the write probe of `/healthz`. Used only on blocking threads, never on the async
+/// workers that acknowledge webhooks.
+pub struct StateProbe {
+    path: PathBuf,
+    read: Mutex<Option<State>>,
+    write: Mutex<Option<State>>,
+}
+
+/// How long `/healthz` and `/metrics` wait for the state before answering without it.
+const STATE_ANSWER: Duration = Duration::from_millis(900);
+
+impl StateProbe {
+    pub fn new(path: &Path) -> StateProbe {
+        StateProbe {
+            path: path.to_path_buf(),
+            read: Mutex::new(None),
+            write: Mutex::new(None),
         }
-        Err(e) => Err(e.to_string()),
     }
+
+    fn with<T>(
+        &self,
+        read_only: bool,
+        f: impl FnOnce(&State) -> Result<T, StateError>,
+    ) -> Result<T, StateError> {
+        let slot = if read_only { &self.read } else { &self.write };
+        let mut conn = slot.lock().unwrap_or_else(|p| p.into_inner());
+        if conn.is_none() {
+            *conn = Some(State::open_for_server(&self.path, read_only)?);
+        }
+        let r = f(conn.as_ref().expect("opened above"));
+        if r.is_err() {
+            // A broken connection is opened afresh next time.
+            *conn = None;
+        }
+        r
+    }
+
+    /// Whether the state takes a write (`BEGIN IMMEDIATE`, rolled back).
+    fn writable(&self) -> Result<(), String> {
+        self.with(false, |s| s.probe_write()).map_err(|e| match e {
+            StateError::Sqlite(rusqlite::Error::SqliteFailure(f, _))
+                if f.code == rusqlite::ErrorCode::DatabaseBusy =>
+            {
+                "it is locked by another writer (no write lock within 500 ms)".to_string()
+            }
+            e => e.to_string(),
+        })
+    }
+}
+
+/// Runs `f` on a blocking thread; `None` when it did not answer within `STATE_ANSWER`.
+async fn off_the_workers<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Option<T> {
+    tokio::time::timeout(STATE_ANSWER, tokio::task::spawn_blocking(f))
+        .await
+        .ok()?
+        .ok()
 }
 
 async fn healthz(AxState(shared): AxState<Arc<Shared>>) -> Response {
@@ -75,16 +123,18 @@ async fn healthz(AxState(shared): AxState<Arc<Shared>>) -> Response {
     if age > stuck_after {
         return unhealthy(format!("the scheduler has not run for {age} s"));
     }
-    let path = shared
-        .state_path
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let checked = tokio::task::spawn_blocking(move || state_writable(&path))
-        .await
-        .unwrap_or_else(|e| Err(e.to_string()));
-    if let Err(e) = checked {
-        return unhealthy(format!("the state database cannot be written: {e}"));
+    let probe = shared.state.clone();
+    match off_the_workers(move || probe.writable()).await {
+        Some(Ok(())) => {}
+        Some(Err(e)) => {
+            return unhealthy(format!("the state database cannot be written: {e}"));
+        }
+        None => {
+            return unhealthy(format!(
+                "the state database did not answer within {} ms",
+                STATE_ANSWER.as_millis()
+            ));
+        }
     }
     (
         StatusCode::OK,
@@ -93,39 +143,33 @@ async fn healthz(AxState(shared): AxState<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-/// Each push source's inbox backlog, for the gauges.
-fn inbox_backlog(path: &std::path::Path, sources: &[(String, i64)]) -> Vec<(String, u64, f64)> {
-    let Ok(state) = crate::state::State::open(path) else {
-        return Vec::new();
-    };
+/// Each push source's inbox backlog, for the gauges (on the read-only connection).
+fn inbox_backlog(probe: &StateProbe, sources: &[(String, i64)]) -> Vec<(String, u64, f64)> {
     let now = chrono::Utc::now().timestamp_micros();
-    sources
-        .iter()
-        .filter_map(|(name, id)| {
-            let seq = state
-                .cursor(*id)
-                .ok()
-                .flatten()
-                .and_then(|c| serde_json::from_value::<crate::sources::InboxCursor>(c).ok())
-                .unwrap_or_default()
-                .seq;
-            let (depth, oldest) = state.inbox_backlog(*id, seq).ok()?;
-            let age = oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1e6);
-            Some((name.clone(), depth, age))
+    probe
+        .with(true, |state| {
+            let mut out = Vec::new();
+            for (name, id) in sources {
+                let seq = state
+                    .cursor(*id)?
+                    .and_then(|c| serde_json::from_value::<crate::sources::InboxCursor>(c).ok())
+                    .unwrap_or_default()
+                    .seq;
+                let (depth, oldest) = state.inbox_backlog(*id, seq)?;
+                let age = oldest.map_or(0.0, |t| (now - t).max(0) as f64 / 1e6);
+                out.push((name.clone(), depth, age));
+            }
+            Ok(out)
         })
-        .collect()
+        .unwrap_or_default()
 }
 
 async fn metrics(AxState(shared): AxState<Arc<Shared>>) -> Response {
     if let Some(intake) = &shared.intake {
         let sources = intake.sources();
-        let path = shared
-            .state_path
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone();
-        if let Ok(rows) = tokio::task::spawn_blocking(move || inbox_backlog(&path, &sources)).await
-        {
+        let probe = shared.state.clone();
+        // A state that does not answer in time leaves the gauges at their last values.
+        if let Some(rows) = off_the_workers(move || inbox_backlog(&probe, &sources)).await {
             for (name, depth, age) in rows {
                 shared.metrics.inbox(&name, depth, age);
             }

@@ -35,6 +35,19 @@ const COMMIT_INTERVAL: Duration = Duration::from_secs(60);
 pub struct RunContext {
     pub warehouse: WarehouseConfig,
     pub state_path: PathBuf,
+    /// Run records older than this many days are deleted after each run.
+    pub runs_retention_days: u64,
+}
+
+impl RunContext {
+    /// Where the runs of `cfg` write.
+    pub fn of(cfg: &crate::config::Config) -> RunContext {
+        RunContext {
+            warehouse: cfg.warehouse.clone(),
+            state_path: cfg.state.path.clone(),
+            runs_retention_days: cfg.state.runs_retention_days,
+        }
+    }
 }
 
 /// Set when the process is asked to stop: runs commit the pages they have and end, without
@@ -113,6 +126,9 @@ pub struct RunReport {
     pub source: String,
     pub summary: RunSummary,
     pub error: Option<PipelineError>,
+    /// A daemon tick found nothing due (a push source's inbox not due for export): nothing
+    /// was run and nothing written, not even a run record.
+    pub idle: bool,
 }
 
 /// Test hook: `CALLSYNC_FAILPOINT=after_stage|after_commit` aborts the process at that point
@@ -142,7 +158,12 @@ fn slow_commit() {
 /// What a run does: an incremental sync, or a backfill of an explicit range.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RunMode {
+    /// An incremental run now (`sync`): a push source exports its inbox whatever its age.
     Sync,
+    /// A daemon tick: as `Sync`, but a push source runs only when its inbox is due.
+    Tick,
+    /// The daemon drains: push sources export their inbox and start no new vendor work.
+    Drain,
     /// Inclusive UTC days.
     Backfill {
         from: NaiveDate,
@@ -153,7 +174,8 @@ pub enum RunMode {
 impl RunMode {
     fn name(&self) -> &'static str {
         match self {
-            RunMode::Sync => "sync",
+            RunMode::Sync | RunMode::Tick => "sync",
+            RunMode::Drain => "drain",
             RunMode::Backfill { .. } => "backfill",
         }
     }
@@ -185,11 +207,15 @@ pub fn run(
     on_page: OnPage<'_>,
 ) -> RunReport {
     let mut summary = RunSummary::default();
-    let error = run_inner(ctx, name, cfg, rt, stop, mode, on_page, &mut summary).err();
+    let (idle, error) = match run_inner(ctx, name, cfg, rt, stop, mode, on_page, &mut summary) {
+        Ok(ran) => (!ran, None),
+        Err(e) => (false, Some(e)),
+    };
     RunReport {
         source: name.to_string(),
         summary,
         error,
+        idle,
     }
 }
 
@@ -203,10 +229,24 @@ fn run_inner(
     mode: &RunMode,
     on_page: OnPage<'_>,
     summary: &mut RunSummary,
-) -> Result<(), PipelineError> {
+) -> Result<bool, PipelineError> {
     let _lock = SourceLock::try_acquire(&ctx.state_path, name)?;
     let mut state = State::open(&ctx.state_path)?;
     let row = state.source(name, cfg.kind())?;
+    // One connection of its own for what the source asks (it runs on the async runtime, the
+    // exporter on its thread): exported keys, its inbox, its jobs.
+    let asked = Arc::new(SourceState::open(&ctx.state_path, row.id)?);
+    let open_ctx = OpenContext {
+        warehouse_root: ctx.warehouse.root.clone(),
+        known: asked.clone(),
+        inbox: asked.clone(),
+        jobs: asked,
+        draining: *mode == RunMode::Drain,
+    };
+    // A daemon tick of a push source whose inbox is not due writes nothing at all.
+    if *mode == RunMode::Tick && !cfg.due(name, row.cursor.as_ref(), &open_ctx)? {
+        return Ok(false);
+    }
     let storage = LocalStorage::new(&ctx.warehouse.root).map_err(LakeError::from)?;
     let started = Instant::now();
     let run_id = state.start_run(row.id, mode.name())?;
@@ -216,17 +256,8 @@ fn run_inner(
         return Err(e);
     }
     info!(source = %name, kind = cfg.kind(), mode = mode.name(), "Run started.");
-    // One connection of its own for what the source asks (it runs on the async runtime, the
-    // exporter on its thread): exported keys, its inbox, its jobs.
-    let asked = Arc::new(SourceState::open(&ctx.state_path, row.id)?);
-    let open_ctx = OpenContext {
-        warehouse_root: ctx.warehouse.root.clone(),
-        known: asked.clone(),
-        inbox: asked.clone(),
-        jobs: asked,
-    };
     let (opened, backfill_id, stored) = match mode {
-        RunMode::Sync => (
+        RunMode::Sync | RunMode::Tick | RunMode::Drain => (
             cfg.open(name, row.cursor.as_ref(), &open_ctx),
             None,
             row.cursor.clone(),
@@ -286,6 +317,9 @@ fn run_inner(
         if result.is_ok() { "ok" } else { "failed" },
         err_text.as_deref(),
     )?;
+    if let Err(e) = state.prune_runs(ctx.runs_retention_days) {
+        warn!(source = %name, error = %e, "Old run records could not be pruned.");
+    }
     if let Some(id) = backfill_id {
         // A stopped backfill stays `running` and a failed one `failed`: both resume.
         let status = match (&result, stop.is_stopped()) {
@@ -327,7 +361,7 @@ fn run_inner(
             "Run failed."
         ),
     }
-    result
+    result.map(|()| true)
 }
 
 /// Before a run exports anything: refuses a state that disagrees with the lake (nothing is

@@ -26,47 +26,60 @@ impl SourceState {
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
+
+    /// Runs one question. Sources ask from the async runtime: the question is moved off its
+    /// worker threads (`block_in_place`), so a state held by a writer (SQLite waits up to its
+    /// busy timeout) never stalls the tasks that acknowledge webhooks.
+    fn ask<T>(&self, f: impl FnOnce(&State) -> Result<T, StateError>) -> Result<T, String> {
+        let run = || f(&self.state()).map_err(|e| e.to_string());
+        match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(run)
+            }
+            _ => run(),
+        }
+    }
 }
 
 impl KnownKeys for SourceState {
     fn exported_among(&self, ids: &[&str]) -> Result<KeySet, String> {
-        self.state()
-            .exported_among(self.source_id, ids.iter().copied())
-            .map_err(|e| e.to_string())
+        self.ask(|s| s.exported_among(self.source_id, ids.iter().copied()))
     }
 }
 
 impl Inbox for SourceState {
     fn after(&self, seq: i64, limit: usize) -> Result<Vec<Delivery>, String> {
-        self.state()
-            .inbox_after(self.source_id, seq, limit)
-            .map_err(|e| e.to_string())
+        self.ask(|s| s.inbox_after(self.source_id, seq, limit))
+    }
+
+    fn backlog(&self, seq: i64) -> Result<(u64, Option<i64>), String> {
+        self.ask(|s| s.inbox_backlog(self.source_id, seq))
     }
 
     fn prune(&self, upto: i64, days: u64) -> Result<usize, String> {
         let before = chrono::Utc::now().timestamp_micros() - days as i64 * 86_400_000_000;
-        self.state()
-            .inbox_prune(self.source_id, upto, before)
-            .map_err(|e| e.to_string())
+        self.ask(|s| s.inbox_prune(self.source_id, upto, before))
     }
 }
 
 impl Jobs for SourceState {
-    fn submitted(&self, call_sid: &str, task_id: &str, job_id: Option<&str>) -> Result<(), String> {
-        self.state()
-            .job_submitted(self.source_id, call_sid, task_id, job_id)
-            .map_err(|e| e.to_string())
+    fn submitting(&self, call_sid: &str, task_id: &str) -> Result<(), String> {
+        self.ask(|s| s.job_submitting(self.source_id, call_sid, task_id))
     }
 
-    fn give_up(&self, call_sid: &str, reason: &str) -> Result<(), String> {
-        self.state()
-            .job_give_up(self.source_id, call_sid, reason)
-            .map_err(|e| e.to_string())
+    fn queued(&self, task_id: &str, job_id: &str) -> Result<(), String> {
+        self.ask(|s| s.job_queued(self.source_id, task_id, job_id))
+    }
+
+    fn give_up(&self, call_sid: &str, status: &str, reason: &str) -> Result<(), String> {
+        self.ask(|s| s.job_give_up(self.source_id, call_sid, status, reason))
     }
 
     fn list(&self, status: Option<&str>) -> Result<Vec<Job>, String> {
-        self.state()
-            .jobs(self.source_id, status)
-            .map_err(|e| e.to_string())
+        self.ask(|s| s.jobs(self.source_id, status))
+    }
+
+    fn no_call_details(&self, call_sids: &[&str]) -> Result<(), String> {
+        self.ask(|s| s.jobs_no_call_details(self.source_id, call_sids))
     }
 }

@@ -144,6 +144,148 @@ pub struct AnalyzeSim {
     pub submissions: std::collections::HashMap<String, u32>,
     /// Result webhooks sent (doubles included).
     pub webhooks_sent: u64,
+    /// Post the result webhook (and wait for its answer) before answering the submission:
+    /// the result reaches callsync before the job id does.
+    pub result_before_answer: bool,
+    /// Call-details requests served (bulk and single).
+    pub details_requests: u64,
+    /// Answer every submission with this status instead (an outage: 503), counting none.
+    pub submit_status: Option<u16>,
+    /// Submissions answered with `submit_status`.
+    pub refused_submissions: u64,
+}
+
+/// The call-details truth of a call sid: where its start lies, how long it lasted, who
+/// called whom. Deterministic, so tests compare the lake with it. Sids starting with
+/// `NODETAIL` are unknown to the call-details API.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CallDetail {
+    pub sid: String,
+    /// UTC start, µs.
+    pub start_utc_us: i64,
+    pub duration_secs: i64,
+    /// inbound, outbound-dial or outbound-api.
+    pub direction: String,
+    pub from: String,
+    pub to: String,
+}
+
+/// Exotel's default account zone, Asia/Kolkata, is 5 h 30 min east of UTC (no DST).
+pub const KOLKATA_OFFSET_SECS: i64 = 19_800;
+
+/// The details of `sid` (`None` for the ones the API does not know).
+pub fn call_detail(sid: &str) -> Option<CallDetail> {
+    if sid.starts_with("NODETAIL") {
+        return None;
+    }
+    let n = sid.bytes().fold(7u64, |h, b| h.wrapping_mul(131).wrapping_add(b as u64));
+    // Calls of the 30 days before 2026-11-20, whole seconds.
+    let start = 1_763_596_800 - (n % (30 * 86_400)) as i64;
+    Some(CallDetail {
+        sid: sid.to_string(),
+        start_utc_us: start * 1_000_000,
+        duration_secs: 10 + (n % 900) as i64,
+        direction: ["inbound", "outbound-dial", "outbound-api"][(n % 3) as usize].into(),
+        from: format!("0{}", 9_000_000_000 + n % 999_999_999),
+        to: format!("0{}", 8_000_000_000 + (n / 7) % 999_999_999),
+    })
+}
+
+impl CallDetail {
+    /// The call as the API renders it (times local to Asia/Kolkata, Duration a string).
+    pub fn json(&self, account_sid: &str) -> serde_json::Value {
+        let local = |us: i64| {
+            chrono::DateTime::from_timestamp(us / 1_000_000 + KOLKATA_OFFSET_SECS, 0)
+                .map(|d| d.format("%Y-%m-%d %H:%M:%S").to_string())
+                .unwrap_or_default()
+        };
+        let end = self.start_utc_us + self.duration_secs * 1_000_000;
+        serde_json::json!({
+            "Sid": self.sid, "ParentCallSid": null, "DateCreated": local(self.start_utc_us),
+            "DateUpdated": local(end), "AccountSid": account_sid, "To": self.to, "From": self.from,
+            "PhoneNumberSid": "08039591234", "Status": "completed",
+            "StartTime": local(self.start_utc_us), "EndTime": local(end),
+            "Duration": self.duration_secs.to_string(), "Price": "1.500",
+            "Direction": self.direction, "AnsweredBy": "human",
+            "RecordingUrl": format!("https://recordings.exotel.com/{account_sid}/{}.mp3?sig=abc", self.sid),
+        })
+    }
+}
+
+/// Whether the request carries the account's Basic credential.
+fn authorized(shared: &super::Shared, sid: &str, headers: &axum::http::HeaderMap) -> bool {
+    use base64::Engine;
+    let sim = super::lock(&shared.exotel);
+    let basic = base64::engine::general_purpose::STANDARD
+        .encode(format!("{}:{}", sim.api_key, sim.api_token));
+    headers.get("authorization").and_then(|v| v.to_str().ok()) == Some(&format!("Basic {basic}"))
+        && sid == sim.account_sid
+}
+
+fn unauthorized() -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        axum::http::StatusCode::UNAUTHORIZED,
+        "Authentication is required",
+    )
+        .into_response()
+}
+
+/// `GET /exotel/v1/Accounts/{sid}/Calls.json?Sid=a,b,…` (at most 100) or `?PageSize=N`.
+pub async fn calls_bulk(
+    axum::extract::State(shared): axum::extract::State<std::sync::Arc<super::Shared>>,
+    axum::extract::Path(sid): axum::extract::Path<String>,
+    axum::extract::Query(q): axum::extract::Query<std::collections::HashMap<String, String>>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !authorized(&shared, &sid, &headers) {
+        return unauthorized();
+    }
+    super::lock(&shared.exotel).details_requests += 1;
+    let sids: Vec<&str> = q
+        .get("Sid")
+        .map(|s| s.split(',').filter(|s| !s.is_empty()).collect())
+        .unwrap_or_default();
+    if sids.len() > 100 {
+        return (
+            axum::http::StatusCode::BAD_REQUEST,
+            axum::Json(serde_json::json!({"RestException": {"Status": 400, "Message": "At most 100 Sids"}})),
+        )
+            .into_response();
+    }
+    let calls: Vec<serde_json::Value> = if sids.is_empty() {
+        // No filter: the latest calls, PageSize of them (this simulator knows none by list).
+        Vec::new()
+    } else {
+        sids.iter()
+            .filter_map(|s| call_detail(s))
+            .map(|c| c.json(&sid))
+            .collect()
+    };
+    axum::Json(serde_json::json!({
+        "Metadata": {"Total": calls.len(), "PageSize": q.get("PageSize").map_or("50", String::as_str),
+                     "FirstPageUri": null, "PrevPageUri": null, "NextPageUri": null},
+        "Calls": calls,
+    }))
+    .into_response()
+}
+
+/// `GET /exotel/v1/Accounts/{sid}/Calls/{CallSid}.json` → `{"Call": {...}}`.
+pub async fn call_single(
+    axum::extract::State(shared): axum::extract::State<std::sync::Arc<super::Shared>>,
+    axum::extract::Path((sid, file)): axum::extract::Path<(String, String)>,
+    headers: axum::http::HeaderMap,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if !authorized(&shared, &sid, &headers) {
+        return unauthorized();
+    }
+    super::lock(&shared.exotel).details_requests += 1;
+    match file.strip_suffix(".json").and_then(call_detail) {
+        Some(c) => axum::Json(serde_json::json!({"Call": c.json(&sid)})).into_response(),
+        None => (axum::http::StatusCode::NOT_FOUND, "Call not found").into_response(),
+    }
 }
 
 impl Default for AnalyzeSim {
@@ -154,6 +296,10 @@ impl Default for AnalyzeSim {
             api_token: "sim-exotel-token".into(),
             submissions: Default::default(),
             webhooks_sent: 0,
+            result_before_answer: false,
+            details_requests: 0,
+            submit_status: None,
+            refused_submissions: 0,
         }
     }
 }
@@ -222,6 +368,12 @@ pub async fn exo_voice_analyze(
     use base64::Engine;
     let (expected, account, n) = {
         let mut sim = super::lock(&shared.exotel);
+        if let Some(code) = sim.submit_status {
+            sim.refused_submissions += 1;
+            let code = axum::http::StatusCode::from_u16(code)
+                .unwrap_or(axum::http::StatusCode::SERVICE_UNAVAILABLE);
+            return (code, "Service Unavailable").into_response();
+        }
         let basic = base64::engine::general_purpose::STANDARD
             .encode(format!("{}:{}", sim.api_key, sim.api_token));
         let n = {
@@ -270,7 +422,24 @@ pub async fn exo_voice_analyze(
         (Fate::Twice, _) => 2,
         _ => 1,
     };
-    if sends > 0 {
+    let early = super::lock(&shared.exotel).result_before_answer;
+    if sends > 0 && early {
+        // The result reaches the callback (and is acknowledged) before this answer leaves.
+        let body = result_body(&call, &job_id, &task_id, fate);
+        let client = reqwest::Client::new();
+        for _ in 0..sends {
+            let ok = client
+                .post(&callback)
+                .header("content-type", "application/json")
+                .body(body.clone())
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                super::lock(&shared.exotel).webhooks_sent += 1;
+            }
+        }
+    } else if sends > 0 {
         let body = result_body(&call, &job_id, &task_id, fate);
         let shared = shared.clone();
         tokio::spawn(async move {

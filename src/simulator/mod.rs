@@ -87,6 +87,14 @@ impl Simulator {
                 "/exotel/v1/Accounts/{sid}/Calls/{call}/ExoVoiceAnalyze.json",
                 axum::routing::post(exotel::exo_voice_analyze),
             )
+            .route(
+                "/exotel/v1/Accounts/{sid}/Calls.json",
+                axum::routing::get(exotel::calls_bulk),
+            )
+            .route(
+                "/exotel/v1/Accounts/{sid}/Calls/{file}",
+                axum::routing::get(exotel::call_single),
+            )
             .layer(axum::middleware::from_fn_with_state(
                 shared.clone(),
                 count_in_flight,

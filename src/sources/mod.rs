@@ -7,7 +7,8 @@ pub mod exotel_monitor;
 pub mod push;
 
 pub use push::{
-    Delivery, Inbox, InboxCursor, Job, Jobs, Received, WebhookSpec, default_flush_interval_secs,
+    Delivery, FLUSH_CHECK_SECS, FlushPolicy, Inbox, InboxCursor, Job, JobResult, Jobs, Received,
+    WebhookSpec, default_flush_interval_secs, default_flush_max_rows,
     default_inbox_retention_days, default_webhook_max_body_bytes, validate_push,
 };
 pub mod voice_calls;
@@ -76,6 +77,9 @@ pub struct OpenContext {
     pub inbox: Arc<dyn Inbox>,
     /// The source's analysis jobs (kinds that submit work to a vendor).
     pub jobs: Arc<dyn Jobs>,
+    /// The daemon is draining: export what is there, start no new vendor work (no
+    /// resubmissions).
+    pub draining: bool,
 }
 
 /// What the pipeline tells a source about its exported keys, so that a re-listed call costs
@@ -297,8 +301,48 @@ impl SourceConfig {
             SourceConfig::Voicegain(c) => Trigger::Cron(&c.schedule),
             SourceConfig::VoiceCalls(c) => Trigger::Cron(&c.schedule),
             SourceConfig::VonageInsights(c) => Trigger::Cron(&c.schedule),
-            SourceConfig::ExotelMonitor(c) => Trigger::Every(c.flush_interval_secs),
-            SourceConfig::ExotelAnalyze(c) => Trigger::Every(c.flush_interval_secs),
+            SourceConfig::ExotelMonitor(c) => {
+                Trigger::Every(c.flush_interval_secs.min(FLUSH_CHECK_SECS))
+            }
+            SourceConfig::ExotelAnalyze(c) => {
+                Trigger::Every(c.flush_interval_secs.min(FLUSH_CHECK_SECS))
+            }
+        }
+    }
+
+    /// When a push source's inbox goes to the lake (`None` for pull kinds).
+    pub fn flush_policy(&self) -> Option<FlushPolicy> {
+        match self {
+            SourceConfig::ExotelMonitor(c) => Some(FlushPolicy {
+                max_rows: c.flush_max_rows,
+                interval_secs: c.flush_interval_secs,
+            }),
+            SourceConfig::ExotelAnalyze(c) => Some(FlushPolicy {
+                max_rows: c.flush_max_rows,
+                interval_secs: c.flush_interval_secs,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Whether a run now would do anything: always for pull kinds; for push kinds, when the
+    /// inbox is due (`flush_policy`) or, for analysis, an overdue job waits for resubmission.
+    /// An idle push source is not run, so it writes nothing, not even a run record.
+    pub fn due(
+        &self,
+        source_name: &str,
+        cursor: Option<&Cursor>,
+        ctx: &OpenContext,
+    ) -> Result<bool, SourceError> {
+        let Some(policy) = self.flush_policy() else {
+            return Ok(true);
+        };
+        if policy.inbox_due(source_name, cursor, ctx)? {
+            return Ok(true);
+        }
+        match self {
+            SourceConfig::ExotelAnalyze(c) => exotel_analyze::jobs_overdue(source_name, c, ctx),
+            _ => Ok(false),
         }
     }
 
@@ -352,8 +396,12 @@ impl SourceConfig {
     }
 
     /// One cheap authenticated request (the last hour's first record), with at most two
-    /// attempts: whether the credential, host and parameters work. Exports nothing.
-    pub fn check<'a>(&'a self, source_name: &'a str) -> BoxFuture<'a, Result<(), SourceError>> {
+    /// attempts: whether the credential, host and parameters work. Exports nothing. `Ok` says
+    /// what was checked.
+    pub fn check<'a>(
+        &'a self,
+        source_name: &'a str,
+    ) -> BoxFuture<'a, Result<String, SourceError>> {
         Box::pin(async move {
             let to = chrono::Utc::now();
             let from = to - chrono::Duration::hours(1);
@@ -386,12 +434,26 @@ impl SourceConfig {
                     )?;
                     client.search(from, to, 0, 1).await?;
                 }
-                // A push source calls nothing: its webhook token must be readable.
+                // A monitor-leg source calls nothing: Exotel calls it. Its token must load.
                 SourceConfig::ExotelMonitor(c) => {
                     secret_from(source_name, &c.webhook_token_env, &c.webhook_token_file)?;
+                    return Ok(format!(
+                        "webhook only: token loaded, URL /webhooks/{source_name}/…; nothing is called"
+                    ));
                 }
+                // Analysis: one authenticated GET of the call-details API.
                 SourceConfig::ExotelAnalyze(c) => {
-                    exotel_analyze::Analyzer::new(source_name, c)?;
+                    let c = exotel_analyze::ExotelAnalyzeConfig {
+                        http: quick(&c.http),
+                        ..c.clone()
+                    };
+                    exotel_analyze::Analyzer::new(source_name, &c)?
+                        .check()
+                        .await?;
+                    return Ok(format!(
+                        "{} call-details API reached, credential accepted; webhook token loaded",
+                        self.kind()
+                    ));
                 }
                 SourceConfig::VoiceCalls(c) => {
                     let token = secret_from(source_name, &c.token_env, &c.token_file)?;
@@ -406,7 +468,7 @@ impl SourceConfig {
                         .await?;
                 }
             }
-            Ok(())
+            Ok(format!("{} reached, credential accepted", self.kind()))
         })
     }
 

@@ -27,6 +27,41 @@ pub trait Inbox: Send + Sync {
     fn after(&self, seq: i64, limit: usize) -> Result<Vec<Delivery>, String>;
     /// Deletes exported deliveries (`seq <= upto`) older than `days`.
     fn prune(&self, upto: i64, days: u64) -> Result<usize, String>;
+    /// Deliveries after `seq` (not exported yet) and when the oldest of them arrived (µs).
+    fn backlog(&self, seq: i64) -> Result<(u64, Option<i64>), String>;
+}
+
+/// When a push source's inbox goes to the lake: once it holds `max_rows` unexported
+/// deliveries or its oldest one is `interval_secs` old (and always when the daemon drains).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlushPolicy {
+    pub max_rows: u64,
+    pub interval_secs: u64,
+}
+
+/// How often the daemon asks a push source whether its inbox is due, at most.
+pub const FLUSH_CHECK_SECS: u64 = 5;
+
+impl FlushPolicy {
+    /// Whether the inbox after `cursor` is due for export now.
+    pub fn inbox_due(
+        &self,
+        source_name: &str,
+        cursor: Option<&Cursor>,
+        ctx: &OpenContext,
+    ) -> Result<bool, SourceError> {
+        let c: InboxCursor = decode_cursor(source_name, cursor)?.unwrap_or_default();
+        let (depth, oldest) = ctx
+            .inbox
+            .backlog(c.seq)
+            .map_err(|reason| SourceError::KnownKeys {
+                source_name: source_name.to_string(),
+                reason: format!("reading the inbox: {reason}"),
+            })?;
+        let now = chrono::Utc::now().timestamp_micros();
+        Ok(depth >= self.max_rows
+            || oldest.is_some_and(|t| now - t >= self.interval_secs as i64 * 1_000_000))
+    }
 }
 
 /// An analysis job submitted to a vendor (Exotel ExoVoiceAnalyze), one per call.
@@ -35,21 +70,41 @@ pub struct Job {
     pub call_sid: String,
     pub task_id: String,
     pub job_id: Option<String>,
-    /// `queued`, `done`, `failed` (the vendor's result said so) or `timed_out`.
+    /// `submitting` (recorded, the vendor's answer not yet), `queued`, `done`, `failed` (the
+    /// vendor's result or its refusal said so) or `timed_out`.
     pub status: String,
     pub submissions: i64,
     pub submitted_at_us: i64,
     pub reason: Option<String>,
+    /// The result was exported, but the call-details API did not return its call (the row
+    /// has no call time).
+    pub no_call_details: bool,
 }
 
 /// A source's analysis jobs, kept by the state (behind the pipeline).
 pub trait Jobs: Send + Sync {
-    /// A call was submitted (again): `queued`, one more submission.
-    fn submitted(&self, call_sid: &str, task_id: &str, job_id: Option<&str>) -> Result<(), String>;
-    /// A job is given up (`timed_out`).
-    fn give_up(&self, call_sid: &str, reason: &str) -> Result<(), String>;
+    /// A call is about to be submitted (again) with `task_id`: recorded first, so a result
+    /// that arrives before the vendor's answer finds its job.
+    fn submitting(&self, call_sid: &str, task_id: &str) -> Result<(), String>;
+    /// The vendor queued the submission `task_id` as `job_id` (a job already done stays done).
+    fn queued(&self, task_id: &str, job_id: &str) -> Result<(), String>;
+    /// A job ends without a result: `failed` (the vendor refused it) or `timed_out`.
+    fn give_up(&self, call_sid: &str, status: &str, reason: &str) -> Result<(), String>;
     /// The jobs, all or in one status.
     fn list(&self, status: Option<&str>) -> Result<Vec<Job>, String>;
+    /// These calls' results were exported without call details.
+    fn no_call_details(&self, call_sids: &[&str]) -> Result<(), String>;
+}
+
+/// The result of an analysis job a delivery carries, found by whichever of its ids the job
+/// already knows (our task id, the vendor's job id, the call sid).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobResult {
+    pub job_id: String,
+    pub task_id: Option<String>,
+    pub call_sid: Option<String>,
+    pub succeeded: bool,
+    pub reason: Option<String>,
 }
 
 /// The stored cursor of a push source: the last inbox sequence number exported.
@@ -72,17 +127,21 @@ pub struct WebhookSpec {
 pub struct Received {
     /// The vendor's delivery identity (unique per source: a redelivery is absorbed).
     pub key: String,
-    /// The analysis job it reports on: (job id, succeeded, reason).
-    pub job: Option<(String, bool, Option<String>)>,
+    /// The analysis job it reports on.
+    pub job: Option<JobResult>,
 }
 
 /// 1 MiB.
 pub fn default_webhook_max_body_bytes() -> usize {
     1 << 20
 }
-/// 5 s.
+/// 5 minutes: every flush writes a file per partition that readers open until compaction.
 pub fn default_flush_interval_secs() -> u64 {
-    5
+    300
+}
+/// 100,000 deliveries.
+pub fn default_flush_max_rows() -> u64 {
+    100_000
 }
 /// A week.
 pub fn default_inbox_retention_days() -> u64 {
@@ -90,7 +149,16 @@ pub fn default_inbox_retention_days() -> u64 {
 }
 
 /// Checks the keys every push kind has.
-pub fn validate_push(table: &str, max_body: usize, flush_secs: u64, problems: &mut Problems) {
+pub fn validate_push(
+    table: &str,
+    max_body: usize,
+    flush_secs: u64,
+    flush_rows: u64,
+    problems: &mut Problems,
+) {
+    if flush_rows == 0 {
+        problems.push(table, Some("flush_max_rows"), "must be at least 1");
+    }
     if !(1024..=64 << 20).contains(&max_body) {
         problems.push(
             table,

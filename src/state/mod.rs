@@ -157,7 +157,44 @@ impl State {
         Ok(state)
     }
 
+    /// Opens an existing state for the server's questions (health, metrics): no migration,
+    /// no write transaction, and a short busy timeout so an answer never waits on a writer
+    /// for long. `read_only` opens it read-only (WAL readers never wait for a writer).
+    pub fn open_for_server(path: &Path, read_only: bool) -> Result<State, StateError> {
+        use rusqlite::OpenFlags;
+        let flags = if read_only {
+            OpenFlags::SQLITE_OPEN_READ_ONLY
+        } else {
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+        } | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let conn = Connection::open_with_flags(path, flags)?;
+        conn.busy_timeout(std::time::Duration::from_millis(500))?;
+        Ok(State { conn })
+    }
+
+    /// Whether the state takes a write now: `BEGIN IMMEDIATE`, then roll back (nothing is
+    /// written). Busy past the connection's timeout is an error naming the lock.
+    pub fn probe_write(&self) -> Result<(), StateError> {
+        self.conn.execute_batch("BEGIN IMMEDIATE; ROLLBACK;")?;
+        Ok(())
+    }
+
     fn migrate(&mut self) -> Result<(), StateError> {
+        // Most opens find the schema current: a read tells, and no write lock is taken.
+        let current: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT MAX(version) FROM schema_version",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .ok()
+            .flatten()
+            .flatten();
+        if current == Some(migrations::MIGRATIONS.len() as i64) {
+            return Ok(());
+        }
         self.conn.execute_batch(
             "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL, applied_at TEXT NOT NULL);",
         )?;

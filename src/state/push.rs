@@ -18,8 +18,8 @@ pub struct NewDelivery {
     pub body: Vec<u8>,
     /// Why the body cannot be used (it becomes a reject), if so.
     pub invalid: Option<String>,
-    /// The result of an analysis job this delivery carries: (job id, succeeded, reason).
-    pub job: Option<(String, bool, Option<String>)>,
+    /// The result of an analysis job this delivery carries.
+    pub job: Option<crate::sources::JobResult>,
 }
 
 impl State {
@@ -34,16 +34,22 @@ impl State {
             let mut stmt = tx.prepare_cached(
                 "INSERT OR IGNORE INTO inbox (source_id, delivery_key, received_at, content_type, headers, body, invalid) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
+            // A result finds its job by whichever id the job already has: our task id (known
+            // before the submission is sent), the vendor's job id, or the call.
             let mut job = tx.prepare_cached(
-                "UPDATE jobs SET status = ?3, reason = ?4, updated_at = ?5 WHERE source_id = ?1 AND job_id = ?2 AND status IN ('queued', 'timed_out')",
+                "UPDATE jobs SET status = ?5, reason = ?6, updated_at = ?7, job_id = COALESCE(job_id, ?2)
+                 WHERE source_id = ?1 AND status IN ('submitting', 'queued', 'timed_out')
+                   AND (job_id = ?2 OR task_id = ?3 OR call_sid = ?4)",
             )?;
             for d in batch {
-                if let Some((job_id, ok, reason)) = &d.job {
+                if let Some(r) = &d.job {
                     job.execute(params![
                         d.source_id,
-                        job_id,
-                        if *ok { "done" } else { "failed" },
-                        reason,
+                        r.job_id,
+                        r.task_id,
+                        r.call_sid,
+                        if r.succeeded { "done" } else { "failed" },
+                        r.reason,
                         d.received_at_us
                     ])?;
                 }
@@ -63,43 +69,71 @@ impl State {
         Ok(out)
     }
 
-    /// Records a submitted job (a call's first or a fresh one): status `queued`.
-    pub fn job_submitted(
+    /// Records a submission about to be sent (a call's first or a fresh one): status
+    /// `submitting`, one more submission, the new task id.
+    pub fn job_submitting(
         &self,
         source_id: i64,
         call_sid: &str,
         task_id: &str,
-        job_id: Option<&str>,
     ) -> Result<(), StateError> {
         let now = chrono::Utc::now().timestamp_micros();
         self.conn.execute(
             "INSERT INTO jobs (source_id, call_sid, task_id, job_id, status, submissions, submitted_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, 'queued', 1, ?5, ?5)
-             ON CONFLICT(source_id, call_sid) DO UPDATE SET task_id = ?3, job_id = ?4, status = 'queued',
-               submissions = submissions + 1, submitted_at = ?5, updated_at = ?5, reason = NULL",
-            params![source_id, call_sid, task_id, job_id, now],
+             VALUES (?1, ?2, ?3, NULL, 'submitting', 1, ?4, ?4)
+             ON CONFLICT(source_id, call_sid) DO UPDATE SET task_id = ?3, job_id = NULL, status = 'submitting',
+               submissions = submissions + 1, submitted_at = ?4, updated_at = ?4, reason = NULL",
+            params![source_id, call_sid, task_id, now],
         )?;
         Ok(())
     }
 
-    /// Marks a job given up (`timed_out`) with its reason.
+    /// The vendor queued submission `task_id` as `job_id`; a job whose result already came
+    /// keeps its status.
+    pub fn job_queued(&self, source_id: i64, task_id: &str, job_id: &str) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE jobs SET job_id = ?3, updated_at = ?4,
+               status = CASE WHEN status = 'submitting' THEN 'queued' ELSE status END
+             WHERE source_id = ?1 AND task_id = ?2",
+            params![source_id, task_id, job_id, chrono::Utc::now().timestamp_micros()],
+        )?;
+        Ok(())
+    }
+
+    /// Ends a job without a result (`failed`: refused; `timed_out`: no result in time).
     pub fn job_give_up(
         &self,
         source_id: i64,
         call_sid: &str,
+        status: &str,
         reason: &str,
     ) -> Result<(), StateError> {
         self.conn.execute(
-            "UPDATE jobs SET status = 'timed_out', reason = ?3, updated_at = ?4 WHERE source_id = ?1 AND call_sid = ?2",
-            params![source_id, call_sid, reason, chrono::Utc::now().timestamp_micros()],
+            "UPDATE jobs SET status = ?3, reason = ?4, updated_at = ?5 WHERE source_id = ?1 AND call_sid = ?2",
+            params![source_id, call_sid, status, reason, chrono::Utc::now().timestamp_micros()],
         )?;
+        Ok(())
+    }
+
+    /// Marks calls whose result was exported without call details.
+    pub fn jobs_no_call_details(&self, source_id: i64, call_sids: &[&str]) -> Result<(), StateError> {
+        let tx = self.conn.unchecked_transaction()?;
+        {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE jobs SET no_call_details = 1 WHERE source_id = ?1 AND call_sid = ?2",
+            )?;
+            for sid in call_sids {
+                stmt.execute(params![source_id, sid])?;
+            }
+        }
+        tx.commit()?;
         Ok(())
     }
 
     /// The jobs of a source (all, or only those in `status`).
     pub fn jobs(&self, source_id: i64, status: Option<&str>) -> Result<Vec<Job>, StateError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT call_sid, task_id, job_id, status, submissions, submitted_at, reason FROM jobs
+            "SELECT call_sid, task_id, job_id, status, submissions, submitted_at, reason, no_call_details FROM jobs
              WHERE source_id = ?1 AND (?2 IS NULL OR status = ?2) ORDER BY call_sid",
         )?;
         let rows = stmt
@@ -112,6 +146,7 @@ impl State {
                     submissions: r.get(4)?,
                     submitted_at_us: r.get(5)?,
                     reason: r.get(6)?,
+                    no_call_details: r.get::<_, i64>(7)? != 0,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;

@@ -36,6 +36,8 @@ pub struct SourceStatus {
     pub inbox: Option<InboxStatus>,
     /// Analysis jobs that failed (the vendor's result said so) or were given up.
     pub failed_jobs: Vec<Job>,
+    /// Analysed calls the call-details API did not return: their rows have no call time.
+    pub calls_without_details: Vec<String>,
 }
 
 /// The backlog of a push source's inbox, for `status`.
@@ -151,7 +153,14 @@ impl State {
             };
             let mut failed_jobs = self.jobs(id, Some("failed"))?;
             failed_jobs.extend(self.jobs(id, Some("timed_out"))?);
+            let calls_without_details = self
+                .jobs(id, Some("done"))?
+                .into_iter()
+                .filter(|j| j.no_call_details)
+                .map(|j| j.call_sid)
+                .collect();
             out.push(SourceStatus {
+                calls_without_details,
                 backfills,
                 inbox,
                 failed_jobs,

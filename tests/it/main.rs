@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod analysis;
 mod backfill;
 
 mod commit_protocol;

@@ -7,11 +7,15 @@
 //! resubmits jobs whose result is overdue (a fresh task id), up to `max_submissions`.
 //!
 //! Assumptions where the vendor doc is silent: a result is keyed by `job_id` (a redelivery is
-//! absorbed); a `success: false` result writes no call row and is kept on its job with its
-//! reason; the transcript has no speakers, so each line is a turn with role `unknown`.
+//! absorbed) and finds its job by task id, job id or call sid, whichever the job knows (a
+//! result may arrive before the submission's answer); a `success: false` result writes no call
+//! row and is kept on its job with its reason; the transcript has no speakers, so each line is
+//! a turn with role `unknown`. A result carries no call time: it is joined with Exotel's
+//! call-details API (`Calls.json?Sid=…`, 100 sids a request, times in `timezone`).
 
 pub mod model;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 
 use reqwest::header::{AUTHORIZATION, HeaderName};
@@ -21,9 +25,10 @@ use crate::config::{HttpConfig, Problems};
 use crate::http::HttpClient;
 use crate::record::{CallBatchBuilder, CallRow, Turn};
 use crate::secret::Secret;
+use crate::sources::exotel_monitor::normalize::local_time;
 use crate::sources::push::{InboxPages, reject};
 use crate::sources::{
-    BoxFuture, Cursor, OpenContext, Page, Received, Source, SourceError, secret_from,
+    BoxFuture, Cursor, JobResult, OpenContext, Page, Received, Source, SourceError, secret_from,
     validate_base_url, validate_secret,
 };
 
@@ -76,15 +81,26 @@ pub struct ExotelAnalyzeConfig {
     /// Submissions per call before its job is given up (`timed_out`).
     #[serde(default = "default_max_submissions")]
     pub max_submissions: u32,
-    /// Seconds between exports of the inbox (push kinds take no `schedule`).
+    /// The inbox is exported to the lake once its oldest unexported delivery is this old
+    /// (seconds), or it holds `flush_max_rows`, and when the daemon drains.
     #[serde(default = "super::default_flush_interval_secs")]
     pub flush_interval_secs: u64,
+    /// Unexported deliveries that make the inbox export at once, whatever their age.
+    #[serde(default = "super::default_flush_max_rows")]
+    pub flush_max_rows: u64,
     /// Exported deliveries are deleted from the inbox after this many days.
     #[serde(default = "super::default_inbox_retention_days")]
     pub inbox_retention_days: u64,
-    /// Timeouts and retries of the submissions.
+    /// The account's time zone (IANA name): the call-details API's times carry no offset.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// Timeouts and retries of the submissions and call-details requests.
     #[serde(default)]
     pub http: HttpConfig,
+}
+
+fn default_timezone() -> String {
+    "Asia/Kolkata".into()
 }
 
 fn default_base_url() -> String {
@@ -152,6 +168,16 @@ impl ExotelAnalyzeConfig {
                 "required with the categorise task",
             );
         }
+        if self.timezone.parse::<chrono_tz::Tz>().is_err() {
+            problems.push(
+                table,
+                Some("timezone"),
+                format!(
+                    "{:?} is not an IANA time zone (e.g. \"Asia/Kolkata\")",
+                    self.timezone
+                ),
+            );
+        }
         if self.max_submissions == 0 {
             problems.push(table, Some("max_submissions"), "must be at least 1");
         }
@@ -159,6 +185,7 @@ impl ExotelAnalyzeConfig {
             table,
             self.webhook_max_body_bytes,
             self.flush_interval_secs,
+            self.flush_max_rows,
             problems,
         );
         self.http.validate(table, problems);
@@ -172,11 +199,62 @@ pub fn receive(_content_type: Option<&str>, body: &[u8]) -> Result<Received, Str
         return Err("the result has no job_id".into());
     }
     let reason = r.reason.filter(|s| !s.trim().is_empty());
+    let nonempty = |v: Option<String>| v.filter(|s| !s.trim().is_empty());
     Ok(Received {
         key: r.job_id.clone(),
-        job: Some((r.job_id, r.success, reason)),
+        job: Some(JobResult {
+            job_id: r.job_id,
+            task_id: nonempty(r.task_id),
+            call_sid: nonempty(r.call_sid),
+            succeeded: r.success,
+            reason,
+        }),
     })
 }
+
+/// Whether a job waits for resubmission: no result `result_timeout_secs` after its last
+/// submission (`submitting` too: the vendor's answer never came).
+fn overdue(cfg: &ExotelAnalyzeConfig, job: &super::Job, now_us: i64) -> bool {
+    matches!(job.status.as_str(), "queued" | "submitting")
+        && job.submitted_at_us <= now_us - cfg.result_timeout_secs as i64 * 1_000_000
+}
+
+/// Whether any job is overdue (the flush then runs to resubmit it, even with an idle inbox).
+pub fn jobs_overdue(
+    source_name: &str,
+    cfg: &ExotelAnalyzeConfig,
+    ctx: &OpenContext,
+) -> Result<bool, SourceError> {
+    if ctx.draining {
+        return Ok(false);
+    }
+    let now = chrono::Utc::now().timestamp_micros();
+    let mut jobs = ctx.jobs.list(Some("queued")).map_err(|e| jobs_error(source_name, e))?;
+    jobs.extend(ctx.jobs.list(Some("submitting")).map_err(|e| jobs_error(source_name, e))?);
+    Ok(jobs.iter().any(|j| overdue(cfg, j, now)))
+}
+
+fn jobs_error(source_name: &str, reason: String) -> SourceError {
+    SourceError::KnownKeys {
+        source_name: source_name.to_string(),
+        reason: format!("reading the jobs: {reason}"),
+    }
+}
+
+/// Exotel's call directions in the schema's two words.
+fn direction(d: &str) -> Option<&'static str> {
+    let d = d.trim().to_ascii_lowercase();
+    if d.starts_with("inbound") || d == "incoming" {
+        Some("inbound")
+    } else if d.starts_with("outbound") || d == "outgoing" {
+        Some("outbound")
+    } else {
+        None
+    }
+}
+
+/// Calls per call-details request (the API's limit on `Sid=`).
+const DETAILS_PER_REQUEST: usize = 100;
 
 /// Submits calls for analysis.
 pub struct Analyzer {
@@ -220,14 +298,22 @@ impl Analyzer {
         })
     }
 
-    /// Submits one call with a fresh task id.
-    pub async fn submit(&self, call_sid: &str) -> Result<Submitted, SourceError> {
+    /// Submits one call with a fresh task id, recorded in `jobs` before it is sent (so a
+    /// result that arrives before the vendor's answer finds its job); a refusal (400) marks the
+    /// job `failed` with the vendor's message.
+    pub async fn submit(
+        &self,
+        call_sid: &str,
+        jobs: &dyn super::Jobs,
+    ) -> Result<Submitted, SourceError> {
         let path = format!(
             "/v1/Accounts/{}/Calls/{}/ExoVoiceAnalyze.json",
             self.cfg.account_sid, call_sid
         );
         let url = self.http.url(&self.cfg.base_url, &path)?;
         let task_id = uuid::Uuid::now_v7().simple().to_string();
+        let err = |e| jobs_error(&self.source_name, e);
+        jobs.submitting(call_sid, &task_id).map_err(err)?;
         let mut body = serde_json::json!({
             "callback_url": self.callback_url,
             "insight_tasks": self.cfg.insight_tasks,
@@ -249,6 +335,12 @@ impl Analyzer {
                         .join(": ")
                 })
                 .unwrap_or_else(|| String::from_utf8_lossy(&r.body).chars().take(200).collect());
+            jobs.give_up(
+                call_sid,
+                "failed",
+                &format!("refused by ExoVoiceAnalyze (HTTP 400): {msg}"),
+            )
+            .map_err(err)?;
             return Ok(Submitted::Refused(msg));
         }
         if !r.status.is_success() {
@@ -267,52 +359,78 @@ impl Analyzer {
                 source_name: self.source_name.clone(),
                 reason: format!("ExoVoiceAnalyze queued call {call_sid} without a job_id"),
             })?;
+        jobs.queued(&task_id, &job_id).map_err(err)?;
         Ok(Submitted::Queued { task_id, job_id })
     }
 
-    /// Resubmits the queued jobs whose result is overdue; gives up on those submitted
-    /// `max_submissions` times. Returns (resubmitted, given up).
+    /// Resubmits the jobs whose result is overdue; gives up on those submitted
+    /// `max_submissions` times. A resubmission that fails (5xx, timeout) is logged and counted
+    /// and tried again at the next flush: it never stops the export. Returns (resubmitted,
+    /// given up, failed).
     pub async fn resubmit_overdue(
         &self,
         jobs: &dyn super::Jobs,
-    ) -> Result<(usize, usize), SourceError> {
-        let err = |reason: String| SourceError::KnownKeys {
-            source_name: self.source_name.clone(),
-            reason: format!("reading the jobs: {reason}"),
-        };
-        let cutoff =
-            chrono::Utc::now().timestamp_micros() - self.cfg.result_timeout_secs as i64 * 1_000_000;
-        let (mut again, mut gave_up) = (0, 0);
-        for job in jobs.list(Some("queued")).map_err(err)? {
-            if job.submitted_at_us > cutoff {
-                continue;
-            }
+    ) -> Result<(usize, usize, usize), SourceError> {
+        let err = |e| jobs_error(&self.source_name, e);
+        let now = chrono::Utc::now().timestamp_micros();
+        let (mut again, mut gave_up, mut failed) = (0, 0, 0);
+        let mut due = jobs.list(Some("queued")).map_err(err)?;
+        due.extend(jobs.list(Some("submitting")).map_err(err)?);
+        for job in due.iter().filter(|j| overdue(&self.cfg, j, now)) {
             if job.submissions >= self.cfg.max_submissions as i64 {
-                jobs.give_up(
-                    &job.call_sid,
-                    &format!(
-                        "no result after {} submissions, {} s each",
-                        job.submissions, self.cfg.result_timeout_secs
-                    ),
-                )
-                .map_err(err)?;
+                let reason = format!(
+                    "no result after {} submissions, {} s each",
+                    job.submissions, self.cfg.result_timeout_secs
+                );
+                jobs.give_up(&job.call_sid, "timed_out", &reason)
+                    .map_err(err)?;
                 gave_up += 1;
                 continue;
             }
-            match self.submit(&job.call_sid).await? {
-                Submitted::Queued { task_id, job_id } => {
-                    jobs.submitted(&job.call_sid, &task_id, Some(&job_id))
-                        .map_err(err)?;
-                    again += 1;
-                }
-                Submitted::Refused(msg) => {
-                    jobs.give_up(&job.call_sid, &format!("resubmission refused: {msg}"))
-                        .map_err(err)?;
-                    gave_up += 1;
+            match self.submit(&job.call_sid, jobs).await {
+                Ok(Submitted::Queued { .. }) => again += 1,
+                Ok(Submitted::Refused(_)) => gave_up += 1,
+                Err(e) => {
+                    failed += 1;
+                    crate::telemetry::resubmit_failed(&self.source_name);
+                    tracing::warn!(source = %self.source_name, call_sid = %job.call_sid, error = %e, "Resubmission failed; trying again at the next flush.");
                 }
             }
         }
-        Ok((again, gave_up))
+        Ok((again, gave_up, failed))
+    }
+
+    /// The calls' details (time, duration, direction, numbers) by call sid, 100 per request;
+    /// a call the API does not return is absent.
+    pub async fn call_details(
+        &self,
+        call_sids: &[&str],
+    ) -> Result<HashMap<String, model::ExoCall>, SourceError> {
+        let mut out = HashMap::new();
+        for chunk in call_sids.chunks(DETAILS_PER_REQUEST) {
+            let path = format!("/v1/Accounts/{}/Calls.json", self.cfg.account_sid);
+            let mut url = self.http.url(&self.cfg.base_url, &path)?;
+            url.query_pairs_mut().append_pair("Sid", &chunk.join(","));
+            let r = self.http.get_ok(&url).await?;
+            let answer: model::CallsAnswer =
+                serde_json::from_slice(&r.body).map_err(|e| SourceError::Protocol {
+                    source_name: self.source_name.clone(),
+                    reason: format!("the call-details answer is not {{\"Calls\": [...]}}: {e}"),
+                })?;
+            for c in answer.calls {
+                out.insert(c.sid.clone(), c);
+            }
+        }
+        Ok(out)
+    }
+
+    /// `check`: one authenticated GET of the call-details API (`PageSize=1`).
+    pub async fn check(&self) -> Result<(), SourceError> {
+        let path = format!("/v1/Accounts/{}/Calls.json", self.cfg.account_sid);
+        let mut url = self.http.url(&self.cfg.base_url, &path)?;
+        url.query_pairs_mut().append_pair("PageSize", "1");
+        self.http.get_ok(&url).await?;
+        Ok(())
     }
 }
 
@@ -323,6 +441,7 @@ pub struct ExotelAnalyzeSource {
     cfg: ExotelAnalyzeConfig,
     pages: InboxPages,
     resubmitted: bool,
+    tz: chrono_tz::Tz,
 }
 
 impl ExotelAnalyzeSource {
@@ -338,22 +457,25 @@ impl ExotelAnalyzeSource {
             cfg: cfg.clone(),
             pages: InboxPages::new(source_name, cursor, cfg.inbox_retention_days)?,
             resubmitted: false,
+            tz: cfg.timezone.parse().unwrap_or(chrono_tz::Asia::Kolkata),
         })
     }
 
     async fn read_page(&mut self) -> Result<Option<Page>, SourceError> {
-        if !self.resubmitted {
+        let analyzer = Analyzer::new(&self.source_name, &self.cfg)?;
+        // The drain starts no new vendor work: resubmissions wait for the next start.
+        if !self.resubmitted && !self.ctx.draining {
             self.resubmitted = true;
-            let analyzer = Analyzer::new(&self.source_name, &self.cfg)?;
-            let (again, gave_up) = analyzer.resubmit_overdue(self.ctx.jobs.as_ref()).await?;
-            if again + gave_up > 0 {
-                tracing::info!(source = %self.source_name, resubmitted = again, given_up = gave_up, "Overdue analysis jobs handled.");
+            let (again, gave_up, failed) =
+                analyzer.resubmit_overdue(self.ctx.jobs.as_ref()).await?;
+            if again + gave_up + failed > 0 {
+                tracing::info!(source = %self.source_name, resubmitted = again, given_up = gave_up, failed, "Overdue analysis jobs handled.");
             }
         }
         let Some(deliveries) = self.pages.next(&self.ctx)? else {
             return Ok(None);
         };
-        let mut builder = CallBatchBuilder::new();
+        let mut results = Vec::with_capacity(deliveries.len());
         let mut rejects = Vec::new();
         for d in &deliveries {
             if let Some(reason) = &d.invalid {
@@ -371,10 +493,53 @@ impl ExotelAnalyzeSource {
             if !r.success {
                 continue;
             }
-            let Some(call_sid) = r.call_sid.as_deref().filter(|s| !s.trim().is_empty()) else {
+            if r.call_sid.as_deref().is_none_or(|s| s.trim().is_empty()) {
                 rejects.push(reject(d, "the result has no callSID".into(), None));
                 continue;
+            }
+            results.push((d, r));
+        }
+        // The call's own time, numbers and direction, from the call-details API. A failure
+        // there fails the flush: the results wait in the inbox for the next one.
+        let sids: Vec<&str> = results
+            .iter()
+            .filter_map(|(_, r)| r.call_sid.as_deref())
+            .collect();
+        let details = if sids.is_empty() {
+            HashMap::new()
+        } else {
+            analyzer.call_details(&sids).await?
+        };
+        let missing: Vec<&str> = sids
+            .iter()
+            .copied()
+            .filter(|s| !details.contains_key(*s))
+            .collect();
+        if !missing.is_empty() {
+            tracing::warn!(source = %self.source_name, calls = missing.len(), "The call-details API did not return some analysed calls; their rows have no call time.");
+            self.ctx
+                .jobs
+                .no_call_details(&missing)
+                .map_err(|e| jobs_error(&self.source_name, e))?;
+        }
+        let mut builder = CallBatchBuilder::new();
+        for (d, r) in &results {
+            let call_sid = r.call_sid.as_deref().unwrap_or_default();
+            let call = details.get(call_sid);
+            let time = |field: &str, v: Option<&String>| {
+                v.filter(|s| !s.trim().is_empty())
+                    .and_then(|v| local_time(self.tz, field, v).ok())
             };
+            let started_at = call.and_then(|c| time("StartTime", c.start_time.as_ref()));
+            let ended_at = call.and_then(|c| time("EndTime", c.end_time.as_ref()));
+            let duration_ms = call
+                .and_then(|c| c.duration.as_ref())
+                .and_then(|v| match v {
+                    serde_json::Value::Number(n) => n.as_f64(),
+                    serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
+                    _ => None,
+                })
+                .map(|secs| (secs * 1000.0).round() as i64);
             let turns: Vec<Turn> = r
                 .transcript
                 .as_deref()
@@ -396,12 +561,18 @@ impl ExotelAnalyzeSource {
             builder.append(&CallRow {
                 call_id: call_sid,
                 source_kind: KIND,
+                started_at,
+                ended_at,
+                duration_ms,
+                direction: call.and_then(|c| c.direction.as_deref()).and_then(direction),
+                from_number: call.and_then(|c| c.from.as_deref()),
+                to_number: call.and_then(|c| c.to.as_deref()),
                 summary: summary.as_deref(),
                 sentiment_label: sentiment.as_deref(),
                 category: category.as_deref(),
                 transcript: (!turns.is_empty()).then_some(turns.as_slice()),
-                // A result carries no call time: `started_at` stays empty and the row lands in
-                // the partition of the day it was extracted.
+                // A call the details API did not return keeps an empty `started_at`: its row
+                // lands in the partition of the day it was extracted (`status` lists it).
                 raw: &raw,
                 ..CallRow::default()
             });

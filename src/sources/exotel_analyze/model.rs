@@ -42,6 +42,8 @@ pub struct AnalyzeResult {
     #[serde(default)]
     pub reason: Option<String>,
     pub job_id: String,
+    #[serde(default)]
+    pub task_id: Option<String>,
     #[serde(rename = "callSID", alias = "call_sid", default)]
     pub call_sid: Option<String>,
     #[serde(default)]
@@ -52,6 +54,37 @@ pub struct AnalyzeResult {
     pub category: Option<Insight>,
     #[serde(default)]
     pub transcript: Option<String>,
+}
+
+/// One call of Exotel's call-details API (`Calls.json?Sid=…` answers `{"Calls": [...]}`,
+/// `Calls/<sid>.json` answers `{"Call": {...}}`); times in the account's time zone.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ExoCall {
+    #[serde(rename = "Sid")]
+    pub sid: String,
+    #[serde(rename = "StartTime", default)]
+    pub start_time: Option<String>,
+    #[serde(rename = "EndTime", default)]
+    pub end_time: Option<String>,
+    /// Seconds, as a string.
+    #[serde(rename = "Duration", default)]
+    pub duration: Option<serde_json::Value>,
+    /// inbound, outbound-dial, outbound-api.
+    #[serde(rename = "Direction", default)]
+    pub direction: Option<String>,
+    #[serde(rename = "From", default)]
+    pub from: Option<String>,
+    #[serde(rename = "To", default)]
+    pub to: Option<String>,
+    #[serde(rename = "Status", default)]
+    pub status: Option<String>,
+}
+
+/// The bulk answer.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct CallsAnswer {
+    #[serde(rename = "Calls", default)]
+    pub calls: Vec<ExoCall>,
 }
 
 impl AnalyzeResult {

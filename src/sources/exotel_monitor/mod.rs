@@ -44,9 +44,13 @@ pub struct ExotelMonitorConfig {
     /// The account's time zone (IANA name): Exotel's times carry no offset.
     #[serde(default = "default_timezone")]
     pub timezone: String,
-    /// Seconds between exports of the inbox to the lake (push kinds take no `schedule`).
+    /// The inbox is exported to the lake once its oldest unexported delivery is this old
+    /// (seconds), or it holds `flush_max_rows`, and when the daemon drains.
     #[serde(default = "super::default_flush_interval_secs")]
     pub flush_interval_secs: u64,
+    /// Unexported deliveries that make the inbox export at once, whatever their age.
+    #[serde(default = "super::default_flush_max_rows")]
+    pub flush_max_rows: u64,
     /// Exported deliveries are deleted from the inbox after this many days.
     #[serde(default = "super::default_inbox_retention_days")]
     pub inbox_retention_days: u64,
@@ -80,6 +84,7 @@ impl ExotelMonitorConfig {
             table,
             self.webhook_max_body_bytes,
             self.flush_interval_secs,
+            self.flush_max_rows,
             problems,
         );
     }
