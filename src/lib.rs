@@ -7,6 +7,7 @@ pub mod config;
 pub mod daemon;
 pub mod http;
 pub mod lake;
+pub mod logs;
 pub mod pipeline;
 pub mod progress;
 pub mod record;

@@ -1,14 +1,14 @@
 //! The `callsync` binary: CLI parsing, logging and signals; the work is in the library.
 
-use std::io::IsTerminal;
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use chrono::NaiveDate;
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
 
 use callsync::app::{self, EXIT_USAGE};
+use callsync::logs;
 use callsync::config::{Config, DEFAULT_CONFIG_PATH};
 use callsync::pipeline::StopFlag;
 
@@ -127,33 +127,53 @@ enum Command {
 fn main() -> ExitCode {
     callsync::alloc::tune();
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    if cli.log_format == "json" {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-    let code = match run(cli) {
+    let json = cli.log_format == "json";
+    logs::init(json);
+    let code = match run(cli, json) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            report(json, &format!("error: {e:#}"));
             app::EXIT_FAILED
         }
     };
     ExitCode::from(code as u8)
 }
 
-fn run(cli: Cli) -> anyhow::Result<i32> {
+/// An error for the user on stderr: plain text, or a JSON event in JSON mode.
+fn report(json: bool, text: &str) {
+    if json {
+        tracing::error!("{text}");
+    } else {
+        eprintln!("{text}");
+    }
+}
+
+/// Where a command's report goes: stdout, as JSON events in JSON mode for the commands whose
+/// stdout is a log (the daemon, sync, backfill, repair, demo); the others print their product
+/// (status, verify, check) as it is.
+fn stdout_for(command: &Command, json: bool) -> Box<dyn Write> {
+    let logged = matches!(
+        command,
+        Command::Run
+            | Command::Sync { .. }
+            | Command::Backfill { .. }
+            | Command::Repair { .. }
+            | Command::Demo { .. }
+    );
+    if json && logged {
+        Box::new(logs::JsonLines::new(std::io::stdout()))
+    } else {
+        Box::new(std::io::stdout())
+    }
+}
+
+fn run(cli: Cli, json: bool) -> anyhow::Result<i32> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("callsync-worker")
         .enable_all()
         .build()?;
-    let mut out = std::io::stdout();
+    let mut out = stdout_for(&cli.command, json);
     if let Command::Demo {
         dir,
         calls,
@@ -170,7 +190,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         let cfg = match Config::load(&cli.config) {
             Ok(c) => c,
             Err(e) => {
-                eprintln!("error: {e}");
+                report(json, &format!("error: {e}"));
                 return Ok(EXIT_USAGE);
             }
         };
@@ -198,7 +218,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     let cfg = match Config::load(&cli.config) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("error: {e}");
+            report(json, &format!("error: {e}"));
             return Ok(EXIT_USAGE);
         }
     };

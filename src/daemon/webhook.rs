@@ -151,16 +151,24 @@ fn status(code: StatusCode, text: &'static str) -> Response {
     (code, text).into_response()
 }
 
-/// Request headers worth keeping with a delivery (never credentials or cookies).
+/// Request headers kept with a delivery, by allowlist: what tells a delivery apart or where it
+/// came from. Never credentials or cookies, and never a header that can carry the request path
+/// (`X-Original-URI`, `X-Forwarded-Uri`, `X-Envoy-Original-Path`, …): the path holds the token.
+const KEPT_HEADERS: &[&str] = &[
+    "content-type",
+    "content-length",
+    "user-agent",
+    "x-request-id",
+    "x-correlation-id",
+    "x-delivery-id",
+    "x-webhook-id",
+];
+
+/// The allowlisted request headers as JSON.
 fn headers_json(h: &HeaderMap) -> String {
     let kept: serde_json::Map<String, serde_json::Value> = h
         .iter()
-        .filter(|(k, _)| {
-            !matches!(
-                k.as_str(),
-                "authorization" | "cookie" | "proxy-authorization"
-            )
-        })
+        .filter(|(k, _)| KEPT_HEADERS.contains(&k.as_str()))
         .filter_map(|(k, v)| Some((k.to_string(), v.to_str().ok()?.into())))
         .collect();
     serde_json::Value::Object(kept).to_string()

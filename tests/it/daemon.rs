@@ -98,7 +98,7 @@ pub(crate) fn get(env: &Env, url: &str) -> (u16, String) {
 }
 
 /// A Voicegain source `vg` on `schedule` plus, optionally, a Vonage source `vn`.
-fn config(env: &Env, schedule: &str, per_page: u32, vonage: bool, daemon: &str) -> String {
+pub(crate) fn config(env: &Env, schedule: &str, per_page: u32, vonage: bool, daemon: &str) -> String {
     let vg_token = token_file(env, "vg", &env.sim.voicegain().token.clone());
     let mut text = format!(
         "{daemon}\n{}",
@@ -132,7 +132,7 @@ fn with_sessions(env: &Env, n: usize) {
         .add_sessions(n, now - 3 * 86_400_000_000, now - 3_600_000_000, 0.0);
 }
 
-fn lake_count(env: &Env, source: &str) -> usize {
+pub(crate) fn lake_count(env: &Env, source: &str) -> usize {
     env.lake().iter().filter(|r| r.source == source).count()
 }
 
@@ -398,7 +398,7 @@ fn systemd_gets_ready_watchdog_at_its_rate_and_stopping() {
 }
 
 /// A slow export: 3,000 calls in pages of 20, each request 40 ms late.
-fn slow_env(seed: u64) -> Env {
+pub(crate) fn slow_env(seed: u64) -> Env {
     let env = Env::new(VoicegainSim::new(seed, 0).with_ratios(0.0, 0.005), 20);
     env.sim.voicegain().add_calls(3000);
     env.sim.set_faults(FaultPlan::every(
@@ -625,7 +625,7 @@ fn check_passes_with_good_credentials_and_names_the_source_and_status_with_a_bad
 }
 
 #[test]
-fn json_logs_parse_line_by_line_and_carry_the_source() {
+fn json_logs_are_json_on_every_line_of_stdout_and_stderr_and_carry_the_source() {
     let env = Env::new(VoicegainSim::new(98, 0).with_ratios(0.0, 0.02), 100);
     env.sim.voicegain().add_calls(300);
     let out = env
@@ -636,10 +636,18 @@ fn json_logs_parse_line_by_line_and_carry_the_source() {
         .unwrap();
     assert_eq!(out.status.code(), Some(0));
     let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    // stdout too: the per-run summary is a JSON event like the rest.
+    let summaries = every_line_json(&stdout, "sync stdout");
+    assert!(
+        summaries
+            .iter()
+            .any(|v| v["fields"]["message"].as_str().unwrap_or("").starts_with("vg:")),
+        "{stdout}"
+    );
     let mut runs = 0;
-    for line in stderr.lines() {
-        let v: serde_json::Value =
-            serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+    for v in every_line_json(&stderr, "sync stderr") {
+        let line = v.to_string();
         if v["fields"]["message"] == "Run finished." {
             runs += 1;
             assert_eq!(v["fields"]["source"], "vg", "{line}");
@@ -657,6 +665,62 @@ fn json_logs_parse_line_by_line_and_carry_the_source() {
         }
     }
     assert_eq!(runs, 1, "{stderr}");
+
+    // The daemon: the listen address, its logs, a run, a drain: every line of both streams.
+    env.write_config(
+        &config(
+            &env,
+            "0 0 0 1 1 *",
+            100,
+            false,
+            "[server]\nlisten = \"127.0.0.1:0\"",
+        ),
+        100_000,
+    );
+    env.sim.voicegain().add_calls(50);
+    let child = env
+        .command(&["run"])
+        .env("CALLSYNC_LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let want = env.sim.voicegain().expected_exported().len();
+    assert!(wait_until(20, || lake_count(&env, "vg") == want));
+    // SAFETY: kill on our own child's pid.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let stdout = every_line_json(&String::from_utf8_lossy(&out.stdout), "run stdout");
+    assert!(
+        stdout.iter().any(|v| v["fields"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("listening on http://127.0.0.1:")),
+        "{stdout:?}"
+    );
+    let stderr = every_line_json(&String::from_utf8_lossy(&out.stderr), "run stderr");
+    assert!(stderr.len() >= 5, "{stderr:?}");
+    // A config error, too, is a JSON line.
+    std::fs::write(&env.config, "[warehouse]\nroot = 5\n").unwrap();
+    let out = env
+        .command(&["sync"])
+        .env("CALLSYNC_LOG_FORMAT", "json")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = every_line_json(&String::from_utf8_lossy(&out.stderr), "config error");
+    assert!(err[0]["fields"]["message"].as_str().unwrap().contains("warehouse"), "{err:?}");
+}
+
+/// Parses every line of `text` as JSON (a log shipper's view), failing on the first that is not.
+fn every_line_json(text: &str, what: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("{what}: not a JSON line ({e}): {line}\n{text}"))
+        })
+        .collect()
 }
 
 /// The syscalls of a systemd filter group, nested groups expanded.

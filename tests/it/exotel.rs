@@ -23,13 +23,18 @@ const IST: i64 = 5 * 3600 + 1800;
 /// A daemon with one `exotel_monitor` source `legs` (flushed every second), a server, and
 /// optionally more config.
 fn monitor_env(extra: &str) -> Env {
+    monitor_env_flushing(1, extra)
+}
+
+/// As `monitor_env`, with the inbox flushed once its oldest delivery is `flush_secs` old.
+pub(crate) fn monitor_env_flushing(flush_secs: u64, extra: &str) -> Env {
     let env = Env::new(VoicegainSim::new(1, 0), 100);
     let token = token_file(&env, "legs", TOKEN);
     std::fs::write(
         &env.config,
         format!(
             "[warehouse]\nroot = \"{}\"\n[state]\npath = \"{}\"\n[server]\nlisten = \"127.0.0.1:0\"\n\
-             [sources.legs]\nkind = \"exotel_monitor\"\nwebhook_token_file = \"{}\"\nflush_interval_secs = 1\n{extra}",
+             [sources.legs]\nkind = \"exotel_monitor\"\nwebhook_token_file = \"{}\"\nflush_interval_secs = {flush_secs}\n{extra}",
             env.warehouse().display(),
             env.state_path().display(),
             token.display()
@@ -52,7 +57,7 @@ type LegRow = (
     Option<String>,
 );
 
-fn read_legs(env: &Env) -> BTreeMap<String, LegRow> {
+pub(crate) fn read_legs(env: &Env) -> BTreeMap<String, LegRow> {
     let mut out = BTreeMap::new();
     for path in files_with_suffix(&env.warehouse().join("monitor_legs"), ".parquet") {
         let reader = ParquetRecordBatchReaderBuilder::try_new(File::open(&path).unwrap())

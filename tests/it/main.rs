@@ -16,6 +16,7 @@ mod export;
 mod kill9;
 mod lake_state;
 mod lookback;
+mod operations;
 mod rejects;
 mod voice_calls;
 mod vonage;
