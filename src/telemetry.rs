@@ -424,6 +424,7 @@ mod tests {
     fn the_shipped_alerts_and_dashboard_use_only_metrics_that_exist() {
         let m = Metrics::new();
         m.add_source("vg");
+        m.add_push_source("legs", 300);
         m.cursor_at("vg", 0);
         let text = m.encode();
         for (file, body) in [

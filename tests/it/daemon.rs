@@ -139,7 +139,7 @@ pub(crate) fn lake_count(env: &Env, source: &str) -> usize {
 /// Parses `/metrics` text with the Python `prometheus_client` OpenMetrics parser when it is
 /// available (`.ci/run` installs it): `(name, labels, value)` of every sample.
 fn parse_metrics(text: &str) -> Option<Vec<(String, serde_json::Value, f64)>> {
-    let python = std::env::var("CALLSYNC_TEST_PYTHON").ok()?;
+    let python = test_python()?;
     let script = "import sys, json\nfrom prometheus_client.openmetrics.parser import text_string_to_metric_families\n\
         out = []\nfor f in text_string_to_metric_families(sys.stdin.read()):\n    for s in f.samples:\n        out.append([s.name, s.labels, s.value])\nprint(json.dumps(out))";
     let mut child = Command::new(python)
@@ -161,7 +161,7 @@ fn parse_metrics(text: &str) -> Option<Vec<(String, serde_json::Value, f64)>> {
     if !out.status.success() {
         let err = String::from_utf8_lossy(&out.stderr);
         if err.contains("No module named 'prometheus_client'") {
-            eprintln!("prometheus_client not installed; /metrics checked by hand only");
+            skip("prometheus_client is not installed; /metrics checked by hand only");
             return None;
         }
         panic!("the Prometheus parser refused /metrics: {err}\n{text}");
@@ -744,14 +744,7 @@ fn syscall_group(group: &str, out: &mut std::collections::BTreeSet<String>) {
 
 #[test]
 fn the_daemon_makes_only_syscalls_its_systemd_unit_allows() {
-    let have = |tool: &str| {
-        Command::new(tool)
-            .arg("--version")
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !have("strace") || !have("systemd-analyze") {
-        eprintln!("skipped: needs strace and systemd-analyze");
+    if !have_tool("strace") || !have_tool("systemd-analyze") {
         return;
     }
     // What the unit allows: its SystemCallFilter= lines (allow list, then ~deny lists).
@@ -862,13 +855,13 @@ fn the_daemon_makes_only_syscalls_its_systemd_unit_allows() {
 #[test]
 fn the_systemd_unit_is_hardened_to_an_exposure_of_2_or_less() {
     let unit = concat!(env!("CARGO_MANIFEST_DIR"), "/config/callsync.service");
-    let Ok(o) = Command::new("systemd-analyze")
+    if !have_tool("systemd-analyze") {
+        return;
+    }
+    let o = Command::new("systemd-analyze")
         .args(["security", "--offline=true", unit])
         .output()
-    else {
-        eprintln!("skipped: no systemd-analyze");
-        return;
-    };
+        .unwrap();
     let out = String::from_utf8_lossy(&o.stdout);
     let line = out
         .lines()

@@ -46,7 +46,7 @@ impl Drop for Tmpfs {
 fn a_full_disk_fails_the_sync_naming_the_source_and_loses_nothing() {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: mounting a tmpfs for the warehouse needs root");
+        skip("mounting a tmpfs for the warehouse needs root");
         return;
     }
     let env = Env::with_max_rows(VoicegainSim::new(81, 0).with_ratios(0.0, 0.005), 500, 1000);
@@ -54,7 +54,7 @@ fn a_full_disk_fails_the_sync_naming_the_source_and_loses_nothing() {
     let fs = match Tmpfs::mount(&env.warehouse(), "600k") {
         Ok(fs) => fs,
         Err(e) => {
-            eprintln!("skipped: cannot mount a tmpfs here ({e})");
+            skip(&format!("cannot mount a tmpfs here ({e})"));
             return;
         }
     };

@@ -458,7 +458,7 @@ pub fn staging_files(root: &Path) -> Vec<PathBuf> {
 /// DuckDB reads the lake: (rows, distinct call ids). `None` when no Python with duckdb is
 /// configured (`CALLSYNC_TEST_PYTHON`; `.ci/run` sets it).
 pub fn duckdb_counts(root: &std::path::Path) -> Option<(u64, u64)> {
-    let python = std::env::var("CALLSYNC_TEST_PYTHON").ok()?;
+    let python = test_python()?;
     if files_with_suffix(&root.join("calls"), ".parquet").is_empty() {
         return Some((0, 0));
     }
@@ -479,4 +479,38 @@ pub fn duckdb_counts(root: &std::path::Path) -> Option<(u64, u64)> {
     let s = String::from_utf8_lossy(&out.stdout);
     let mut it = s.split_whitespace().map(|v| v.parse::<u64>().unwrap());
     Some((it.next().unwrap(), it.next().unwrap()))
+}
+
+/// Whether this run is CI's (`CI=true`): there a test never skips for a missing tool.
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// A test cannot run here (`reason`): on a developer's machine it says so and passes; under
+/// `CI=true` it fails, since a test that skips proves nothing (`.ci/run` installs the tools).
+pub fn skip(reason: &str) {
+    assert!(!under_ci(), "CI=true: {reason}; .ci/run must provide it");
+    eprintln!("skipped: {reason}");
+}
+
+/// Whether `tool` runs here (`tool --version`); when not, `skip`s (a failure under CI).
+pub fn have_tool(tool: &str) -> bool {
+    let ok = std::process::Command::new(tool)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !ok {
+        skip(&format!("needs {tool}"));
+    }
+    ok
+}
+
+/// The Python with duckdb, pyarrow and prometheus_client (`CALLSYNC_TEST_PYTHON`, set by
+/// `.ci/run`); `None` on a developer's machine without it, a failure under CI.
+pub fn test_python() -> Option<String> {
+    let p = std::env::var("CALLSYNC_TEST_PYTHON").ok();
+    if p.is_none() {
+        skip("CALLSYNC_TEST_PYTHON is not set (the Python checks)");
+    }
+    p
 }

@@ -3,6 +3,7 @@
 
 mod helpers;
 
+mod alerts;
 mod analysis;
 mod backfill;
 
