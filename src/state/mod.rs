@@ -137,7 +137,13 @@ impl State {
     /// Opens (creating and migrating) the state database.
     pub fn open(path: &Path) -> Result<State, StateError> {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-            std::fs::create_dir_all(parent).map_err(|error| StateError::Dir {
+            // The state is the service's own: a directory it creates is private (0700), even
+            // where the umask lets a group of readers into the lake beside it.
+            let mut dir = std::fs::DirBuilder::new();
+            dir.recursive(true);
+            #[cfg(unix)]
+            std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+            dir.create(parent).map_err(|error| StateError::Dir {
                 path: parent.display().to_string(),
                 error,
             })?;

@@ -885,3 +885,80 @@ fn the_systemd_unit_is_hardened_to_an_exposure_of_2_or_less() {
         "{err}"
     );
 }
+
+#[test]
+fn under_the_units_umask_the_lake_is_group_readable_and_the_state_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let unit = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/config/callsync.service"
+    ))
+    .unwrap();
+    let umask = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("UMask="))
+        .expect("the unit sets UMask=");
+    let umask = u32::from_str_radix(umask.trim(), 8).unwrap();
+    assert_eq!(umask & 0o040, 0, "the unit's umask hides the lake from its group");
+    assert!(!unit.contains("DynamicUser=yes"), "a DynamicUser's state lives under 0700 /var/lib/private");
+    assert!(unit.contains("StateDirectoryMode=0750"));
+    // The daemon's own files under that umask.
+    let env = Env::new(VoicegainSim::new(71, 0).with_ratios(0.0, 0.05), 100);
+    env.sim.voicegain().add_calls(200);
+    let out = env
+        .command(&["sync"])
+        .pre_exec_umask(umask)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    let files = files_with_suffix(&env.warehouse(), "");
+    assert!(files.iter().any(|f| f.to_string_lossy().ends_with(".parquet")));
+    for f in &files {
+        assert_eq!(mode(f) & 0o040, 0o040, "{} is not group-readable", f.display());
+        assert_eq!(mode(f) & 0o007, 0, "{} is readable by others", f.display());
+        let dir = f.parent().unwrap();
+        assert_eq!(mode(dir) & 0o050, 0o050, "{} is not group-listable", dir.display());
+    }
+    let state_dir = env.state_path().parent().unwrap().to_path_buf();
+    assert_eq!(mode(&state_dir), 0o700, "the state directory is private");
+    // One spelling of the credential paths: every one the docs use is loaded by the unit.
+    let loaded: Vec<&str> = unit
+        .lines()
+        .filter_map(|l| l.strip_prefix("LoadCredential="))
+        .filter_map(|l| l.split(':').next())
+        .collect();
+    for doc in ["README.md", "config/callsync.toml"] {
+        let text =
+            std::fs::read_to_string(format!("{}/{doc}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        assert!(!text.contains("/run/credentials/callsync/"), "{doc} spells the path another way");
+        for (i, _) in text.match_indices("/run/credentials/callsync.service/") {
+            let name: String = text[i + "/run/credentials/callsync.service/".len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '-' || *c == '_')
+                .collect();
+            if name.is_empty() || name == "NAME" {
+                continue;
+            }
+            assert!(loaded.contains(&name.as_str()), "{doc} uses credential {name}, which the unit does not load");
+        }
+    }
+}
+
+/// Runs a command under a umask, as systemd's `UMask=` does.
+trait PreExecUmask {
+    fn pre_exec_umask(&mut self, umask: u32) -> &mut Self;
+}
+
+impl PreExecUmask for Command {
+    fn pre_exec_umask(&mut self, umask: u32) -> &mut Self {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: umask is async-signal-safe and touches no memory.
+        unsafe {
+            self.pre_exec(move || {
+                libc::umask(umask as libc::mode_t);
+                Ok(())
+            })
+        }
+    }
+}
