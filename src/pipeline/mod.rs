@@ -243,8 +243,10 @@ fn run_inner(
         jobs: asked,
         draining: *mode == RunMode::Drain,
     };
-    // A daemon tick of a push source whose inbox is not due writes nothing at all.
-    if *mode == RunMode::Tick && !cfg.due(name, row.cursor.as_ref(), &open_ctx)? {
+    // A daemon tick (or the drain) of a push source whose inbox is not due writes nothing.
+    if matches!(mode, RunMode::Tick | RunMode::Drain)
+        && !cfg.due(name, row.cursor.as_ref(), &open_ctx)?
+    {
         return Ok(false);
     }
     let storage = LocalStorage::new(&ctx.warehouse.root).map_err(LakeError::from)?;

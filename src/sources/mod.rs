@@ -326,17 +326,25 @@ impl SourceConfig {
     }
 
     /// Whether a run now would do anything: always for pull kinds; for push kinds, when the
-    /// inbox is due (`flush_policy`) or, for analysis, an overdue job waits for resubmission.
-    /// An idle push source is not run, so it writes nothing, not even a run record.
+    /// inbox is due (`flush_policy`; while draining, when it holds anything) or, for analysis,
+    /// an overdue job waits for resubmission. An idle push source is not run, so it writes
+    /// nothing, not even a run record.
     pub fn due(
         &self,
         source_name: &str,
         cursor: Option<&Cursor>,
         ctx: &OpenContext,
     ) -> Result<bool, SourceError> {
-        let Some(policy) = self.flush_policy() else {
+        let Some(mut policy) = self.flush_policy() else {
             return Ok(true);
         };
+        if ctx.draining {
+            // At drain every waiting delivery goes, whatever its age; none: nothing runs.
+            policy = FlushPolicy {
+                max_rows: 1,
+                interval_secs: 0,
+            };
+        }
         if policy.inbox_due(source_name, cursor, ctx)? {
             return Ok(true);
         }

@@ -9,6 +9,7 @@ mod backfill;
 
 mod commit_protocol;
 mod config_errors;
+mod container;
 mod credentials;
 mod daemon;
 mod disk_full;
