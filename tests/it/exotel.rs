@@ -290,6 +290,16 @@ fn the_intake_refuses_wrong_tokens_unknown_sources_big_and_garbage_bodies_and_ke
         assert!(metrics.contains(want), "{want} missing:\n{metrics}");
     }
     assert!(!d.log_text().contains(TOKEN));
+    // Rejected once, also across a repair that reads the whole inbox again.
+    let mut d = d;
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(20).0, Some(0));
+    let out = env.run(&["repair", "--source", "legs", "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let out = env.run(&["sync", "--source", "legs"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(rejects(&env.warehouse()).len(), 1, "the garbage was rejected again");
+    assert_eq!(read_legs(&env).len(), 1);
 }
 
 #[test]
