@@ -8,8 +8,8 @@ use chrono::NaiveDate;
 use clap::{Parser, Subcommand};
 
 use callsync::app::{self, EXIT_USAGE};
-use callsync::logs;
 use callsync::config::{Config, DEFAULT_CONFIG_PATH};
+use callsync::logs;
 use callsync::pipeline::StopFlag;
 
 /// Exports call records from voice and contact-center platforms into a Parquet lake.

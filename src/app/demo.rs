@@ -208,20 +208,20 @@ window_days = 7
 /// Also, every 3 s: two monitor-leg callbacks posted to the daemon's webhook (as Exotel would)
 /// and one call submitted to ExoVoiceAnalyze (as `callsync exotel analyze` does).
 async fn feed(sim: std::sync::Arc<Simulator>, legs_url: String, cfg: Config) {
+    use crate::pipeline::SourceState;
     use crate::simulator::exotel::{MonitorLeg, deliver};
     use crate::sources::SourceConfig;
-    use crate::pipeline::SourceState;
     use crate::sources::exotel_analyze::{Analyzer, KIND};
     let client = reqwest::Client::new();
     let mut rng = fastrand::Rng::new();
     let analyzer = match cfg.sources.get("exotel_insights_demo") {
-        Some(SourceConfig::ExotelAnalyze(c)) => Analyzer::new("exotel_insights_demo", c)
-            .ok()
-            .and_then(|a| {
+        Some(SourceConfig::ExotelAnalyze(c)) => {
+            Analyzer::new("exotel_insights_demo", c).ok().and_then(|a| {
                 let state = State::open(&cfg.state.path).ok()?;
                 let id = state.source("exotel_insights_demo", KIND).ok()?.id;
                 Some((a, SourceState::open(&cfg.state.path, id).ok()?))
-            }),
+            })
+        }
         _ => None,
     };
     let mut n = 0u64;

@@ -95,9 +95,7 @@ impl StateProbe {
 }
 
 /// Runs `f` on a blocking thread; `None` when it did not answer within `STATE_ANSWER`.
-async fn off_the_workers<T: Send + 'static>(
-    f: impl FnOnce() -> T + Send + 'static,
-) -> Option<T> {
+async fn off_the_workers<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
     tokio::time::timeout(STATE_ANSWER, tokio::task::spawn_blocking(f))
         .await
         .ok()?

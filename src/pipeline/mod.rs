@@ -165,10 +165,7 @@ pub enum RunMode {
     /// The daemon drains: push sources export their inbox and start no new vendor work.
     Drain,
     /// Inclusive UTC days.
-    Backfill {
-        from: NaiveDate,
-        to: NaiveDate,
-    },
+    Backfill { from: NaiveDate, to: NaiveDate },
 }
 
 impl RunMode {

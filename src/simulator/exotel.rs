@@ -178,7 +178,9 @@ pub fn call_detail(sid: &str) -> Option<CallDetail> {
     if sid.starts_with("NODETAIL") {
         return None;
     }
-    let n = sid.bytes().fold(7u64, |h, b| h.wrapping_mul(131).wrapping_add(b as u64));
+    let n = sid
+        .bytes()
+        .fold(7u64, |h, b| h.wrapping_mul(131).wrapping_add(b as u64));
     // Calls of the 30 days before 2026-11-20, whole seconds.
     let start = 1_763_596_800 - (n % (30 * 86_400)) as i64;
     Some(CallDetail {
@@ -357,6 +359,33 @@ fn result_body(call_sid: &str, job_id: &str, task_id: &str, fate: Fate) -> Strin
     .to_string()
 }
 
+/// Posts a result to the callback `sends` times (after a short random delay each when
+/// `delay`), counting those acknowledged.
+async fn post_results(
+    shared: std::sync::Arc<super::Shared>,
+    callback: String,
+    body: String,
+    sends: u32,
+    delay: bool,
+) {
+    let client = reqwest::Client::new();
+    for _ in 0..sends {
+        if delay {
+            tokio::time::sleep(Duration::from_millis(50 + fastrand::u64(0..200))).await;
+        }
+        let ok = client
+            .post(&callback)
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .is_ok_and(|r| r.status().is_success());
+        if ok {
+            super::lock(&shared.exotel).webhooks_sent += 1;
+        }
+    }
+}
+
 /// `POST /exotel/v1/Accounts/{sid}/Calls/{call}/ExoVoiceAnalyze.json`
 pub async fn exo_voice_analyze(
     axum::extract::State(shared): axum::extract::State<std::sync::Arc<super::Shared>>,
@@ -422,42 +451,14 @@ pub async fn exo_voice_analyze(
         (Fate::Twice, _) => 2,
         _ => 1,
     };
-    let early = super::lock(&shared.exotel).result_before_answer;
-    if sends > 0 && early {
-        // The result reaches the callback (and is acknowledged) before this answer leaves.
+    if sends > 0 {
         let body = result_body(&call, &job_id, &task_id, fate);
-        let client = reqwest::Client::new();
-        for _ in 0..sends {
-            let ok = client
-                .post(&callback)
-                .header("content-type", "application/json")
-                .body(body.clone())
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ok {
-                super::lock(&shared.exotel).webhooks_sent += 1;
-            }
+        if super::lock(&shared.exotel).result_before_answer {
+            // The result reaches the callback (and is acknowledged) before this answer leaves.
+            post_results(shared.clone(), callback, body, sends, false).await;
+        } else {
+            tokio::spawn(post_results(shared.clone(), callback, body, sends, true));
         }
-    } else if sends > 0 {
-        let body = result_body(&call, &job_id, &task_id, fate);
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            for _ in 0..sends {
-                tokio::time::sleep(Duration::from_millis(50 + fastrand::u64(0..200))).await;
-                let ok = client
-                    .post(&callback)
-                    .header("content-type", "application/json")
-                    .body(body.clone())
-                    .send()
-                    .await
-                    .is_ok();
-                if ok {
-                    super::lock(&shared.exotel).webhooks_sent += 1;
-                }
-            }
-        });
     }
     axum::Json(serde_json::json!({"request_id": "11a3", "method": "POST", "http_code": 200, "success": true, "reason": "",
         "ExoVoiceAnalyze": {"job_id": job_id, "task_id": task_id, "call_sid": call, "status": "queued"}}))

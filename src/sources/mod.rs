@@ -8,8 +8,8 @@ pub mod push;
 
 pub use push::{
     Delivery, FLUSH_CHECK_SECS, FlushPolicy, Inbox, InboxCursor, Job, JobResult, Jobs, Received,
-    WebhookSpec, default_flush_interval_secs, default_flush_max_rows,
-    default_inbox_retention_days, default_webhook_max_body_bytes, validate_push,
+    WebhookSpec, default_flush_interval_secs, default_flush_max_rows, default_inbox_retention_days,
+    default_webhook_max_body_bytes, validate_push,
 };
 pub mod voice_calls;
 pub mod voicegain;
@@ -406,10 +406,7 @@ impl SourceConfig {
     /// One cheap authenticated request (the last hour's first record), with at most two
     /// attempts: whether the credential, host and parameters work. Exports nothing. `Ok` says
     /// what was checked.
-    pub fn check<'a>(
-        &'a self,
-        source_name: &'a str,
-    ) -> BoxFuture<'a, Result<String, SourceError>> {
+    pub fn check<'a>(&'a self, source_name: &'a str) -> BoxFuture<'a, Result<String, SourceError>> {
         Box::pin(async move {
             let to = chrono::Utc::now();
             let from = to - chrono::Duration::hours(1);

@@ -51,13 +51,13 @@ impl FlushPolicy {
         ctx: &OpenContext,
     ) -> Result<bool, SourceError> {
         let c: InboxCursor = decode_cursor(source_name, cursor)?.unwrap_or_default();
-        let (depth, oldest) = ctx
-            .inbox
-            .backlog(c.seq)
-            .map_err(|reason| SourceError::KnownKeys {
-                source_name: source_name.to_string(),
-                reason: format!("reading the inbox: {reason}"),
-            })?;
+        let (depth, oldest) =
+            ctx.inbox
+                .backlog(c.seq)
+                .map_err(|reason| SourceError::KnownKeys {
+                    source_name: source_name.to_string(),
+                    reason: format!("reading the inbox: {reason}"),
+                })?;
         let now = chrono::Utc::now().timestamp_micros();
         Ok(depth >= self.max_rows
             || oldest.is_some_and(|t| now - t >= self.interval_secs as i64 * 1_000_000))
@@ -146,6 +146,22 @@ pub fn default_flush_max_rows() -> u64 {
 /// A week.
 pub fn default_inbox_retention_days() -> u64 {
     7
+}
+
+/// Exotel's default account time zone.
+pub fn default_timezone() -> String {
+    "Asia/Kolkata".into()
+}
+
+/// Checks a `timezone` key: an IANA name (the vendor's times carry no offset).
+pub fn validate_timezone(table: &str, tz: &str, problems: &mut Problems) {
+    if tz.parse::<chrono_tz::Tz>().is_err() {
+        problems.push(
+            table,
+            Some("timezone"),
+            format!("{tz:?} is not an IANA time zone (e.g. \"Asia/Kolkata\")"),
+        );
+    }
 }
 
 /// Checks the keys every push kind has.

@@ -189,11 +189,7 @@ impl State {
         // Most opens find the schema current: a read tells, and no write lock is taken.
         let current: Option<i64> = self
             .conn
-            .query_row(
-                "SELECT MAX(version) FROM schema_version",
-                [],
-                |r| r.get(0),
-            )
+            .query_row("SELECT MAX(version) FROM schema_version", [], |r| r.get(0))
             .optional()
             .ok()
             .flatten()
@@ -316,9 +312,9 @@ impl State {
         keys: impl IntoIterator<Item = &'a str>,
     ) -> Result<HashMap<String, i64>, StateError> {
         let mut out = HashMap::new();
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT hash FROM rejected WHERE source_id = ?1 AND reject_key = ?2",
-        )?;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT hash FROM rejected WHERE source_id = ?1 AND reject_key = ?2")?;
         for k in keys {
             if let Some(h) = stmt
                 .query_row(params![source_id, k], |r| r.get::<_, i64>(0))

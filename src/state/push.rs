@@ -90,12 +90,22 @@ impl State {
 
     /// The vendor queued submission `task_id` as `job_id`; a job whose result already came
     /// keeps its status.
-    pub fn job_queued(&self, source_id: i64, task_id: &str, job_id: &str) -> Result<(), StateError> {
+    pub fn job_queued(
+        &self,
+        source_id: i64,
+        task_id: &str,
+        job_id: &str,
+    ) -> Result<(), StateError> {
         self.conn.execute(
             "UPDATE jobs SET job_id = ?3, updated_at = ?4,
                status = CASE WHEN status = 'submitting' THEN 'queued' ELSE status END
              WHERE source_id = ?1 AND task_id = ?2",
-            params![source_id, task_id, job_id, chrono::Utc::now().timestamp_micros()],
+            params![
+                source_id,
+                task_id,
+                job_id,
+                chrono::Utc::now().timestamp_micros()
+            ],
         )?;
         Ok(())
     }
@@ -116,7 +126,11 @@ impl State {
     }
 
     /// Marks calls whose result was exported without call details.
-    pub fn jobs_no_call_details(&self, source_id: i64, call_sids: &[&str]) -> Result<(), StateError> {
+    pub fn jobs_no_call_details(
+        &self,
+        source_id: i64,
+        call_sids: &[&str],
+    ) -> Result<(), StateError> {
         let tx = self.conn.unchecked_transaction()?;
         {
             let mut stmt = tx.prepare_cached(

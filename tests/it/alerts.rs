@@ -40,8 +40,12 @@ fn the_alerts_pass_promtools_unit_tests() {
     {
         assert!(
             tests.contains(&format!("alertname: {name}"))
-                || ["CallsyncRejectsRising", "CallsyncRunsSkipped", "CallsyncVendorErrors"]
-                    .contains(&name),
+                || [
+                    "CallsyncRejectsRising",
+                    "CallsyncRunsSkipped",
+                    "CallsyncVendorErrors"
+                ]
+                .contains(&name),
             "{name} has no promtool test"
         );
     }
@@ -49,10 +53,8 @@ fn the_alerts_pass_promtools_unit_tests() {
 
 #[test]
 fn the_dashboard_shows_the_inbox() {
-    let dash: serde_json::Value = serde_json::from_str(include_str!(
-        "../../config/grafana-dashboard.json"
-    ))
-    .unwrap();
+    let dash: serde_json::Value =
+        serde_json::from_str(include_str!("../../config/grafana-dashboard.json")).unwrap();
     let exprs: Vec<String> = dash["panels"]
         .as_array()
         .unwrap()

@@ -83,7 +83,11 @@ fn a_result_that_arrives_before_the_submission_answer_finds_its_job() {
     let env = Env::new(VoicegainSim::new(1, 0), 100);
     env.sim.exotel().result_before_answer = true;
     let port = free_port();
-    analyze_config(&env, port, "result_timeout_secs = 2\nflush_interval_secs = 1\n");
+    analyze_config(
+        &env,
+        port,
+        "result_timeout_secs = 2\nflush_interval_secs = 1\n",
+    );
     let d = Daemon::start(&env, &[], true);
     // Calls whose results come once, before the answer to their submission.
     let calls: Vec<String> = (0..40)
@@ -114,7 +118,11 @@ fn a_result_that_arrives_before_the_submission_answer_finds_its_job() {
 fn analysis_is_submitted_once_and_again_only_when_asked() {
     let env = Env::new(VoicegainSim::new(1, 0), 100);
     let port = free_port();
-    analyze_config(&env, port, "result_timeout_secs = 60\nflush_interval_secs = 1\n");
+    analyze_config(
+        &env,
+        port,
+        "result_timeout_secs = 60\nflush_interval_secs = 1\n",
+    );
     let d = Daemon::start(&env, &[], true);
     let mut calls: Vec<String> = (0..30)
         .map(|i| format!("CA{:04}", 1000 + i))
@@ -128,7 +136,8 @@ fn analysis_is_submitted_once_and_again_only_when_asked() {
     let want = calls.len() - failing.len();
     assert!(
         wait_until(30, || insights_rows(&env).len() == want
-            && status_of(&env)["failed_jobs"].as_array().unwrap().len() == failing.len()),
+            && status_of(&env)["failed_jobs"].as_array().unwrap().len()
+                == failing.len()),
         "{}",
         d.log_text()
     );
@@ -176,14 +185,21 @@ fn analysis_is_submitted_once_and_again_only_when_asked() {
         "{s}"
     );
     let human = text(&env.run(&["status"]));
-    assert!(human.contains("not returned by the call-details API"), "{human}");
+    assert!(
+        human.contains("not returned by the call-details API"),
+        "{human}"
+    );
 }
 
 #[test]
 fn a_failing_resubmission_never_holds_back_results_and_the_drain_resubmits_nothing() {
     let env = Env::new(VoicegainSim::new(1, 0), 100);
     let port = free_port();
-    analyze_config(&env, port, "result_timeout_secs = 1\nflush_interval_secs = 1\n");
+    analyze_config(
+        &env,
+        port,
+        "result_timeout_secs = 1\nflush_interval_secs = 1\n",
+    );
     let mut d = Daemon::start(&env, &[], true);
     // Lost-first calls get no result for their first submission: they come due for
     // resubmission while the vendor is down.
@@ -232,7 +248,10 @@ fn a_failing_resubmission_never_holds_back_results_and_the_drain_resubmits_nothi
         .and_then(|v| v.parse().ok())
         .unwrap();
     assert!(failures >= 1.0, "{metrics}");
-    assert!(d.log_text().contains("Resubmission failed; trying again at the next flush."));
+    assert!(
+        d.log_text()
+            .contains("Resubmission failed; trying again at the next flush.")
+    );
     // The vendor is back; the drain still starts no vendor work.
     env.sim.exotel().submit_status = None;
     let before: u32 = lost.iter().map(|c| submissions(&env, c)).sum();

@@ -214,13 +214,22 @@ fn the_container_starts_with_named_volumes_is_healthy_exports_a_webhook_and_stop
     let lake = PathBuf::from(ok(
         podman(
             &conf,
-            &["volume", "inspect", &clean.volumes[1], "--format", "{{.Mountpoint}}"],
+            &[
+                "volume",
+                "inspect",
+                &clean.volumes[1],
+                "--format",
+                "{{.Mountpoint}}",
+            ],
         ),
         "volume inspect",
     ));
     assert!(
-        wait_until(20, || !files_with_suffix(&lake.join("monitor_legs"), ".parquet")
-            .is_empty()),
+        wait_until(20, || !files_with_suffix(
+            &lake.join("monitor_legs"),
+            ".parquet"
+        )
+        .is_empty()),
         "the delivery never reached the lake volume:\n{}",
         logs()
     );
@@ -231,7 +240,12 @@ fn the_container_starts_with_named_volumes_is_healthy_exports_a_webhook_and_stop
         podman(&conf, &["inspect", &id, "--format", "{{.State.ExitCode}}"]),
         "inspect",
     );
-    assert_eq!(exit, "0", "podman stop did not drain to exit 0:\n{}", logs());
+    assert_eq!(
+        exit,
+        "0",
+        "podman stop did not drain to exit 0:\n{}",
+        logs()
+    );
     assert!(took < Duration::from_secs(30), "stop took {took:?}");
     assert!(logs().contains("Drained; exiting."), "{}", logs());
     // Every log line is JSON (the image sets CALLSYNC_LOG_FORMAT=json).
@@ -242,12 +256,20 @@ fn the_container_starts_with_named_volumes_is_healthy_exports_a_webhook_and_stop
     let state = PathBuf::from(ok(
         podman(
             &conf,
-            &["volume", "inspect", &clean.volumes[0], "--format", "{{.Mountpoint}}"],
+            &[
+                "volume",
+                "inspect",
+                &clean.volumes[0],
+                "--format",
+                "{{.Mountpoint}}",
+            ],
         ),
         "volume inspect",
     ));
     use std::os::unix::fs::MetadataExt;
     let db = std::fs::metadata(state.join("callsync.db")).unwrap();
     assert_eq!(db.uid(), 65532);
-    eprintln!("container: healthy, 1 delivery in the lake volume, podman stop → exit 0 in {took:?}");
+    eprintln!(
+        "container: healthy, 1 delivery in the lake volume, podman stop → exit 0 in {took:?}"
+    );
 }

@@ -98,7 +98,13 @@ pub(crate) fn get(env: &Env, url: &str) -> (u16, String) {
 }
 
 /// A Voicegain source `vg` on `schedule` plus, optionally, a Vonage source `vn`.
-pub(crate) fn config(env: &Env, schedule: &str, per_page: u32, vonage: bool, daemon: &str) -> String {
+pub(crate) fn config(
+    env: &Env,
+    schedule: &str,
+    per_page: u32,
+    vonage: bool,
+    daemon: &str,
+) -> String {
     let vg_token = token_file(env, "vg", &env.sim.voicegain().token.clone());
     let mut text = format!(
         "{daemon}\n{}",
@@ -640,9 +646,10 @@ fn json_logs_are_json_on_every_line_of_stdout_and_stderr_and_carry_the_source() 
     // stdout too: the per-run summary is a JSON event like the rest.
     let summaries = every_line_json(&stdout, "sync stdout");
     assert!(
-        summaries
-            .iter()
-            .any(|v| v["fields"]["message"].as_str().unwrap_or("").starts_with("vg:")),
+        summaries.iter().any(|v| v["fields"]["message"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("vg:")),
         "{stdout}"
     );
     let mut runs = 0;
@@ -710,7 +717,13 @@ fn json_logs_are_json_on_every_line_of_stdout_and_stderr_and_carry_the_source() 
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     let err = every_line_json(&String::from_utf8_lossy(&out.stderr), "config error");
-    assert!(err[0]["fields"]["message"].as_str().unwrap().contains("warehouse"), "{err:?}");
+    assert!(
+        err[0]["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("warehouse"),
+        "{err:?}"
+    );
 }
 
 /// Parses every line of `text` as JSON (a log shipper's view), failing on the first that is not.
@@ -899,8 +912,15 @@ fn under_the_units_umask_the_lake_is_group_readable_and_the_state_private() {
         .find_map(|l| l.strip_prefix("UMask="))
         .expect("the unit sets UMask=");
     let umask = u32::from_str_radix(umask.trim(), 8).unwrap();
-    assert_eq!(umask & 0o040, 0, "the unit's umask hides the lake from its group");
-    assert!(!unit.contains("DynamicUser=yes"), "a DynamicUser's state lives under 0700 /var/lib/private");
+    assert_eq!(
+        umask & 0o040,
+        0,
+        "the unit's umask hides the lake from its group"
+    );
+    assert!(
+        !unit.contains("DynamicUser=yes"),
+        "a DynamicUser's state lives under 0700 /var/lib/private"
+    );
     assert!(unit.contains("StateDirectoryMode=0750"));
     // The daemon's own files under that umask.
     let env = Env::new(VoicegainSim::new(71, 0).with_ratios(0.0, 0.05), 100);
@@ -913,12 +933,26 @@ fn under_the_units_umask_the_lake_is_group_readable_and_the_state_private() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     let files = files_with_suffix(&env.warehouse(), "");
-    assert!(files.iter().any(|f| f.to_string_lossy().ends_with(".parquet")));
+    assert!(
+        files
+            .iter()
+            .any(|f| f.to_string_lossy().ends_with(".parquet"))
+    );
     for f in &files {
-        assert_eq!(mode(f) & 0o040, 0o040, "{} is not group-readable", f.display());
+        assert_eq!(
+            mode(f) & 0o040,
+            0o040,
+            "{} is not group-readable",
+            f.display()
+        );
         assert_eq!(mode(f) & 0o007, 0, "{} is readable by others", f.display());
         let dir = f.parent().unwrap();
-        assert_eq!(mode(dir) & 0o050, 0o050, "{} is not group-listable", dir.display());
+        assert_eq!(
+            mode(dir) & 0o050,
+            0o050,
+            "{} is not group-listable",
+            dir.display()
+        );
     }
     let state_dir = env.state_path().parent().unwrap().to_path_buf();
     assert_eq!(mode(&state_dir), 0o700, "the state directory is private");
@@ -931,7 +965,10 @@ fn under_the_units_umask_the_lake_is_group_readable_and_the_state_private() {
     for doc in ["README.md", "config/callsync.toml"] {
         let text =
             std::fs::read_to_string(format!("{}/{doc}", env!("CARGO_MANIFEST_DIR"))).unwrap();
-        assert!(!text.contains("/run/credentials/callsync/"), "{doc} spells the path another way");
+        assert!(
+            !text.contains("/run/credentials/callsync/"),
+            "{doc} spells the path another way"
+        );
         for (i, _) in text.match_indices("/run/credentials/callsync.service/") {
             let name: String = text[i + "/run/credentials/callsync.service/".len()..]
                 .chars()
@@ -940,7 +977,10 @@ fn under_the_units_umask_the_lake_is_group_readable_and_the_state_private() {
             if name.is_empty() || name == "NAME" {
                 continue;
             }
-            assert!(loaded.contains(&name.as_str()), "{doc} uses credential {name}, which the unit does not load");
+            assert!(
+                loaded.contains(&name.as_str()),
+                "{doc} uses credential {name}, which the unit does not load"
+            );
         }
     }
 }

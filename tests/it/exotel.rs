@@ -298,7 +298,11 @@ fn the_intake_refuses_wrong_tokens_unknown_sources_big_and_garbage_bodies_and_ke
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     let out = env.run(&["sync", "--source", "legs"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(rejects(&env.warehouse()).len(), 1, "the garbage was rejected again");
+    assert_eq!(
+        rejects(&env.warehouse()).len(),
+        1,
+        "the garbage was rejected again"
+    );
     assert_eq!(read_legs(&env).len(), 1);
 }
 
@@ -481,7 +485,11 @@ fn analysis_results_land_once_failures_show_in_status_and_lost_ones_are_resubmit
     use callsync::simulator::exotel::{Fate, fate, insights};
     let env = Env::new(VoicegainSim::new(1, 0), 100);
     let port = free_port();
-    analyze_config(&env, port, "result_timeout_secs = 2\nflush_interval_secs = 1\n");
+    analyze_config(
+        &env,
+        port,
+        "result_timeout_secs = 2\nflush_interval_secs = 1\n",
+    );
     let d = Daemon::start(&env, &[], true);
     let calls: Vec<String> = (0..30).map(|i| format!("CA{:04}", 1000 + i)).collect();
     let mut args = vec!["exotel", "analyze", "--source", "insights"];

@@ -70,18 +70,21 @@ fn a_steady_push_source_writes_few_files_and_an_idle_one_writes_nothing() {
     assert_eq!(runs_rows(&env), runs, "an idle flush wrote a run record");
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait_exit(20).0, Some(0), "{}", d.log_text());
-    assert_eq!(read_legs(&env).len(), 600, "every delivery in the lake once");
+    assert_eq!(
+        read_legs(&env).len(),
+        600,
+        "every delivery in the lake once"
+    );
     let mut per_partition: BTreeMap<String, usize> = BTreeMap::new();
     for f in files_with_suffix(&env.warehouse().join("monitor_legs"), ".parquet") {
         *per_partition
             .entry(f.parent().unwrap().display().to_string())
             .or_default() += 1;
     }
-    eprintln!("60 s at 10/s, flush_interval_secs = 20: files per partition {per_partition:?}, runs rows {runs}");
-    assert!(
-        per_partition.values().all(|n| *n <= 4),
-        "{per_partition:?}"
+    eprintln!(
+        "60 s at 10/s, flush_interval_secs = 20: files per partition {per_partition:?}, runs rows {runs}"
     );
+    assert!(per_partition.values().all(|n| *n <= 4), "{per_partition:?}");
     assert!(runs <= 5, "{runs} run records for 60 s of deliveries");
 }
 
@@ -121,10 +124,15 @@ fn last_success_survives_a_restart_and_a_removed_source_loses_its_series() {
     assert!(h["sources"]["vg"]["last_success_at"].is_string(), "{h}");
     // A source removed by a reload takes its series with it.
     assert!(text.contains("source=\"vn\""));
-    env.write_config(&config(&env, "0 0 0 1 1 *", 100, false, daemon_cfg), 100_000);
+    env.write_config(
+        &config(&env, "0 0 0 1 1 *", 100, false, daemon_cfg),
+        100_000,
+    );
     d.signal(libc::SIGHUP);
     assert!(
-        wait_until(10, || !get(&env, &d.url("/metrics")).1.contains("source=\"vn\"")),
+        wait_until(10, || !get(&env, &d.url("/metrics"))
+            .1
+            .contains("source=\"vn\"")),
         "{}",
         get(&env, &d.url("/metrics")).1
     );
@@ -142,7 +150,13 @@ fn a_saturated_daemon_runs_the_longest_waiting_source_first() {
         vec![FaultKind::Slow(Duration::from_millis(250))],
     ));
     // Three sources due every second, one slot: each run takes longer than the schedule.
-    let base = config(&env, "* * * * * *", 20, false, "[daemon]\nmax_concurrent_sources = 1\n[server]\nlisten = \"127.0.0.1:0\"");
+    let base = config(
+        &env,
+        "* * * * * *",
+        20,
+        false,
+        "[daemon]\nmax_concurrent_sources = 1\n[server]\nlisten = \"127.0.0.1:0\"",
+    );
     let mut text = base.clone();
     for name in ["vg2", "vg3"] {
         let table = base[base.find("[sources.vg]").unwrap()..]
@@ -202,7 +216,11 @@ fn a_path_carrying_proxy_header_leaves_no_token_in_the_state_or_the_lake() {
             .as_u16()
     });
     assert_eq!(code, 200);
-    assert!(wait_until(15, || read_legs(&env).len() == 1), "{}", d.log_text());
+    assert!(
+        wait_until(15, || read_legs(&env).len() == 1),
+        "{}",
+        d.log_text()
+    );
     d.signal(libc::SIGTERM);
     assert_eq!(d.wait_exit(20).0, Some(0));
     let mut files = files_with_suffix(env.dir.path(), "");
@@ -221,7 +239,10 @@ fn a_path_carrying_proxy_header_leaves_no_token_in_the_state_or_the_lake() {
     let headers: String = c
         .query_row("SELECT headers FROM inbox", [], |r| r.get(0))
         .unwrap();
-    assert!(headers.contains("req-1") && headers.contains("content-type"), "{headers}");
+    assert!(
+        headers.contains("req-1") && headers.contains("content-type"),
+        "{headers}"
+    );
 }
 
 #[test]
@@ -278,7 +299,9 @@ fn a_reload_that_moves_the_state_keeps_the_running_one() {
     std::fs::write(&env.config, text).unwrap();
     d.signal(libc::SIGHUP);
     assert!(
-        wait_until(10, || d.log_text().contains("[state] path changed; it takes effect at the next start")),
+        wait_until(10, || d.log_text().contains(
+            "[state] path changed; it takes effect at the next start"
+        )),
         "{}",
         d.log_text()
     );
@@ -306,7 +329,11 @@ fn systemd_hears_stopping_when_the_drain_begins() {
         ],
         false,
     );
-    assert!(wait_until(30, || lake_count(&env, "vg") >= 200), "{}", d.log_text());
+    assert!(
+        wait_until(30, || lake_count(&env, "vg") >= 200),
+        "{}",
+        d.log_text()
+    );
     std::thread::sleep(Duration::from_millis(300));
     d.signal(libc::SIGTERM);
     let t0 = Instant::now();
@@ -323,7 +350,10 @@ fn systemd_hears_stopping_when_the_drain_begins() {
     let (code, exited) = d.wait_exit(20);
     let exited = exited + t0.elapsed();
     assert_eq!(code, Some(0), "{}", d.log_text());
-    assert!(stopping < Duration::from_millis(500), "STOPPING=1 after {stopping:?}");
+    assert!(
+        stopping < Duration::from_millis(500),
+        "STOPPING=1 after {stopping:?}"
+    );
     assert!(
         exited > stopping + Duration::from_millis(500),
         "STOPPING=1 at {stopping:?}, exit at {exited:?}: not sent before the drain's commit"

@@ -85,6 +85,10 @@ fn a_malformed_record_listed_again_by_the_lookback_is_rejected_once() {
     let out = env.run(&["repair", "--source", "vn", "--force"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     env.sync_ok();
-    assert_eq!(reject_ids(&env).len(), 22, "no reject written again after a repair");
+    assert_eq!(
+        reject_ids(&env).len(),
+        22,
+        "no reject written again after a repair"
+    );
     let _ = rows_by_id(&env, "vn");
 }

@@ -92,15 +92,11 @@ pub struct ExotelAnalyzeConfig {
     #[serde(default = "super::default_inbox_retention_days")]
     pub inbox_retention_days: u64,
     /// The account's time zone (IANA name): the call-details API's times carry no offset.
-    #[serde(default = "default_timezone")]
+    #[serde(default = "super::push::default_timezone")]
     pub timezone: String,
     /// Timeouts and retries of the submissions and call-details requests.
     #[serde(default)]
     pub http: HttpConfig,
-}
-
-fn default_timezone() -> String {
-    "Asia/Kolkata".into()
 }
 
 fn default_base_url() -> String {
@@ -168,16 +164,7 @@ impl ExotelAnalyzeConfig {
                 "required with the categorise task",
             );
         }
-        if self.timezone.parse::<chrono_tz::Tz>().is_err() {
-            problems.push(
-                table,
-                Some("timezone"),
-                format!(
-                    "{:?} is not an IANA time zone (e.g. \"Asia/Kolkata\")",
-                    self.timezone
-                ),
-            );
-        }
+        super::push::validate_timezone(table, &self.timezone, problems);
         if self.max_submissions == 0 {
             problems.push(table, Some("max_submissions"), "must be at least 1");
         }
@@ -229,8 +216,15 @@ pub fn jobs_overdue(
         return Ok(false);
     }
     let now = chrono::Utc::now().timestamp_micros();
-    let mut jobs = ctx.jobs.list(Some("queued")).map_err(|e| jobs_error(source_name, e))?;
-    jobs.extend(ctx.jobs.list(Some("submitting")).map_err(|e| jobs_error(source_name, e))?);
+    let mut jobs = ctx
+        .jobs
+        .list(Some("queued"))
+        .map_err(|e| jobs_error(source_name, e))?;
+    jobs.extend(
+        ctx.jobs
+            .list(Some("submitting"))
+            .map_err(|e| jobs_error(source_name, e))?,
+    );
     Ok(jobs.iter().any(|j| overdue(cfg, j, now)))
 }
 
@@ -564,7 +558,9 @@ impl ExotelAnalyzeSource {
                 started_at,
                 ended_at,
                 duration_ms,
-                direction: call.and_then(|c| c.direction.as_deref()).and_then(direction),
+                direction: call
+                    .and_then(|c| c.direction.as_deref())
+                    .and_then(direction),
                 from_number: call.and_then(|c| c.from.as_deref()),
                 to_number: call.and_then(|c| c.to.as_deref()),
                 summary: summary.as_deref(),

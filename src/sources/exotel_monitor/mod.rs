@@ -42,7 +42,7 @@ pub struct ExotelMonitorConfig {
     #[serde(default = "super::default_webhook_max_body_bytes")]
     pub webhook_max_body_bytes: usize,
     /// The account's time zone (IANA name): Exotel's times carry no offset.
-    #[serde(default = "default_timezone")]
+    #[serde(default = "super::push::default_timezone")]
     pub timezone: String,
     /// The inbox is exported to the lake once its oldest unexported delivery is this old
     /// (seconds), or it holds `flush_max_rows`, and when the daemon drains.
@@ -56,10 +56,6 @@ pub struct ExotelMonitorConfig {
     pub inbox_retention_days: u64,
 }
 
-fn default_timezone() -> String {
-    "Asia/Kolkata".into()
-}
-
 impl ExotelMonitorConfig {
     /// Reports every problem of this table.
     pub fn validate(&self, table: &str, problems: &mut Problems) {
@@ -70,16 +66,7 @@ impl ExotelMonitorConfig {
             &self.webhook_token_file,
             problems,
         );
-        if self.timezone.parse::<Tz>().is_err() {
-            problems.push(
-                table,
-                Some("timezone"),
-                format!(
-                    "{:?} is not an IANA time zone (e.g. \"Asia/Kolkata\")",
-                    self.timezone
-                ),
-            );
-        }
+        super::push::validate_timezone(table, &self.timezone, problems);
         super::validate_push(
             table,
             self.webhook_max_body_bytes,
