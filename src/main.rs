@@ -228,8 +228,8 @@ fn run(cli: Cli, json: bool) -> anyhow::Result<i32> {
         Command::Backfill { source, from, to } => {
             app::backfill(&cfg, &source, from, to, &rt, &stop, &mut out)
         }
-        Command::Repair { sources, force } => app::repair(&cfg, &sources, force, &mut out),
-        Command::Verify { sources } => app::verify(&cfg, &sources, &mut out),
+        Command::Repair { sources, force } => app::repair(&cfg, &sources, force, &rt, &mut out),
+        Command::Verify { sources } => app::verify(&cfg, &sources, &rt, &mut out),
         Command::Health => app::health(&cfg, &rt, &mut out),
         Command::Exotel {
             command:

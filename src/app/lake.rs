@@ -5,8 +5,17 @@ use std::io::Write;
 use anyhow::Context;
 
 use super::{EXIT_FAILED, EXIT_OK, unknown_source};
+use tokio::runtime::Runtime;
+
 use crate::config::Config;
+use crate::lake::storage::Storage;
 use crate::state::State;
+
+/// The configured lake (a directory or an object store).
+fn open_lake(cfg: &Config, rt: &Runtime) -> anyhow::Result<Box<dyn Storage>> {
+    crate::lake::storage::open(&cfg.warehouse, &cfg.state.path, rt.handle())
+        .with_context(|| format!("opening the lake {}", cfg.warehouse.display()))
+}
 
 /// Rebuilds the state of the named sources (all configured ones when `only` is empty) from
 /// their lake, each under its lock. A source whose state agrees with the lake is left alone
@@ -15,6 +24,7 @@ pub fn repair(
     cfg: &Config,
     only: &[String],
     force: bool,
+    rt: &Runtime,
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
     if let Some(name) = only.iter().find(|n| !cfg.sources.contains_key(*n)) {
@@ -27,7 +37,7 @@ pub fn repair(
         if !only.is_empty() && !only.contains(name) {
             continue;
         }
-        match repair_one(cfg, name, scfg, force) {
+        match repair_one(cfg, name, scfg, force, rt) {
             Ok(line) => writeln!(out, "{name}: {line}")?,
             Err(e) => {
                 code = EXIT_FAILED;
@@ -43,14 +53,15 @@ fn repair_one(
     name: &str,
     scfg: &crate::sources::SourceConfig,
     force: bool,
+    rt: &Runtime,
 ) -> anyhow::Result<String> {
-    use crate::lake::storage::LocalStorage;
     use crate::lake::{marker, repair};
     let _lock = crate::state::lock::SourceLock::try_acquire(&cfg.state.path, name)?;
     let mut state = State::open(&cfg.state.path)?;
     let row = state.source(name, scfg.kind())?;
-    let storage = LocalStorage::new(&cfg.warehouse.root)?;
-    let disagreement = marker::disagreement(&storage, &state, row.id, name)?;
+    let storage = open_lake(cfg, rt)?;
+    let storage = storage.as_ref();
+    let disagreement = marker::disagreement(storage, &state, row.id, name)?;
     if disagreement.is_none() {
         if !force {
             return Ok(if state.last_commit(row.id)?.is_none() {
@@ -60,9 +71,9 @@ fn repair_one(
             });
         }
         // The state is right: finish its interrupted publishes before reading the lake.
-        crate::lake::recover(&storage, &state, row.id, name)?;
+        crate::lake::recover(storage, &state, row.id, name)?;
     }
-    let r = repair::rebuild(&storage, &mut state, row.id, name, |facts, m| {
+    let r = repair::rebuild(storage, &mut state, row.id, name, |facts, m| {
         scfg.repair_cursor(facts, m)
     })?;
     tracing::info!(source = %name, rows = r.rows, rejects = r.rejects, files = r.data_files, "State rebuilt from the lake.");
@@ -82,24 +93,29 @@ fn repair_one(
 /// Holds the lake against the state: prints one line per problem (naming the file) and per
 /// note; exit 0 when there is no problem. Sources: the named ones, or every source that is
 /// configured, in the state or in the lake.
-pub fn verify(cfg: &Config, only: &[String], out: &mut dyn Write) -> anyhow::Result<i32> {
+pub fn verify(
+    cfg: &Config,
+    only: &[String],
+    rt: &Runtime,
+    out: &mut dyn Write,
+) -> anyhow::Result<i32> {
     use crate::lake::repair;
-    use crate::lake::storage::LocalStorage;
     let state = State::open(&cfg.state.path)
         .with_context(|| format!("opening state {}", cfg.state.path.display()))?;
-    let storage = LocalStorage::new(&cfg.warehouse.root)?;
+    let storage = open_lake(cfg, rt)?;
+    let storage = storage.as_ref();
     let mut names: std::collections::BTreeSet<String> = only.iter().cloned().collect();
     if only.is_empty() {
         names.extend(cfg.sources.keys().cloned());
         names.extend(state.source_names()?);
-        names.extend(repair::lake_sources(&storage)?);
+        names.extend(repair::lake_sources(storage)?);
     }
     let (mut problems, mut files) = (0usize, 0usize);
     for name in &names {
         let id = state.source_id(name)?;
         // With the lock held nothing is in flight, so staging can be judged too.
         let lock = crate::state::lock::SourceLock::try_acquire(&cfg.state.path, name).ok();
-        let found = repair::verify(&storage, &state, id, name, lock.is_some())?;
+        let found = repair::verify(storage, &state, id, name, lock.is_some())?;
         if lock.is_none() {
             writeln!(
                 out,
@@ -123,7 +139,7 @@ pub fn verify(cfg: &Config, only: &[String], out: &mut dyn Write) -> anyhow::Res
             out,
             "verify: clean: {} sources, {files} committed files, lake {}",
             names.len(),
-            cfg.warehouse.root.display()
+            cfg.warehouse.display()
         )?;
         Ok(EXIT_OK)
     } else {
@@ -131,7 +147,7 @@ pub fn verify(cfg: &Config, only: &[String], out: &mut dyn Write) -> anyhow::Res
             out,
             "verify: {problems} problem{} in lake {} against state {}",
             if problems == 1 { "" } else { "s" },
-            cfg.warehouse.root.display(),
+            cfg.warehouse.display(),
             cfg.state.path.display()
         )?;
         Ok(EXIT_FAILED)

@@ -6,6 +6,7 @@
 //! deletes staged files no commit names.
 
 pub mod marker;
+pub mod object;
 pub mod repair;
 pub mod storage;
 pub mod writer;
@@ -117,7 +118,9 @@ pub fn recover(
     let mut done = Vec::new();
     for row in &pending {
         if storage.exists(&row.final_path)? {
-            // Renamed before the crash, not yet marked.
+            // Published before the crash, not yet marked. On object storage a publish is a
+            // copy then a delete: a staged copy left behind goes now.
+            storage.delete(&row.staged)?;
             done.push(row.staged.as_str());
         } else if storage.exists(&row.staged)? {
             storage.publish(&row.staged, &row.final_path)?;

@@ -1,5 +1,5 @@
 //! The storage seam under the lake: stage a file durably, publish it, list, delete.
-//! `LocalStorage` is a directory; object storage becomes a second implementation.
+//! `LocalStorage` is a directory (with fsyncs); `object::ObjectStorage` is object storage.
 
 use std::fs::{self, File};
 use std::io;
@@ -38,6 +38,44 @@ pub trait Storage: Send + Sync {
     fn size(&self, rel: &str) -> io::Result<Option<u64>>;
     /// Opens a file for reading.
     fn open(&self, rel: &str) -> io::Result<File>;
+    /// The local directory where sources spool downloads (recordings) before they are
+    /// staged: `<spool_root>/<lake-relative staged path>`.
+    fn spool_root(&self) -> PathBuf;
+    /// Makes a file a source spooled (and synced) at `spool_root()/rel` the staged file `rel`;
+    /// returns its size.
+    fn adopt_spooled(&self, rel: &str) -> io::Result<u64>;
+}
+
+/// Opens the lake of `[warehouse]`: a local directory, or an object store whose staged files
+/// spool beside the state (`<state path>.spool/`). `rt` drives an object store's requests.
+pub fn open(
+    cfg: &crate::config::WarehouseConfig,
+    state_path: &Path,
+    rt: &tokio::runtime::Handle,
+) -> io::Result<Box<dyn Storage>> {
+    use crate::config::LakeLocation;
+    match cfg.location() {
+        LakeLocation::Local(root) => Ok(Box::new(LocalStorage::new(&root)?)),
+        LakeLocation::Object {
+            url,
+            scheme,
+            bucket,
+            prefix,
+        } => {
+            let options = cfg.resolved_storage_options().map_err(io::Error::other)?;
+            let store =
+                super::object::build_store(&scheme, &bucket, &options).map_err(io::Error::other)?;
+            let mut spool = state_path.as_os_str().to_owned();
+            spool.push(".spool");
+            Ok(Box::new(super::object::ObjectStorage::new(
+                store,
+                &prefix,
+                Path::new(&spool),
+                rt.clone(),
+                &url,
+            )?))
+        }
+    }
 }
 
 /// A warehouse in a local directory. Rename within one filesystem is atomic.
@@ -227,6 +265,15 @@ impl Storage for LocalStorage {
 
     fn open(&self, rel: &str) -> io::Result<File> {
         File::open(self.path(rel))
+    }
+
+    fn spool_root(&self) -> PathBuf {
+        self.root.clone()
+    }
+
+    fn adopt_spooled(&self, rel: &str) -> io::Result<u64> {
+        // Already in place under `_staging/`, synced by the source.
+        fs::metadata(self.path(rel)).map(|m| m.len())
     }
 
     fn size(&self, rel: &str) -> io::Result<Option<u64>> {

@@ -18,7 +18,7 @@ use tokio::runtime::Handle;
 use tracing::{debug, info, warn};
 
 use crate::config::WarehouseConfig;
-use crate::lake::storage::{LocalStorage, Storage};
+use crate::lake::storage::Storage;
 use crate::lake::writer::{CommitWriter, StagedFile};
 use crate::lake::{self, LakeError, marker};
 use crate::record::Reject;
@@ -233,8 +233,11 @@ fn run_inner(
     // One connection of its own for what the source asks (it runs on the async runtime, the
     // exporter on its thread): exported keys, its inbox, its jobs.
     let asked = Arc::new(SourceState::open(&ctx.state_path, row.id)?);
+    let storage =
+        crate::lake::storage::open(&ctx.warehouse, &ctx.state_path, rt).map_err(LakeError::from)?;
+    let storage = storage.as_ref();
     let open_ctx = OpenContext {
-        warehouse_root: ctx.warehouse.root.clone(),
+        warehouse_root: storage.spool_root(),
         known: asked.clone(),
         inbox: asked.clone(),
         jobs: asked,
@@ -246,10 +249,9 @@ fn run_inner(
     {
         return Ok(false);
     }
-    let storage = LocalStorage::new(&ctx.warehouse.root).map_err(LakeError::from)?;
     let started = Instant::now();
     let run_id = state.start_run(row.id, mode.name())?;
-    if let Err(e) = prepare(ctx, &storage, &state, row.id, name) {
+    if let Err(e) = prepare(ctx, storage, &state, row.id, name) {
         state.finish_run(run_id, "failed", Some(&e.to_string()))?;
         warn!(source = %name, mode = mode.name(), error = %e, "Run refused.");
         return Err(e);
@@ -275,7 +277,7 @@ fn run_inner(
     let result = match opened {
         Ok(source) => {
             let mut exporter = Exporter {
-                storage: &storage,
+                storage,
                 state: &mut state,
                 source: name,
                 source_id: row.id,
@@ -379,7 +381,7 @@ fn prepare(
     {
         return Err(PipelineError::Disagree {
             source_name: name.to_string(),
-            lake: ctx.warehouse.root.display().to_string(),
+            lake: ctx.warehouse.display(),
             state: ctx.state_path.display().to_string(),
             reason,
         });
@@ -535,11 +537,15 @@ impl<'a> Exporter<'a> {
         // (already exported, or rejected).
         for f in page.files {
             if written.contains(&f.call_id) {
+                let bytes = self
+                    .storage
+                    .adopt_spooled(&f.staged)
+                    .map_err(LakeError::from)?;
                 batch.writer.add_file(StagedFile {
                     staged: f.staged,
                     final_path: f.final_path,
                     rows: 0,
-                    bytes: f.bytes,
+                    bytes,
                 });
             } else {
                 self.storage.delete(&f.staged).map_err(LakeError::from)?;

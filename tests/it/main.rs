@@ -18,6 +18,7 @@ mod export;
 mod kill9;
 mod lake_state;
 mod lookback;
+mod object_store;
 mod operations;
 mod rejects;
 mod voice_calls;

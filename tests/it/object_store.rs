@@ -1,0 +1,295 @@
+//! Promise: on object storage (S3, here the moto server on loopback) the lake is written
+//! exactly once, through the same stage → commit → publish order: killed at random moments,
+//! right after a new object appears, and at the commit protocol's failpoints, the next sync
+//! is exact; pyarrow's S3 filesystem reads the lake back equal to the simulator's truth, no
+//! object is left under `_staging/`, and `verify` and `repair` work on the store.
+
+use std::collections::BTreeSet;
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use callsync::simulator::{FaultKind, FaultPlan, VoicegainSim};
+
+use crate::helpers::*;
+
+const BUCKET: &str = "lake";
+const PREFIX: &str = "team/calls-lake";
+
+/// The moto S3 server on a free loopback port, stopped on drop.
+pub(crate) struct Moto {
+    child: Child,
+    pub(crate) port: u16,
+}
+
+impl Moto {
+    /// Starts it with the test Python (`None` where there is none: a skip, or a failure in CI).
+    pub(crate) fn start() -> Option<Moto> {
+        let python = test_python()?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(python)
+            .args([
+                "-m",
+                "moto.server",
+                "-H",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let m = Moto { child, port };
+        assert!(
+            wait_until(30, || TcpStream::connect(("127.0.0.1", port)).is_ok()),
+            "the moto server did not start (pip install 'moto[server]')"
+        );
+        Some(m)
+    }
+
+    pub(crate) fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a bucket.
+    pub(crate) fn bucket(&self, env: &Env, name: &str) {
+        let url = format!("{}/{name}", self.endpoint());
+        let code = env.rt.block_on(async {
+            reqwest::Client::new()
+                .put(&url)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        });
+        assert_eq!(code, 200, "create bucket {name}");
+    }
+
+    /// Every key under `prefix` in `bucket` (moto answers ListObjectsV2 unsigned).
+    pub(crate) fn keys(&self, env: &Env, bucket: &str, prefix: &str) -> Vec<String> {
+        let mut keys = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut url = format!("{}/{bucket}?list-type=2&prefix={prefix}", self.endpoint());
+            if let Some(t) = &token {
+                url.push_str(&format!("&continuation-token={t}"));
+            }
+            let body = env
+                .rt
+                .block_on(async { reqwest::get(&url).await.unwrap().text().await.unwrap() });
+            keys.extend(between(&body, "<Key>", "</Key>"));
+            token = between(&body, "<NextContinuationToken>", "</NextContinuationToken>")
+                .into_iter()
+                .next();
+            if token.is_none() {
+                return keys;
+            }
+        }
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn between(text: &str, open: &str, close: &str) -> Vec<String> {
+    text.split(open)
+        .skip(1)
+        .filter_map(|s| s.split(close).next())
+        .map(str::to_string)
+        .collect()
+}
+
+/// The `[warehouse]` table of a lake on the moto server.
+pub(crate) fn s3_warehouse(moto: &Moto, prefix: &str, max_rows: usize) -> String {
+    format!(
+        "[warehouse]\nurl = \"s3://{BUCKET}/{prefix}\"\nmax_rows_per_file = {max_rows}\n\
+         [warehouse.storage_options]\naws_endpoint = \"{}\"\naws_allow_http = \"true\"\n\
+         aws_region = \"us-east-1\"\naws_access_key_id = \"testing\"\naws_secret_access_key_env = \"MOTO_SECRET\"\n",
+        moto.endpoint()
+    )
+}
+
+/// Call ids of the lake as pyarrow's S3 filesystem reads them: (rows, distinct ids).
+fn pyarrow_ids(moto: &Moto, prefix: &str) -> (usize, BTreeSet<String>) {
+    let python = test_python().unwrap();
+    let script = format!(
+        "import pyarrow.dataset as ds, pyarrow.fs as fs\n\
+         s3 = fs.S3FileSystem(endpoint_override='127.0.0.1:{}', scheme='http', access_key='testing', secret_key='testing', region='us-east-1')\n\
+         t = ds.dataset('{BUCKET}/{prefix}/calls', filesystem=s3, format='parquet', partitioning='hive').to_table(columns=['call_id', 'source'])\n\
+         ids = t.column('call_id').to_pylist()\n\
+         assert set(t.column('source').to_pylist()) <= {{'vg'}}, t.column('source').unique()\n\
+         print(len(ids)); print(' '.join(ids))",
+        moto.port
+    );
+    let out = Command::new(python).arg("-c").arg(script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "pyarrow could not read the lake: {}",
+        text(&out)
+    );
+    let s = String::from_utf8_lossy(&out.stdout);
+    let mut lines = s.lines();
+    let n: usize = lines.next().unwrap().parse().unwrap();
+    let ids = lines
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    (n, ids)
+}
+
+#[test]
+fn a_lake_on_s3_is_exact_after_kills_at_random_moments_and_holds_no_staged_object() {
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    let env = Env::new(VoicegainSim::new(301, 0).with_ratios(0.0, 0.01), 50);
+    env.sim.voicegain().add_calls(4000);
+    moto.bucket(&env, BUCKET);
+    let token = token_file(&env, "vg-s3", &env.sim.voicegain().token.clone());
+    let config = format!(
+        "{}[state]\npath = \"{}\"\n{}",
+        s3_warehouse(&moto, PREFIX, 300),
+        env.state_path().display(),
+        vg_table(
+            "vg",
+            &env.sim.voicegain_base_url(),
+            &format!("token_file = \"{}\"", token.display()),
+            50
+        )
+    );
+    std::fs::write(&env.config, config).unwrap();
+    let run = |extra: &[(&str, &str)]| {
+        let mut c = env.command(&["sync"]);
+        c.env("MOTO_SECRET", "testing");
+        for (k, v) in extra {
+            c.env(k, v);
+        }
+        c
+    };
+    // The commit protocol's own failpoints: a crash after staging, and after the commit.
+    for point in ["after_stage", "after_commit"] {
+        let out = run(&[("CALLSYNC_FAILPOINT", point)]).output().unwrap();
+        assert_ne!(out.status.code(), Some(0), "{point}: {}", text(&out));
+    }
+    // SIGKILL at random moments, and right after a new object appears in the lake, while
+    // every vendor request takes 20 ms (a run takes a few seconds).
+    env.sim.set_faults(FaultPlan::every(
+        1,
+        vec![FaultKind::Slow(Duration::from_millis(20))],
+    ));
+    let mut rng = fastrand::Rng::with_seed(17);
+    let mut kills = 0;
+    for round in 0..10 {
+        let mut child = run(&[])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        if round % 2 == 0 {
+            std::thread::sleep(Duration::from_millis(rng.u64(50..600)));
+        } else {
+            let before = moto.keys(&env, BUCKET, PREFIX).len();
+            let t0 = Instant::now();
+            while moto.keys(&env, BUCKET, PREFIX).len() == before
+                && t0.elapsed() < Duration::from_secs(10)
+                && child.try_wait().unwrap().is_none()
+            {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        if child.try_wait().unwrap().is_none() {
+            kills += 1;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    assert!(kills >= 8, "only {kills} runs were killed mid-way");
+    env.sim.set_faults(FaultPlan::default());
+    let out = run(&[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // pyarrow reads the lake on S3: every call of the truth, once.
+    let truth: BTreeSet<String> = env
+        .sim
+        .voicegain()
+        .expected_exported()
+        .iter()
+        .map(|c| c.id.to_string())
+        .collect();
+    let (rows, ids) = pyarrow_ids(&moto, PREFIX);
+    assert_eq!(rows, truth.len(), "rows (duplicates?)");
+    assert_eq!(ids, truth);
+    let staged: Vec<String> = moto
+        .keys(&env, BUCKET, &format!("{PREFIX}/_staging/"))
+        .into_iter()
+        .collect();
+    assert!(
+        staged.is_empty(),
+        "objects left under _staging/: {staged:?}"
+    );
+    assert!(
+        !moto
+            .keys(&env, BUCKET, &format!("{PREFIX}/_callsync/vg.json"))
+            .is_empty()
+    );
+    // verify and repair on the store.
+    let v = env
+        .command(&["verify"])
+        .env("MOTO_SECRET", "testing")
+        .output()
+        .unwrap();
+    assert_eq!(v.status.code(), Some(0), "{}", text(&v));
+    std::fs::remove_file(env.state_path()).unwrap();
+    let refused = run(&[]).output().unwrap();
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "a lost state is refused on S3 too"
+    );
+    let r = env
+        .command(&["repair"])
+        .env("MOTO_SECRET", "testing")
+        .output()
+        .unwrap();
+    assert_eq!(r.status.code(), Some(0), "{}", text(&r));
+    env.sim.voicegain().add_calls(300);
+    let out = run(&[]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let truth: BTreeSet<String> = env
+        .sim
+        .voicegain()
+        .expected_exported()
+        .iter()
+        .map(|c| c.id.to_string())
+        .collect();
+    let (rows, ids) = pyarrow_ids(&moto, PREFIX);
+    assert_eq!((rows, ids), (truth.len(), truth));
+    eprintln!("s3: {kills} kills, then exact: {rows} rows");
+}
+
+#[test]
+fn a_secret_storage_option_inline_is_refused_naming_the_key() {
+    let env = Env::new(VoicegainSim::new(302, 0), 50);
+    std::fs::write(
+        &env.config,
+        "[warehouse]\nurl = \"s3://lake/x\"\nroot = \"w\"\n[warehouse.storage_options]\naws_secret_access_key = \"abc123secret\"\n",
+    )
+    .unwrap();
+    let out = env.run(&["sync"]);
+    assert_eq!(out.status.code(), Some(2));
+    let t = text(&out);
+    assert!(t.contains("[warehouse] key `url`"), "{t}");
+    assert!(t.contains("aws_secret_access_key_env"), "{t}");
+    assert!(!t.contains("abc123secret"), "{t}");
+}
