@@ -146,6 +146,7 @@ pub fn recover(
             rec.deleted += 1;
         }
     }
+    rec.deleted += storage.clear_spool(source)?;
     if rec != Recovered::default() {
         info!(
             source = %source,

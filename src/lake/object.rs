@@ -307,6 +307,15 @@ impl Storage for ObjectStorage {
         self.spool.clone()
     }
 
+    fn clear_spool(&self, source: &str) -> io::Result<usize> {
+        let dir = self.spool.join("_staging").join(source);
+        let n = fs::read_dir(&dir).map(|d| d.count()).unwrap_or(0);
+        match fs::remove_dir_all(&dir) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(n),
+        }
+    }
+
     fn adopt_spooled(&self, rel: &str) -> io::Result<u64> {
         let local = self.spooled(rel);
         let size = self.upload(&local, &self.key(rel))?;

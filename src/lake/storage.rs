@@ -44,6 +44,12 @@ pub trait Storage: Send + Sync {
     /// Makes a file a source spooled (and synced) at `spool_root()/rel` the staged file `rel`;
     /// returns its size.
     fn adopt_spooled(&self, rel: &str) -> io::Result<u64>;
+    /// Deletes what an interrupted run of `source` left in the local spool (downloads and
+    /// staged files never put); the caller holds the source's lock. A local lake's spool is
+    /// its staging area, which recovery lists itself.
+    fn clear_spool(&self, _source: &str) -> io::Result<usize> {
+        Ok(0)
+    }
 }
 
 /// Opens the lake of `[warehouse]`: a local directory, or an object store whose staged files

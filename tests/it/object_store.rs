@@ -121,13 +121,19 @@ pub(crate) fn s3_warehouse(moto: &Moto, prefix: &str, max_rows: usize) -> String
 
 /// Call ids of the lake as pyarrow's S3 filesystem reads them: (rows, distinct ids).
 fn pyarrow_ids(moto: &Moto, prefix: &str) -> (usize, BTreeSet<String>) {
+    pyarrow_ids_of(moto, prefix, "vg")
+}
+
+/// As `pyarrow_ids`, for the one source `source` the lake holds; also (call id, recording_ref)
+/// pairs when `with_refs`.
+fn pyarrow_ids_of(moto: &Moto, prefix: &str, source: &str) -> (usize, BTreeSet<String>) {
     let python = test_python().unwrap();
     let script = format!(
         "import pyarrow.dataset as ds, pyarrow.fs as fs\n\
          s3 = fs.S3FileSystem(endpoint_override='127.0.0.1:{}', scheme='http', access_key='testing', secret_key='testing', region='us-east-1')\n\
          t = ds.dataset('{BUCKET}/{prefix}/calls', filesystem=s3, format='parquet', partitioning='hive').to_table(columns=['call_id', 'source'])\n\
          ids = t.column('call_id').to_pylist()\n\
-         assert set(t.column('source').to_pylist()) <= {{'vg'}}, t.column('source').unique()\n\
+         assert set(t.column('source').to_pylist()) <= {{'{source}'}}, t.column('source').unique()\n\
          print(len(ids)); print(' '.join(ids))",
         moto.port
     );
@@ -292,4 +298,104 @@ fn a_secret_storage_option_inline_is_refused_naming_the_key() {
     assert!(t.contains("[warehouse] key `url`"), "{t}");
     assert!(t.contains("aws_secret_access_key_env"), "{t}");
     assert!(!t.contains("abc123secret"), "{t}");
+}
+
+#[test]
+fn the_daemon_writes_calls_and_recordings_to_s3_once_across_a_kill_9() {
+    use crate::daemon::Daemon;
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    let env = crate::voice_calls::setup(
+        120,
+        0.0,
+        callsync::simulator::Envelope::Items,
+        1000,
+        "download_recordings = true\n",
+    );
+    moto.bucket(&env, BUCKET);
+    let prefix = "daemon-lake";
+    // The same sources on S3 instead of the local root.
+    let local_cfg = std::fs::read_to_string(&env.config).unwrap();
+    let table_end = local_cfg.find("[state]").unwrap();
+    let s3_cfg = format!(
+        "{}{}",
+        s3_warehouse(&moto, prefix, 25),
+        &local_cfg[table_end..]
+    );
+    std::fs::write(&env.config, s3_cfg).unwrap();
+    // Slow enough to be caught mid-export: every vendor request takes 15 ms.
+    env.sim.set_faults(FaultPlan::every(
+        1,
+        vec![FaultKind::Slow(Duration::from_millis(15))],
+    ));
+    let secret = [("MOTO_SECRET", "testing")];
+    let d = Daemon::start(&env, &secret, false);
+    let objects = || moto.keys(&env, BUCKET, &format!("{prefix}/calls/")).len();
+    assert!(wait_until(30, || objects() >= 2), "{}", d.log_text());
+    drop(d); // kill -9
+    env.sim.set_faults(FaultPlan::default());
+    let mut d = Daemon::start(&env, &secret, false);
+    let want: BTreeSet<String> = env
+        .sim
+        .voice_calls()
+        .calls()
+        .iter()
+        .filter(|c| c.is_final())
+        .map(|c| c.id.clone())
+        .collect();
+    assert!(
+        wait_until(60, || pyarrow_ids_of(&moto, prefix, "vc").1 == want),
+        "{}",
+        d.log_text()
+    );
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(20).0, Some(0), "{}", d.log_text());
+    let (rows, ids) = pyarrow_ids_of(&moto, prefix, "vc");
+    assert_eq!((rows, ids), (want.len(), want));
+    // Every recording is in the bucket, byte for byte, under its call's lake path (fetched
+    // with pyarrow's S3 filesystem).
+    let local = env.dir.path().join("fetched");
+    let script = format!(
+        "import pyarrow.fs as fs, os\n\
+         s3 = fs.S3FileSystem(endpoint_override='127.0.0.1:{}', scheme='http', access_key='testing', secret_key='testing', region='us-east-1')\n\
+         for i in s3.get_file_info(fs.FileSelector('{BUCKET}/{prefix}/recordings', recursive=True)):\n\
+         \x20   if i.type == fs.FileType.File:\n\
+         \x20       out = os.path.join('{}', os.path.relpath(i.path, '{BUCKET}/{prefix}'))\n\
+         \x20       os.makedirs(os.path.dirname(out), exist_ok=True)\n\
+         \x20       open(out, 'wb').write(s3.open_input_stream(i.path).read())\n",
+        moto.port,
+        local.display()
+    );
+    let out = Command::new(test_python().unwrap())
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let vc = env.sim.voice_calls();
+    let mut n = 0;
+    for c in vc
+        .calls()
+        .iter()
+        .filter(|c| c.is_final() && c.has_recording)
+    {
+        let day = chrono::DateTime::from_timestamp(c.start_secs, 0)
+            .unwrap()
+            .format("%Y-%m-%d");
+        let path = local.join(format!("recordings/source=vc/date={day}/{}.wav", c.id));
+        let got = std::fs::read(&path).unwrap_or_default();
+        assert!(
+            got == callsync::simulator::voice_calls::recording_bytes(&c.id),
+            "recording of {} differs or is missing ({} bytes)",
+            c.id,
+            got.len()
+        );
+        n += 1;
+    }
+    assert!(n > 30, "{n} recordings");
+    let staged = moto.keys(&env, BUCKET, &format!("{prefix}/_staging/"));
+    assert!(staged.is_empty(), "{staged:?}");
+    let spool = files_with_suffix(&env.dir.path().join("state"), ".tmp");
+    assert!(spool.is_empty(), "spooled files left: {spool:?}");
 }
