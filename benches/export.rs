@@ -2,11 +2,13 @@
 //! (all 43 documented columns, about 16 empty a call): (a) CSV → normalized Parquet on one
 //! core; (b) two shapes of a whole 100k-call sync (200 days of history, and calls of the last
 //! 2 days), each beside DuckDB's partitioned COPY of the same CSV on one thread; (c) 1M calls
-//! end to end: peak RSS and state bytes per call; (d) voice-calls detail latency.
+//! end to end: peak RSS and state bytes per call; (d) voice-calls detail latency; (e) the
+//! recent shape into a local directory beside an S3 bucket (the moto server on loopback), in
+//! one commit and in commits of 5,000 calls (a daemon's small syncs): CPU, wall, per-commit.
 //!
 //! Environment: `CALLSYNC_BENCH_ROWS` (default 100000), `CALLSYNC_BENCH_BIG_ROWS` (default
 //! 1000000, 0 skips (c)), `CALLSYNC_BENCH_REPS` (runs of (a) and (b), least CPU kept; default
-//! 5), `CALLSYNC_BENCH_ONLY=encode|export|big|voice_calls`, `CALLSYNC_TEST_PYTHON` (a Python
+//! 5), `CALLSYNC_BENCH_ONLY=encode|export|big|voice_calls|s3`, `CALLSYNC_TEST_PYTHON` (a Python
 //! with duckdb; default `target/pyenv/bin/python`).
 
 use std::path::{Path, PathBuf};
@@ -151,8 +153,103 @@ fn sync_child(config: &Path) -> ChildRun {
             .arg(config)
             .arg("sync")
             .env("RUST_LOG", "warn")
+            .env("MOTO_SECRET", "testing")
             .stdout(std::process::Stdio::null()),
     )
+}
+
+/// The Python with duckdb and moto (`CALLSYNC_TEST_PYTHON`, else `target/pyenv`).
+fn python() -> String {
+    std::env::var("CALLSYNC_TEST_PYTHON").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/pyenv/bin/python").to_string()
+    })
+}
+
+/// (e) The recent shape into a local directory and into an S3 bucket on the moto server, in
+/// one commit and in commits of `small` calls; prints a table row per case.
+fn s3_bench(rt: &tokio::runtime::Runtime, rows: usize, reps: usize) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut moto = Command::new(python())
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("a Python with moto[server] (target/pyenv from .ci/run)");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let t0 = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "moto did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let sim = generate(rows, 2, 8);
+    let token = sim.token.clone();
+    let sim = rt.block_on(Simulator::start(sim)).unwrap();
+    println!(
+        "\n(e) {rows} calls of the last 2 days, local directory vs S3 (moto on loopback); best of {reps}\n"
+    );
+    println!("| lake | commits | CPU | wall | wall per commit | peak RSS |");
+    println!("|---|---|---|---|---|---|");
+    let mut bucket = 0;
+    for (max_rows, label) in [(100_000, "one commit"), (5_000, "commits of 5,000")] {
+        for s3 in [false, true] {
+            let mut best: Option<(ChildRun, i64)> = None;
+            for _ in 0..reps.max(1) {
+                let dir = tempfile::tempdir().unwrap();
+                let warehouse = if s3 {
+                    bucket += 1;
+                    let name = format!("bench{bucket}");
+                    rt.block_on(async {
+                        reqwest::Client::new()
+                            .put(format!("{endpoint}/{name}"))
+                            .send()
+                            .await
+                            .unwrap()
+                    });
+                    format!(
+                        "[warehouse]\nurl = \"s3://{name}/lake\"\nmax_rows_per_file = {max_rows}\n\
+                         [warehouse.storage_options]\naws_endpoint = \"{endpoint}\"\naws_allow_http = \"true\"\n\
+                         aws_region = \"us-east-1\"\naws_access_key_id = \"testing\"\naws_secret_access_key_env = \"MOTO_SECRET\"\n"
+                    )
+                } else {
+                    format!(
+                        "[warehouse]\nroot = \"{}\"\nmax_rows_per_file = {max_rows}\n",
+                        dir.path().join("lake").display()
+                    )
+                };
+                let config = write_config_with(dir.path(), &sim, &token, &warehouse);
+                let run = sync_child(&config);
+                let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
+                let commits: i64 = conn
+                    .query_row("SELECT count(*) FROM commits", [], |r| r.get(0))
+                    .unwrap();
+                if best.as_ref().is_none_or(|b| run.cpu < b.0.cpu) {
+                    best = Some((run, commits));
+                }
+            }
+            let (run, commits) = best.expect("at least one run");
+            println!(
+                "| {} ({label}) | {commits} | {:.3} s | {:.3} s | {:.1} ms | {:.1} MB |",
+                if s3 { "S3 (moto)" } else { "local" },
+                run.cpu,
+                run.wall,
+                run.wall * 1000.0 / commits.max(1) as f64,
+                run.max_rss_mb
+            );
+        }
+    }
+    let _ = moto.kill();
+    let _ = moto.wait();
 }
 
 /// (b)/(c) A whole export from the simulator by the release binary, `reps` times into fresh
@@ -184,14 +281,22 @@ fn export_bench(
 
 /// Writes a config for one Voicegain source `vg` on `sim` under `dir`; returns its path.
 fn write_config(dir: &Path, sim: &Simulator, token: &str) -> PathBuf {
+    let warehouse = format!(
+        "[warehouse]\nroot = \"{}\"\nmax_rows_per_file = 100000\n",
+        dir.join("lake").display()
+    );
+    write_config_with(dir, sim, token, &warehouse)
+}
+
+/// As `write_config`, with its own `[warehouse]` table.
+fn write_config_with(dir: &Path, sim: &Simulator, token: &str, warehouse: &str) -> PathBuf {
     let token_file = dir.join("token");
     std::fs::write(&token_file, token).unwrap();
     let config = dir.join("callsync.toml");
     std::fs::write(
         &config,
         format!(
-            "[warehouse]\nroot = \"{}\"\nmax_rows_per_file = 100000\n[state]\npath = \"{}\"\n[sources.vg]\nkind = \"voicegain\"\nbase_url = \"{}\"\ntoken_file = \"{}\"\nper_page = 1000\n",
-            dir.join("lake").display(),
+            "{warehouse}[state]\npath = \"{}\"\n[sources.vg]\nkind = \"voicegain\"\nbase_url = \"{}\"\ntoken_file = \"{}\"\nper_page = 1000\n",
             dir.join("state.db").display(),
             sim.voicegain_base_url(),
             token_file.display()
@@ -462,6 +567,9 @@ fn main() {
             "\n(c) callsync sync, {big} calls over 200 days: {:.3} s CPU, {:.3} s wall, {:.1} MB peak RSS, {files} files, {state:.1} state bytes/call",
             r.cpu, r.wall, r.max_rss_mb
         );
+    }
+    if only.is_empty() || only == "s3" {
+        s3_bench(&rt, rows, reps.min(3));
     }
     let vc_calls = env_usize("CALLSYNC_BENCH_VC_CALLS", 5000);
     if (only.is_empty() || only == "voice_calls") && vc_calls > 0 {
