@@ -261,3 +261,51 @@ fn a_failing_resubmission_never_holds_back_results_and_the_drain_resubmits_nothi
     let after: u32 = lost.iter().map(|c| submissions(&env, c)).sum();
     assert_eq!(before, after, "the drain resubmitted");
 }
+
+#[test]
+fn check_reaches_the_call_details_api_and_says_a_monitor_source_calls_nothing() {
+    let env = Env::new(VoicegainSim::new(1, 0), 100);
+    let port = free_port();
+    analyze_config(&env, port, "");
+    // A monitor-leg source beside it: webhook only.
+    let legs = token_file(&env, "legs-hook", "legs-token-1");
+    let mut cfg = std::fs::read_to_string(&env.config).unwrap();
+    cfg.push_str(&format!(
+        "[sources.legs]\nkind = \"exotel_monitor\"\nwebhook_token_file = \"{}\"\n",
+        legs.display()
+    ));
+    std::fs::write(&env.config, &cfg).unwrap();
+    let before = env.sim.exotel().details_requests;
+    let out = env.run(&["check"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(
+        said.contains("insights: ok (exotel_analyze call-details API reached, credential accepted"),
+        "{said}"
+    );
+    assert!(
+        said.contains(
+            "legs: ok (webhook only: token loaded, URL /webhooks/legs/…; nothing is called"
+        ),
+        "{said}"
+    );
+    assert!(!said.contains("legs-token-1"), "{said}");
+    assert_eq!(
+        env.sim.exotel().details_requests,
+        before + 1,
+        "one GET per check"
+    );
+    // A rejected key is named as such, without the secret.
+    std::fs::write(env.dir.path().join("exo-key.token"), "wrong-key").unwrap();
+    let out = env.run(&["check", "--source", "insights"]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("insights: FAILED: HTTP 401: the credential was rejected"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("wrong-key") && !said.contains("sim-exotel-token"),
+        "{said}"
+    );
+}
