@@ -376,3 +376,73 @@ pub fn build_store(
     };
     built.map_err(|e| format!("cannot configure the object store: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn a_large_staged_file_goes_up_in_parts_and_publishes_whole() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let spool = tempfile::tempdir().unwrap();
+        let mem: Arc<dyn ObjectStore> = Arc::new(object_store::memory::InMemory::new());
+        let s = ObjectStorage::new(
+            mem.clone(),
+            "p/q",
+            spool.path(),
+            rt.handle().clone(),
+            "mem://",
+        )
+        .unwrap();
+        // 20 MiB of varied bytes: more than one put, several parts.
+        let big: Vec<u8> = (0..20u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let staged = "_staging/vg/c1-1.tmp";
+        let mut f = s.create_staged(staged).unwrap();
+        f.write_all(&big).unwrap();
+        assert_eq!(s.seal_staged(staged, f).unwrap(), big.len() as u64);
+        assert!(
+            !spool.path().join(staged).exists(),
+            "the spool copy is gone once put"
+        );
+        assert_eq!(s.list("_staging/vg").unwrap(), ["c1-1.tmp"]);
+        let fin = "calls/source=vg/date=2026-01-01/part-c1-1.parquet";
+        s.publish(staged, fin).unwrap();
+        assert_eq!(s.read(fin).unwrap().unwrap(), big);
+        assert!(!s.exists(staged).unwrap());
+        assert_eq!(s.size(fin).unwrap(), Some(big.len() as u64));
+        assert_eq!(
+            s.walk("calls").unwrap(),
+            [(fin.to_string(), big.len() as u64)]
+        );
+        assert_eq!(s.list_dirs("calls").unwrap(), ["source=vg"]);
+        assert_eq!(
+            s.first_file("calls/source=vg", ".parquet")
+                .unwrap()
+                .as_deref(),
+            Some(fin)
+        );
+        // Keys live under the prefix.
+        let key = Key::from(format!("p/q/{fin}"));
+        assert!(rt.block_on(mem.head(&key)).is_ok());
+        // Small files, delete, a missing file.
+        s.put("_callsync/vg.json", b"{}").unwrap();
+        assert_eq!(s.read("_callsync/vg.json").unwrap().unwrap(), b"{}");
+        s.delete("_callsync/vg.json").unwrap();
+        s.delete("_callsync/vg.json").unwrap();
+        assert_eq!(s.read("_callsync/vg.json").unwrap(), None);
+        let mut opened = String::new();
+        s.put("x/y.txt", b"hello").unwrap();
+        s.open("x/y.txt")
+            .unwrap()
+            .read_to_string(&mut opened)
+            .unwrap();
+        assert_eq!(opened, "hello");
+    }
+}

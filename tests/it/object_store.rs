@@ -399,3 +399,65 @@ fn the_daemon_writes_calls_and_recordings_to_s3_once_across_a_kill_9() {
     let spool = files_with_suffix(&env.dir.path().join("state"), ".tmp");
     assert!(spool.is_empty(), "spooled files left: {spool:?}");
 }
+
+#[test]
+fn credentials_and_the_endpoint_come_from_the_aws_environment() {
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    let env = Env::new(VoicegainSim::new(303, 0), 100);
+    env.sim.voicegain().add_calls(500);
+    moto.bucket(&env, BUCKET);
+    let token = token_file(&env, "vg-env", &env.sim.voicegain().token.clone());
+    std::fs::write(
+        &env.config,
+        format!(
+            "[warehouse]\nurl = \"s3://{BUCKET}/from-env\"\n[state]\npath = \"{}\"\n{}",
+            env.state_path().display(),
+            vg_table(
+                "vg",
+                &env.sim.voicegain_base_url(),
+                &format!("token_file = \"{}\"", token.display()),
+                100
+            )
+        ),
+    )
+    .unwrap();
+    let out = env
+        .command(&["sync"])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", moto.endpoint())
+        .env("AWS_ALLOW_HTTP", "true")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let truth: BTreeSet<String> = env
+        .sim
+        .voicegain()
+        .expected_exported()
+        .iter()
+        .map(|c| c.id.to_string())
+        .collect();
+    let (rows, ids) = pyarrow_ids(&moto, "from-env");
+    assert_eq!((rows, ids), (truth.len(), truth));
+    // Without the environment the store cannot be reached: the error names the lake and the
+    // source, never a secret.
+    let out = env
+        .command(&["sync"])
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "very-secret-value")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_ALLOW_HTTP", "true")
+        .output()
+        .unwrap();
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains("vg: FAILED") && said.contains("s3://lake/from-env"),
+        "{said}"
+    );
+    assert!(!said.contains("very-secret-value"), "{said}");
+}
