@@ -155,6 +155,22 @@ fn pyarrow_ids_of(moto: &Moto, prefix: &str, source: &str) -> (usize, BTreeSet<S
     (n, ids)
 }
 
+/// The lake on S3 as pyarrow reads it equals the simulator's Voicegain truth: every call once.
+/// Returns the rows.
+fn assert_exact_on_s3(env: &Env, moto: &Moto, prefix: &str) -> usize {
+    let truth: BTreeSet<String> = env
+        .sim
+        .voicegain()
+        .expected_exported()
+        .iter()
+        .map(|c| c.id.to_string())
+        .collect();
+    let (rows, ids) = pyarrow_ids(moto, prefix);
+    assert_eq!(rows, truth.len(), "rows (duplicates?)");
+    assert_eq!(ids, truth);
+    rows
+}
+
 #[test]
 fn a_lake_on_s3_is_exact_after_kills_at_random_moments_and_holds_no_staged_object() {
     let Some(moto) = Moto::start() else {
@@ -226,16 +242,7 @@ fn a_lake_on_s3_is_exact_after_kills_at_random_moments_and_holds_no_staged_objec
     let out = run(&[]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     // pyarrow reads the lake on S3: every call of the truth, once.
-    let truth: BTreeSet<String> = env
-        .sim
-        .voicegain()
-        .expected_exported()
-        .iter()
-        .map(|c| c.id.to_string())
-        .collect();
-    let (rows, ids) = pyarrow_ids(&moto, PREFIX);
-    assert_eq!(rows, truth.len(), "rows (duplicates?)");
-    assert_eq!(ids, truth);
+    assert_exact_on_s3(&env, &moto, PREFIX);
     let staged: Vec<String> = moto
         .keys(&env, BUCKET, &format!("{PREFIX}/_staging/"))
         .into_iter()
@@ -272,15 +279,7 @@ fn a_lake_on_s3_is_exact_after_kills_at_random_moments_and_holds_no_staged_objec
     env.sim.voicegain().add_calls(300);
     let out = run(&[]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let truth: BTreeSet<String> = env
-        .sim
-        .voicegain()
-        .expected_exported()
-        .iter()
-        .map(|c| c.id.to_string())
-        .collect();
-    let (rows, ids) = pyarrow_ids(&moto, PREFIX);
-    assert_eq!((rows, ids), (truth.len(), truth));
+    let rows = assert_exact_on_s3(&env, &moto, PREFIX);
     eprintln!("s3: {kills} kills, then exact: {rows} rows");
 }
 
@@ -433,15 +432,7 @@ fn credentials_and_the_endpoint_come_from_the_aws_environment() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let truth: BTreeSet<String> = env
-        .sim
-        .voicegain()
-        .expected_exported()
-        .iter()
-        .map(|c| c.id.to_string())
-        .collect();
-    let (rows, ids) = pyarrow_ids(&moto, "from-env");
-    assert_eq!((rows, ids), (truth.len(), truth));
+    assert_exact_on_s3(&env, &moto, "from-env");
     // Without the environment the store cannot be reached: the error names the lake and the
     // source, never a secret.
     let out = env
