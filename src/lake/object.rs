@@ -289,18 +289,32 @@ impl Storage for ObjectStorage {
     }
 
     fn open(&self, rel: &str) -> io::Result<File> {
-        // Downloaded to the spool and unlinked once open: the file lives while it is read.
-        let bytes = self
-            .read(rel)?
-            .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, rel.to_string()))?;
+        // Streamed to the spool (memory stays flat whatever the file's size) and unlinked once
+        // open: the file lives while it is read.
         let local = self.spool.join("_read").join(rel);
         if let Some(parent) = local.parent() {
             fs::create_dir_all(parent)?;
         }
-        fs::write(&local, bytes)?;
-        let f = File::open(&local)?;
+        let key = self.key(rel);
+        let mut out = File::create(&local)?;
+        let copied = self.block(async {
+            use std::io::Write;
+            let mut stream = self.store.get(&key).await?.into_stream();
+            while let Some(chunk) = stream.next().await {
+                out.write_all(&chunk?)
+                    .map_err(|e| object_store::Error::Generic {
+                        store: "spool",
+                        source: Box::new(e),
+                    })?;
+            }
+            Ok::<_, object_store::Error>(())
+        });
+        drop(out);
+        let opened = copied
+            .map_err(|e| self.err(e))
+            .and_then(|()| File::open(&local));
         let _ = fs::remove_file(&local);
-        Ok(f)
+        opened
     }
 
     fn spool_root(&self) -> PathBuf {
