@@ -143,6 +143,14 @@ impl ObjectStorage {
         Ok(size)
     }
 
+    /// Deletes an object; a missing one is not an error.
+    fn delete_key(&self, key: &Key) -> io::Result<()> {
+        match self.block(self.store.delete(key)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.err(e)),
+        }
+    }
+
     fn list_level(&self, rel_dir: &str) -> io::Result<object_store::ListResult> {
         let key = self.key(rel_dir);
         self.block(self.store.list_with_delimiter(Some(&key)))
@@ -181,10 +189,7 @@ impl Storage for ObjectStorage {
         let (from, to) = (self.key(staged_rel), self.key(final_rel));
         self.block(self.store.copy(&from, &to))
             .map_err(|e| self.err(e))?;
-        match self.block(self.store.delete(&from)) {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.err(e)),
-        }
+        self.delete_key(&from)
     }
 
     fn exists(&self, rel: &str) -> io::Result<bool> {
@@ -216,10 +221,7 @@ impl Storage for ObjectStorage {
     fn delete(&self, rel: &str) -> io::Result<()> {
         // A source's spooled download (not yet staged) goes too.
         let _ = fs::remove_file(self.spooled(rel));
-        match self.block(self.store.delete(&self.key(rel))) {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(self.err(e)),
-        }
+        self.delete_key(&self.key(rel))
     }
 
     fn read(&self, rel: &str) -> io::Result<Option<Vec<u8>>> {

@@ -2,6 +2,7 @@
 //! variant per kind. A source knows nothing of Parquet or SQLite: it yields pages of
 //! normalized records and the opaque cursor they advance to.
 
+mod check;
 pub mod exotel_analyze;
 pub mod exotel_monitor;
 pub mod push;
@@ -301,12 +302,11 @@ impl SourceConfig {
             SourceConfig::Voicegain(c) => Trigger::Cron(&c.schedule),
             SourceConfig::VoiceCalls(c) => Trigger::Cron(&c.schedule),
             SourceConfig::VonageInsights(c) => Trigger::Cron(&c.schedule),
-            SourceConfig::ExotelMonitor(c) => {
-                Trigger::Every(c.flush_interval_secs.min(FLUSH_CHECK_SECS))
-            }
-            SourceConfig::ExotelAnalyze(c) => {
-                Trigger::Every(c.flush_interval_secs.min(FLUSH_CHECK_SECS))
-            }
+            // A push source is asked whether its inbox is due at least every few seconds.
+            SourceConfig::ExotelMonitor(_) | SourceConfig::ExotelAnalyze(_) => Trigger::Every(
+                self.flush_policy()
+                    .map_or(FLUSH_CHECK_SECS, |p| p.interval_secs.min(FLUSH_CHECK_SECS)),
+            ),
         }
     }
 
@@ -401,80 +401,6 @@ impl SourceConfig {
                     .and_then(|c| window::parse_time(&c.from))
             }
         }
-    }
-
-    /// One cheap authenticated request (the last hour's first record), with at most two
-    /// attempts: whether the credential, host and parameters work. Exports nothing. `Ok` says
-    /// what was checked.
-    pub fn check<'a>(&'a self, source_name: &'a str) -> BoxFuture<'a, Result<String, SourceError>> {
-        Box::pin(async move {
-            let to = chrono::Utc::now();
-            let from = to - chrono::Duration::hours(1);
-            let quick = |h: &crate::config::HttpConfig| crate::config::HttpConfig {
-                max_attempts: h.max_attempts.min(2),
-                backoff_max_ms: h.backoff_max_ms.min(1000),
-                backoff_initial_ms: h.backoff_initial_ms.min(1000),
-                ..h.clone()
-            };
-            match self {
-                SourceConfig::Voicegain(c) => {
-                    let c = voicegain::VoicegainConfig {
-                        per_page: 1,
-                        http: quick(&c.http),
-                        ..c.clone()
-                    };
-                    let token = secret_from(source_name, &c.token_env, &c.token_file)?;
-                    let client = voicegain::client::VoicegainClient::new(source_name, &c, &token)?;
-                    client
-                        .range_page(&window::rfc3339(from), &window::rfc3339(to), 1)
-                        .await?;
-                }
-                SourceConfig::VonageInsights(c) => {
-                    let key = secret_from(source_name, &c.api_key_env, &c.api_key_file)?;
-                    let client = vonage_insights::client::VonageClient::new(
-                        source_name,
-                        &c.base_url,
-                        &quick(&c.http),
-                        key,
-                    )?;
-                    client.search(from, to, 0, 1).await?;
-                }
-                // A monitor-leg source calls nothing: Exotel calls it. Its token must load.
-                SourceConfig::ExotelMonitor(c) => {
-                    secret_from(source_name, &c.webhook_token_env, &c.webhook_token_file)?;
-                    return Ok(format!(
-                        "webhook only: token loaded, URL /webhooks/{source_name}/…; nothing is called"
-                    ));
-                }
-                // Analysis: one authenticated GET of the call-details API.
-                SourceConfig::ExotelAnalyze(c) => {
-                    let c = exotel_analyze::ExotelAnalyzeConfig {
-                        http: quick(&c.http),
-                        ..c.clone()
-                    };
-                    exotel_analyze::Analyzer::new(source_name, &c)?
-                        .check()
-                        .await?;
-                    return Ok(format!(
-                        "{} call-details API reached, credential accepted; webhook token loaded",
-                        self.kind()
-                    ));
-                }
-                SourceConfig::VoiceCalls(c) => {
-                    let token = secret_from(source_name, &c.token_env, &c.token_file)?;
-                    let client = voice_calls::client::VoiceCallsClient::new(
-                        source_name,
-                        &c.base_url,
-                        &quick(&c.http),
-                        &token,
-                    )?;
-                    client
-                        .list(&window::rfc3339(from), &window::rfc3339(to), 1, 1)
-                        .await?;
-                }
-            }
-            Ok(format!("{} reached, credential accepted", self.kind()))
-        })
     }
 
     /// Whether the daemon runs this source at start-up.

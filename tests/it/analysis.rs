@@ -38,14 +38,7 @@ fn submissions(env: &Env, call: &str) -> u32 {
 }
 
 fn status_of(env: &Env) -> serde_json::Value {
-    let st = env.run(&["status", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "insights")
-        .unwrap()
-        .clone()
+    source_status(env, "insights")
 }
 
 /// Each row has its call's start, end, duration, direction and numbers, in its UTC day.

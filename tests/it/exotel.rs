@@ -366,14 +366,7 @@ fn a_kill_9_right_after_acknowledging_a_burst_loses_and_doubles_nothing() {
     std::thread::sleep(Duration::from_millis(1500));
     let got: BTreeSet<String> = read_legs(&env).into_keys().collect();
     assert_eq!(got, acked);
-    let st = env.run(&["status", "--json"]);
-    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
-    let legs = st
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "legs")
-        .unwrap();
+    let legs = source_status(&env, "legs");
     assert_eq!(legs["inbox"]["depth"], 0, "{legs}");
     assert_eq!(legs["rows_total"], 600, "{legs}");
     let v = env.run(&["verify"]);
@@ -541,14 +534,7 @@ fn analysis_results_land_once_failures_show_in_status_and_lost_ones_are_resubmit
             _ => assert_eq!(n, 1, "{c} submissions"),
         }
     }
-    let st = env.run(&["status", "--json"]);
-    let st: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
-    let s = st
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "insights")
-        .unwrap();
+    let s = source_status(&env, "insights");
     let failed: BTreeSet<String> = s["failed_jobs"]
         .as_array()
         .unwrap()

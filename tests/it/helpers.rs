@@ -514,3 +514,14 @@ pub fn test_python() -> Option<String> {
     }
     p
 }
+
+/// One source's entry of `status --json` (`Null` when the state has no such source).
+pub fn source_status(env: &Env, name: &str) -> serde_json::Value {
+    let out = env.run(&["status", "--json"]);
+    let all: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("status --json is not JSON ({e}): {}", text(&out)));
+    all.as_array()
+        .and_then(|a| a.iter().find(|s| s["name"] == name))
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}

@@ -29,13 +29,8 @@ fn metric(text: &str, prefix: &str) -> Option<f64> {
 }
 
 fn inbox_depth(env: &Env) -> u64 {
-    let st = env.run(&["status", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&st.stdout).unwrap();
-    v.as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "legs")
-        .and_then(|s| s["inbox"]["depth"].as_u64())
+    source_status(env, "legs")["inbox"]["depth"]
+        .as_u64()
         .unwrap_or(u64::MAX)
 }
 

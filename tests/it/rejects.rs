@@ -45,15 +45,7 @@ fn a_malformed_record_listed_again_by_the_lookback_is_rejected_once() {
     );
     let got: BTreeSet<String> = reject_ids(&env).into_iter().collect();
     assert_eq!(got, bad, "the rejects are the malformed sessions");
-    let status = env.run(&["status", "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
-    let vn = v
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["name"] == "vn")
-        .unwrap()
-        .clone();
+    let vn = source_status(&env, "vn");
     assert_eq!(vn["rejects_total"], 21, "{vn}");
     let rows = rows_by_id(&env, "vn");
     assert!(bad.iter().all(|id| !rows.contains_key(id)));

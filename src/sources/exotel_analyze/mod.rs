@@ -13,26 +13,26 @@
 //! a turn with role `unknown`. A result carries no call time: it is joined with Exotel's
 //! call-details API (`Calls.json?Sid=…`, 100 sids a request, times in `timezone`).
 
+pub mod client;
 pub mod model;
+
+pub use client::{Analyzer, Submitted};
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 
-use reqwest::header::{AUTHORIZATION, HeaderName};
 use serde::Deserialize;
 
 use crate::config::{HttpConfig, Problems};
-use crate::http::HttpClient;
 use crate::record::{CallBatchBuilder, CallRow, Turn};
-use crate::secret::Secret;
 use crate::sources::exotel_monitor::normalize::local_time;
 use crate::sources::push::{InboxPages, reject};
 use crate::sources::{
-    BoxFuture, Cursor, JobResult, OpenContext, Page, Received, Source, SourceError, secret_from,
+    BoxFuture, Cursor, JobResult, OpenContext, Page, Received, Source, SourceError,
     validate_base_url, validate_secret,
 };
 
-use model::{AnalyzeResult, SubmitAnswer};
+use model::AnalyzeResult;
 
 /// The `kind` of this source, also written to `source_kind`.
 pub const KIND: &str = "exotel_analyze";
@@ -199,11 +199,19 @@ pub fn receive(_content_type: Option<&str>, body: &[u8]) -> Result<Received, Str
     })
 }
 
-/// Whether a job waits for resubmission: no result `result_timeout_secs` after its last
+/// The jobs waiting for resubmission: no result `result_timeout_secs` after their last
 /// submission (`submitting` too: the vendor's answer never came).
-fn overdue(cfg: &ExotelAnalyzeConfig, job: &super::Job, now_us: i64) -> bool {
-    matches!(job.status.as_str(), "queued" | "submitting")
-        && job.submitted_at_us <= now_us - cfg.result_timeout_secs as i64 * 1_000_000
+pub(crate) fn overdue_jobs(
+    source_name: &str,
+    cfg: &ExotelAnalyzeConfig,
+    jobs: &dyn super::Jobs,
+) -> Result<Vec<super::Job>, SourceError> {
+    let err = |e| jobs_error(source_name, e);
+    let cutoff = chrono::Utc::now().timestamp_micros() - cfg.result_timeout_secs as i64 * 1_000_000;
+    let mut due = jobs.list(Some("queued")).map_err(err)?;
+    due.extend(jobs.list(Some("submitting")).map_err(err)?);
+    due.retain(|j| j.submitted_at_us <= cutoff);
+    Ok(due)
 }
 
 /// Whether any job is overdue (the flush then runs to resubmit it, even with an idle inbox).
@@ -212,23 +220,10 @@ pub fn jobs_overdue(
     cfg: &ExotelAnalyzeConfig,
     ctx: &OpenContext,
 ) -> Result<bool, SourceError> {
-    if ctx.draining {
-        return Ok(false);
-    }
-    let now = chrono::Utc::now().timestamp_micros();
-    let mut jobs = ctx
-        .jobs
-        .list(Some("queued"))
-        .map_err(|e| jobs_error(source_name, e))?;
-    jobs.extend(
-        ctx.jobs
-            .list(Some("submitting"))
-            .map_err(|e| jobs_error(source_name, e))?,
-    );
-    Ok(jobs.iter().any(|j| overdue(cfg, j, now)))
+    Ok(!ctx.draining && !overdue_jobs(source_name, cfg, ctx.jobs.as_ref())?.is_empty())
 }
 
-fn jobs_error(source_name: &str, reason: String) -> SourceError {
+pub(crate) fn jobs_error(source_name: &str, reason: String) -> SourceError {
     SourceError::KnownKeys {
         source_name: source_name.to_string(),
         reason: format!("reading the jobs: {reason}"),
@@ -244,187 +239,6 @@ fn direction(d: &str) -> Option<&'static str> {
         Some("outbound")
     } else {
         None
-    }
-}
-
-/// Calls per call-details request (the API's limit on `Sid=`).
-const DETAILS_PER_REQUEST: usize = 100;
-
-/// Submits calls for analysis.
-pub struct Analyzer {
-    http: HttpClient,
-    cfg: ExotelAnalyzeConfig,
-    callback_url: String,
-    source_name: String,
-}
-
-/// How one submission went.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Submitted {
-    /// Queued with this job id.
-    Queued { task_id: String, job_id: String },
-    /// The vendor refused it (400): its message.
-    Refused(String),
-}
-
-impl Analyzer {
-    /// Resolves the API key, token and webhook token.
-    pub fn new(source_name: &str, cfg: &ExotelAnalyzeConfig) -> Result<Analyzer, SourceError> {
-        use base64::Engine;
-        let key = secret_from(source_name, &cfg.api_key_env, &cfg.api_key_file)?;
-        let token = secret_from(source_name, &cfg.api_token_env, &cfg.api_token_file)?;
-        let hook = secret_from(source_name, &cfg.webhook_token_env, &cfg.webhook_token_file)?;
-        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
-            "{}:{}",
-            key.expose(),
-            token.expose()
-        ));
-        let auth: (HeaderName, Secret) = (AUTHORIZATION, Secret::new(format!("Basic {basic}")));
-        Ok(Analyzer {
-            http: HttpClient::new(source_name, &cfg.http, Some(auth))?,
-            callback_url: format!(
-                "{}/webhooks/{source_name}/{}",
-                cfg.callback_base_url.trim_end_matches('/'),
-                hook.expose()
-            ),
-            cfg: cfg.clone(),
-            source_name: source_name.to_string(),
-        })
-    }
-
-    /// Submits one call with a fresh task id, recorded in `jobs` before it is sent (so a
-    /// result that arrives before the vendor's answer finds its job); a refusal (400) marks the
-    /// job `failed` with the vendor's message.
-    pub async fn submit(
-        &self,
-        call_sid: &str,
-        jobs: &dyn super::Jobs,
-    ) -> Result<Submitted, SourceError> {
-        let path = format!(
-            "/v1/Accounts/{}/Calls/{}/ExoVoiceAnalyze.json",
-            self.cfg.account_sid, call_sid
-        );
-        let url = self.http.url(&self.cfg.base_url, &path)?;
-        let task_id = uuid::Uuid::now_v7().simple().to_string();
-        let err = |e| jobs_error(&self.source_name, e);
-        jobs.submitting(call_sid, &task_id).map_err(err)?;
-        let mut body = serde_json::json!({
-            "callback_url": self.callback_url,
-            "insight_tasks": self.cfg.insight_tasks,
-            "task_id": task_id,
-        });
-        if !self.cfg.categories.is_empty() {
-            body["categories"] = serde_json::json!(self.cfg.categories);
-        }
-        let r = self.http.post_json(&url, &body).await?;
-        let answer: Option<SubmitAnswer> = serde_json::from_slice(&r.body).ok();
-        if r.status.as_u16() == 400 {
-            let msg = answer
-                .and_then(|a| a.error)
-                .map(|e| {
-                    [e.message, e.description]
-                        .into_iter()
-                        .flatten()
-                        .collect::<Vec<_>>()
-                        .join(": ")
-                })
-                .unwrap_or_else(|| String::from_utf8_lossy(&r.body).chars().take(200).collect());
-            jobs.give_up(
-                call_sid,
-                "failed",
-                &format!("refused by ExoVoiceAnalyze (HTTP 400): {msg}"),
-            )
-            .map_err(err)?;
-            return Ok(Submitted::Refused(msg));
-        }
-        if !r.status.is_success() {
-            return Err(SourceError::Protocol {
-                source_name: self.source_name.clone(),
-                reason: format!(
-                    "ExoVoiceAnalyze answered HTTP {} for call {call_sid}",
-                    r.status
-                ),
-            });
-        }
-        let job_id = answer
-            .and_then(|a| a.job)
-            .and_then(|j| j.job_id)
-            .ok_or_else(|| SourceError::Protocol {
-                source_name: self.source_name.clone(),
-                reason: format!("ExoVoiceAnalyze queued call {call_sid} without a job_id"),
-            })?;
-        jobs.queued(&task_id, &job_id).map_err(err)?;
-        Ok(Submitted::Queued { task_id, job_id })
-    }
-
-    /// Resubmits the jobs whose result is overdue; gives up on those submitted
-    /// `max_submissions` times. A resubmission that fails (5xx, timeout) is logged and counted
-    /// and tried again at the next flush: it never stops the export. Returns (resubmitted,
-    /// given up, failed).
-    pub async fn resubmit_overdue(
-        &self,
-        jobs: &dyn super::Jobs,
-    ) -> Result<(usize, usize, usize), SourceError> {
-        let err = |e| jobs_error(&self.source_name, e);
-        let now = chrono::Utc::now().timestamp_micros();
-        let (mut again, mut gave_up, mut failed) = (0, 0, 0);
-        let mut due = jobs.list(Some("queued")).map_err(err)?;
-        due.extend(jobs.list(Some("submitting")).map_err(err)?);
-        for job in due.iter().filter(|j| overdue(&self.cfg, j, now)) {
-            if job.submissions >= self.cfg.max_submissions as i64 {
-                let reason = format!(
-                    "no result after {} submissions, {} s each",
-                    job.submissions, self.cfg.result_timeout_secs
-                );
-                jobs.give_up(&job.call_sid, "timed_out", &reason)
-                    .map_err(err)?;
-                gave_up += 1;
-                continue;
-            }
-            match self.submit(&job.call_sid, jobs).await {
-                Ok(Submitted::Queued { .. }) => again += 1,
-                Ok(Submitted::Refused(_)) => gave_up += 1,
-                Err(e) => {
-                    failed += 1;
-                    crate::telemetry::resubmit_failed(&self.source_name);
-                    tracing::warn!(source = %self.source_name, call_sid = %job.call_sid, error = %e, "Resubmission failed; trying again at the next flush.");
-                }
-            }
-        }
-        Ok((again, gave_up, failed))
-    }
-
-    /// The calls' details (time, duration, direction, numbers) by call sid, 100 per request;
-    /// a call the API does not return is absent.
-    pub async fn call_details(
-        &self,
-        call_sids: &[&str],
-    ) -> Result<HashMap<String, model::ExoCall>, SourceError> {
-        let mut out = HashMap::new();
-        for chunk in call_sids.chunks(DETAILS_PER_REQUEST) {
-            let path = format!("/v1/Accounts/{}/Calls.json", self.cfg.account_sid);
-            let mut url = self.http.url(&self.cfg.base_url, &path)?;
-            url.query_pairs_mut().append_pair("Sid", &chunk.join(","));
-            let r = self.http.get_ok(&url).await?;
-            let answer: model::CallsAnswer =
-                serde_json::from_slice(&r.body).map_err(|e| SourceError::Protocol {
-                    source_name: self.source_name.clone(),
-                    reason: format!("the call-details answer is not {{\"Calls\": [...]}}: {e}"),
-                })?;
-            for c in answer.calls {
-                out.insert(c.sid.clone(), c);
-            }
-        }
-        Ok(out)
-    }
-
-    /// `check`: one authenticated GET of the call-details API (`PageSize=1`).
-    pub async fn check(&self) -> Result<(), SourceError> {
-        let path = format!("/v1/Accounts/{}/Calls.json", self.cfg.account_sid);
-        let mut url = self.http.url(&self.cfg.base_url, &path)?;
-        url.query_pairs_mut().append_pair("PageSize", "1");
-        self.http.get_ok(&url).await?;
-        Ok(())
     }
 }
 
