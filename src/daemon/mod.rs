@@ -4,6 +4,8 @@
 //! commit the pages they have, `STOPPING=1`, exit 0), a second signal or the grace period's end
 //! exits at once; SIGHUP re-reads the config.
 
+mod health;
+pub use health::{Shared, SourceHealth};
 pub mod notify;
 pub mod schedule;
 pub mod server;
@@ -16,7 +18,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 use tokio::runtime::Runtime;
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
@@ -35,50 +36,6 @@ pub enum Signal {
     Terminate,
     /// SIGHUP: re-read the config.
     Reload,
-}
-
-/// One source as `/healthz` shows it.
-#[derive(Debug, Clone, Default, Serialize)]
-pub struct SourceHealth {
-    pub kind: String,
-    pub schedule: String,
-    /// A run is going now.
-    pub running: bool,
-    /// Due, waiting for a free slot (`max_concurrent_sources`).
-    pub waiting: bool,
-    pub last_run_started_at: Option<String>,
-    pub last_run_ended_at: Option<String>,
-    /// `ok` or `failed` (of the last run that ended).
-    pub last_outcome: Option<String>,
-    pub last_error: Option<String>,
-    pub last_success_at: Option<String>,
-    pub consecutive_failures: u64,
-    /// Calls the last run committed.
-    pub last_rows: u64,
-    pub next_tick: Option<String>,
-    /// Ticks skipped because the previous run was still going.
-    pub skipped_ticks: u64,
-}
-
-/// State the scheduler shares with the HTTP server.
-pub struct Shared {
-    pub draining: AtomicBool,
-    pub sources: Mutex<BTreeMap<String, SourceHealth>>,
-    /// Unix seconds of the scheduler loop's last turn.
-    pub heartbeat: AtomicI64,
-    /// Longest the loop sleeps between turns (health calls it stuck past a few of these).
-    pub max_sleep: Duration,
-    /// The server's connections to the state (health probe, metrics reads).
-    pub state: Arc<server::StateProbe>,
-    pub metrics: Arc<Metrics>,
-    /// The webhook intake, when a push source is configured.
-    pub intake: Option<Arc<webhook::Intake>>,
-}
-
-impl Shared {
-    fn health(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SourceHealth>> {
-        self.sources.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
