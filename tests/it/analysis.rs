@@ -8,11 +8,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use callsync::simulator::VoicegainSim;
 use callsync::simulator::exotel::{Fate, call_detail, fate};
 
 use crate::daemon::{Daemon, get};
-use crate::exotel::{analyze_config, free_port};
+use crate::exotel::analysis_env;
 use crate::helpers::*;
 
 fn analyze(env: &Env, calls: &[String], flags: &[&str]) -> std::process::Output {
@@ -73,14 +72,8 @@ fn assert_call_times(rows: &std::collections::BTreeMap<String, LakeRow>) {
 
 #[test]
 fn a_result_that_arrives_before_the_submission_answer_finds_its_job() {
-    let env = Env::new(VoicegainSim::new(1, 0), 100);
+    let (env, _) = analysis_env("result_timeout_secs = 2\nflush_interval_secs = 1\n");
     env.sim.exotel().result_before_answer = true;
-    let port = free_port();
-    analyze_config(
-        &env,
-        port,
-        "result_timeout_secs = 2\nflush_interval_secs = 1\n",
-    );
     let d = Daemon::start(&env, &[], true);
     // Calls whose results come once, before the answer to their submission.
     let calls: Vec<String> = (0..40)
@@ -109,13 +102,7 @@ fn a_result_that_arrives_before_the_submission_answer_finds_its_job() {
 
 #[test]
 fn analysis_is_submitted_once_and_again_only_when_asked() {
-    let env = Env::new(VoicegainSim::new(1, 0), 100);
-    let port = free_port();
-    analyze_config(
-        &env,
-        port,
-        "result_timeout_secs = 60\nflush_interval_secs = 1\n",
-    );
+    let (env, _) = analysis_env("result_timeout_secs = 60\nflush_interval_secs = 1\n");
     let d = Daemon::start(&env, &[], true);
     let mut calls: Vec<String> = (0..30)
         .map(|i| format!("CA{:04}", 1000 + i))
@@ -186,13 +173,7 @@ fn analysis_is_submitted_once_and_again_only_when_asked() {
 
 #[test]
 fn a_failing_resubmission_never_holds_back_results_and_the_drain_resubmits_nothing() {
-    let env = Env::new(VoicegainSim::new(1, 0), 100);
-    let port = free_port();
-    analyze_config(
-        &env,
-        port,
-        "result_timeout_secs = 1\nflush_interval_secs = 1\n",
-    );
+    let (env, port) = analysis_env("result_timeout_secs = 1\nflush_interval_secs = 1\n");
     let mut d = Daemon::start(&env, &[], true);
     // Lost-first calls get no result for their first submission: they come due for
     // resubmission while the vendor is down.
@@ -257,9 +238,7 @@ fn a_failing_resubmission_never_holds_back_results_and_the_drain_resubmits_nothi
 
 #[test]
 fn check_reaches_the_call_details_api_and_says_a_monitor_source_calls_nothing() {
-    let env = Env::new(VoicegainSim::new(1, 0), 100);
-    let port = free_port();
-    analyze_config(&env, port, "");
+    let (env, _) = analysis_env("");
     // A monitor-leg source beside it: webhook only.
     let legs = token_file(&env, "legs-hook", "legs-token-1");
     let mut cfg = std::fs::read_to_string(&env.config).unwrap();

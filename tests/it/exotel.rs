@@ -404,6 +404,15 @@ pub(crate) fn analyze_config(env: &Env, port: u16, extra: &str) {
     .unwrap();
 }
 
+/// A simulator and a config with the `exotel_analyze` source `insights` (`extra` keys added),
+/// its callback on a free port; returns the env and the port.
+pub(crate) fn analysis_env(extra: &str) -> (Env, u16) {
+    let env = Env::new(VoicegainSim::new(1, 0), 100);
+    let port = free_port();
+    analyze_config(&env, port, extra);
+    (env, port)
+}
+
 /// A free loopback port (the daemon's callback URL must be known before it starts).
 pub(crate) fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -476,13 +485,7 @@ fn read_insights(env: &Env, source: &str) -> BTreeMap<String, Insights> {
 #[test]
 fn analysis_results_land_once_failures_show_in_status_and_lost_ones_are_resubmitted() {
     use callsync::simulator::exotel::{Fate, fate, insights};
-    let env = Env::new(VoicegainSim::new(1, 0), 100);
-    let port = free_port();
-    analyze_config(
-        &env,
-        port,
-        "result_timeout_secs = 2\nflush_interval_secs = 1\n",
-    );
+    let (env, _) = analysis_env("result_timeout_secs = 2\nflush_interval_secs = 1\n");
     let d = Daemon::start(&env, &[], true);
     let calls: Vec<String> = (0..30).map(|i| format!("CA{:04}", 1000 + i)).collect();
     let mut args = vec!["exotel", "analyze", "--source", "insights"];
