@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::sources::SourceConfig;
 
 mod warehouse;
-pub use warehouse::{LakeLocation, WarehouseConfig};
+pub use warehouse::{LakeFormat, LakeLocation, WarehouseConfig};
 
 /// The default config file, relative to the working directory.
 pub const DEFAULT_CONFIG_PATH: &str = "config/callsync.toml";

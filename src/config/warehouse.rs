@@ -30,6 +30,37 @@ pub struct WarehouseConfig {
     /// each time this many rows are staged, and once more at its end.
     #[serde(default = "default_max_rows_per_file")]
     pub max_rows_per_file: usize,
+    /// The lake's table format: `"parquet"` (a plain Hive-partitioned Parquet folder) or
+    /// `"delta"` (Delta tables `calls/` and `monitor_legs/`: readers see whole commits only,
+    /// several daemons may share them, and `callsync compact` can merge small files).
+    #[serde(default)]
+    pub format: LakeFormat,
+    /// With `format = "delta"`: a checkpoint is written every this many table versions (as
+    /// Spark does), so opening the table reads one checkpoint plus at most this many commits.
+    #[serde(default = "default_checkpoint_interval")]
+    pub checkpoint_interval: u64,
+    /// With `format = "delta"`: log files older than this many days are deleted once a newer
+    /// checkpoint exists (time travel reaches back this far).
+    #[serde(default = "default_log_retention_days")]
+    pub log_retention_days: u64,
+}
+
+/// The table format of the lake.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LakeFormat {
+    /// Hive-partitioned Parquet files.
+    #[default]
+    Parquet,
+    /// Delta Lake tables (protocol 1, 2).
+    Delta,
+}
+
+fn default_checkpoint_interval() -> u64 {
+    10
+}
+fn default_log_retention_days() -> u64 {
+    30
 }
 
 fn default_root() -> PathBuf {
@@ -46,6 +77,9 @@ impl Default for WarehouseConfig {
             url: None,
             storage_options: Default::default(),
             max_rows_per_file: default_max_rows_per_file(),
+            format: LakeFormat::default(),
+            checkpoint_interval: default_checkpoint_interval(),
+            log_retention_days: default_log_retention_days(),
         }
     }
 }
@@ -142,6 +176,20 @@ impl WarehouseConfig {
     pub(super) fn validate(&self, problems: &mut Problems) {
         if self.max_rows_per_file == 0 {
             problems.push("warehouse", Some("max_rows_per_file"), "must be at least 1");
+        }
+        if self.checkpoint_interval == 0 {
+            problems.push(
+                "warehouse",
+                Some("checkpoint_interval"),
+                "must be at least 1",
+            );
+        }
+        if self.log_retention_days == 0 {
+            problems.push(
+                "warehouse",
+                Some("log_retention_days"),
+                "must be at least 1",
+            );
         }
         if self.url.is_some() && self.root.is_some() {
             problems.push(

@@ -5,9 +5,11 @@
 //! partitions. Recovery, under the source's lock, finishes publishes whose commit happened and
 //! deletes staged files no commit names.
 
+pub mod delta;
 pub mod marker;
 pub mod object;
 pub mod repair;
+pub mod stats;
 pub mod storage;
 pub mod writer;
 
@@ -29,6 +31,8 @@ pub enum LakeError {
     Arrow(#[from] arrow_schema::ArrowError),
     #[error(transparent)]
     State(#[from] StateError),
+    #[error(transparent)]
+    Delta(#[from] delta::DeltaError),
 }
 
 /// An I/O error, saying in plain words when the disk is full.
@@ -83,14 +87,19 @@ pub fn recording_path(source: &str, started_at_us: i64, call_id: &str, ext: &str
     )
 }
 
-/// Publishes committed files (rename staged → final) and marks them published.
+/// Publishes committed files (rename staged → final; with Delta tables, then one table
+/// commit per callsync commit) and marks them published.
 pub fn publish(
     storage: &dyn Storage,
     state: &State,
+    source: &str,
     rows: &[ManifestRow],
 ) -> Result<(), LakeError> {
     for row in rows {
         storage.publish(&row.staged, &row.final_path)?;
+    }
+    if let Some(delta) = storage.delta() {
+        delta.append(source, rows)?;
     }
     let names: Vec<&str> = rows.iter().map(|r| r.staged.as_str()).collect();
     state.mark_published(&names)?;
@@ -116,15 +125,18 @@ pub fn recover(
     let mut rec = Recovered::default();
     let pending = state.unpublished(source_id)?;
     let mut done = Vec::new();
+    let mut present = Vec::new();
     for row in &pending {
         if storage.exists(&row.final_path)? {
             // Published before the crash, not yet marked. On object storage a publish is a
             // copy then a delete: a staged copy left behind goes now.
             storage.delete(&row.staged)?;
             done.push(row.staged.as_str());
+            present.push(row.clone());
         } else if storage.exists(&row.staged)? {
             storage.publish(&row.staged, &row.final_path)?;
             done.push(row.staged.as_str());
+            present.push(row.clone());
             rec.rolled_forward += 1;
         } else {
             warn!(
@@ -134,6 +146,22 @@ pub fn recover(
                 "Committed file is missing from both staging and the lake; it was removed by hand."
             );
             done.push(row.staged.as_str());
+        }
+    }
+    if let Some(delta) = storage.delta() {
+        // A commit the table lacks is added now (one it holds is skipped by its app
+        // transaction); the next commit numbers above anything the table holds, also when
+        // the state was rebuilt.
+        delta.append(source, &present)?;
+        for ds in [
+            crate::schema::Dataset::Calls,
+            crate::schema::Dataset::MonitorLegs,
+        ] {
+            if delta.exists(ds)?
+                && let Some(v) = delta.txn_version(ds, &format!("callsync/{source}"))?
+            {
+                state.raise_commit_seq(source_id, v)?;
+            }
         }
     }
     state.mark_published(&done)?;

@@ -28,6 +28,17 @@ const PART_BYTES: usize = 8 << 20;
 /// Parts in flight at once (bounded, so memory stays flat whatever the file's size).
 const PARTS_IN_FLIGHT: usize = 2;
 
+/// Runs a request to completion from a blocking thread (off the async workers when called on
+/// one).
+pub(crate) fn block_on<F: Future>(rt: &Handle, f: F) -> F::Output {
+    match Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| rt.block_on(f))
+        }
+        _ => rt.block_on(f),
+    }
+}
+
 /// A lake in an object store under a key prefix.
 pub struct ObjectStorage {
     store: Arc<dyn ObjectStore>,
@@ -39,6 +50,8 @@ pub struct ObjectStorage {
     rt: Handle,
     /// The lake's URL, for messages.
     url: String,
+    /// The lake's Delta tables (`format = "delta"`).
+    delta: Option<super::delta::DeltaTables>,
 }
 
 /// An `object_store` error as an I/O error (NotFound kept), naming the lake but no secret.
@@ -65,7 +78,19 @@ impl ObjectStorage {
             spool: spool.to_path_buf(),
             rt,
             url: url.to_string(),
+            delta: None,
         })
+    }
+
+    /// The store, from the bucket's root.
+    pub fn store(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
+    /// The lake with Delta tables.
+    pub fn with_delta(mut self, delta: super::delta::DeltaTables) -> Self {
+        self.delta = Some(delta);
+        self
     }
 
     fn key(&self, rel: &str) -> Key {
@@ -95,15 +120,8 @@ impl ObjectStorage {
         self.spool.join(rel)
     }
 
-    /// Runs a request to completion from a blocking thread (off the async workers when
-    /// called on one).
     fn block<F: Future>(&self, f: F) -> F::Output {
-        match Handle::try_current() {
-            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-                tokio::task::block_in_place(|| self.rt.block_on(f))
-            }
-            _ => self.rt.block_on(f),
-        }
+        block_on(&self.rt, f)
     }
 
     fn err(&self, e: object_store::Error) -> io::Error {
@@ -159,6 +177,10 @@ impl ObjectStorage {
 }
 
 impl Storage for ObjectStorage {
+    fn delta(&self) -> Option<&super::delta::DeltaTables> {
+        self.delta.as_ref()
+    }
+
     fn create_staged(&self, rel: &str) -> io::Result<File> {
         let p = self.spooled(rel);
         if let Some(parent) = p.parent() {

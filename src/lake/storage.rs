@@ -50,6 +50,10 @@ pub trait Storage: Send + Sync {
     fn clear_spool(&self, _source: &str) -> io::Result<usize> {
         Ok(0)
     }
+    /// The lake's Delta tables, when `format = "delta"`.
+    fn delta(&self) -> Option<&super::delta::DeltaTables> {
+        None
+    }
 }
 
 /// Opens the lake of `[warehouse]`: a local directory, or an object store whose staged files
@@ -59,9 +63,31 @@ pub fn open(
     state_path: &Path,
     rt: &tokio::runtime::Handle,
 ) -> io::Result<Box<dyn Storage>> {
-    use crate::config::LakeLocation;
+    use crate::config::{LakeFormat, LakeLocation};
+    let delta = |store: std::sync::Arc<dyn object_store::ObjectStore>, url: url::Url| {
+        (cfg.format == LakeFormat::Delta).then(|| {
+            super::delta::DeltaTables::new(
+                store,
+                url,
+                rt.clone(),
+                cfg.checkpoint_interval,
+                cfg.log_retention_days,
+            )
+        })
+    };
     match cfg.location() {
-        LakeLocation::Local(root) => Ok(Box::new(LocalStorage::new(&root)?)),
+        LakeLocation::Local(root) => {
+            let mut local = LocalStorage::new(&root)?;
+            let abs = fs::canonicalize(&root)?;
+            let url = url::Url::from_directory_path(&abs).map_err(|()| {
+                io::Error::other(format!("{} is not an absolute path", abs.display()))
+            })?;
+            local.delta = delta(
+                std::sync::Arc::new(object_store::local::LocalFileSystem::new()),
+                url,
+            );
+            Ok(Box::new(local))
+        }
         LakeLocation::Object {
             url,
             scheme,
@@ -73,21 +99,27 @@ pub fn open(
                 super::object::build_store(&scheme, &bucket, &options).map_err(io::Error::other)?;
             let mut spool = state_path.as_os_str().to_owned();
             spool.push(".spool");
-            Ok(Box::new(super::object::ObjectStorage::new(
+            let mut lake = super::object::ObjectStorage::new(
                 store,
                 &prefix,
                 Path::new(&spool),
                 rt.clone(),
                 &url,
-            )?))
+            )?;
+            let base = url::Url::parse(&url).map_err(io::Error::other)?;
+            if let Some(d) = delta(lake.store(), base) {
+                lake = lake.with_delta(d);
+            }
+            Ok(Box::new(lake))
         }
     }
 }
 
 /// A warehouse in a local directory. Rename within one filesystem is atomic.
-#[derive(Debug, Clone)]
 pub struct LocalStorage {
     root: PathBuf,
+    /// The lake's Delta tables (`format = "delta"`).
+    delta: Option<super::delta::DeltaTables>,
 }
 
 impl LocalStorage {
@@ -96,6 +128,7 @@ impl LocalStorage {
         fs::create_dir_all(root)?;
         Ok(LocalStorage {
             root: root.to_path_buf(),
+            delta: None,
         })
     }
 
@@ -140,6 +173,10 @@ impl LocalStorage {
 }
 
 impl Storage for LocalStorage {
+    fn delta(&self) -> Option<&super::delta::DeltaTables> {
+        self.delta.as_ref()
+    }
+
     fn create_staged(&self, rel: &str) -> io::Result<File> {
         let p = self.path(rel);
         if let Some(parent) = p.parent() {

@@ -40,6 +40,8 @@ pub struct StagedFile {
     pub rows: u64,
     /// Size in bytes.
     pub bytes: u64,
+    /// A data file's Delta statistics (JSON), from its Parquet footer.
+    pub stats: Option<String>,
 }
 
 /// Parquet writer settings for the calls table: zstd, no dictionary or min/max statistics on
@@ -96,6 +98,9 @@ struct Partition {
     staged: String,
     final_path: String,
     writer: ArrowWriter<File>,
+    /// The staged file, sealed once the writer has written its footer.
+    file: File,
+    dataset: Dataset,
     rows: u64,
 }
 
@@ -227,8 +232,11 @@ impl<'a> CommitWriter<'a> {
             let date = utc_day(day * MICROS_PER_DAY);
             let (staged, final_path) = self.next_names(dataset.dir(), "parquet", &date);
             let file = self.storage.create_staged(&staged)?;
-            let writer =
-                ArrowWriter::try_new(file, dataset.schema(), Some(writer_properties(dataset)))?;
+            let writer = ArrowWriter::try_new(
+                file.try_clone()?,
+                dataset.schema(),
+                Some(writer_properties(dataset)),
+            )?;
             self.partitions.insert(
                 key,
                 Partition {
@@ -236,6 +244,8 @@ impl<'a> CommitWriter<'a> {
                     staged,
                     final_path,
                     writer,
+                    file,
+                    dataset,
                     rows: 0,
                 },
             );
@@ -313,6 +323,7 @@ impl<'a> CommitWriter<'a> {
                 final_path: rf.final_path,
                 rows: rf.rows,
                 bytes,
+                stats: None,
             });
         }
         // One directory sync for every file this commit staged (each file's bytes were synced
@@ -339,12 +350,14 @@ impl<'a> CommitWriter<'a> {
 }
 
 fn finish_partition(storage: &dyn Storage, p: Partition) -> Result<StagedFile, LakeError> {
-    let file = p.writer.into_inner()?;
-    let bytes = storage.seal_staged(&p.staged, file)?;
+    let meta = p.writer.close()?;
+    let stats = super::stats::delta_stats(&meta, &p.dataset.schema());
+    let bytes = storage.seal_staged(&p.staged, p.file)?;
     Ok(StagedFile {
         staged: p.staged,
         final_path: p.final_path,
         rows: p.rows,
         bytes,
+        stats: Some(stats),
     })
 }

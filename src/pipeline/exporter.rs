@@ -195,6 +195,7 @@ impl<'a> Exporter<'a> {
                     final_path: f.final_path,
                     rows: 0,
                     bytes,
+                    stats: None,
                 });
             } else {
                 self.storage.delete(&f.staged).map_err(LakeError::from)?;
@@ -252,12 +253,15 @@ impl<'a> Exporter<'a> {
             rejects,
             rejected: &rejected,
         };
-        if let Err(e) = self.state.commit(&commit) {
-            for f in &files {
-                let _ = self.storage.delete(&f.staged);
+        let seq = match self.state.commit(&commit) {
+            Ok(seq) => seq,
+            Err(e) => {
+                for f in &files {
+                    let _ = self.storage.delete(&f.staged);
+                }
+                return Err(e.into());
             }
-            return Err(e.into());
-        }
+        };
         if batch.cursor.is_some() {
             self.stored = batch.cursor.clone();
             if self.backfill_id.is_none() {
@@ -270,9 +274,12 @@ impl<'a> Exporter<'a> {
             .map(|f| ManifestRow {
                 staged: f.staged.clone(),
                 final_path: f.final_path.clone(),
+                seq,
+                bytes: f.bytes,
+                stats: f.stats.clone(),
             })
             .collect();
-        lake::publish(self.storage, self.state, &manifest)?;
+        lake::publish(self.storage, self.state, self.source, &manifest)?;
         marker::write(
             self.storage,
             self.source,

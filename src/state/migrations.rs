@@ -123,4 +123,12 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_by_task ON jobs (source_id, task_id);
     CREATE INDEX runs_by_start ON runs (started_at);
     "#,
+    // 7: Delta tables: each commit's sequence number per source (the app transaction
+    // version in the table's log), the counter it comes from, and each data file's Delta
+    // statistics, so a commit is added to its table again after a crash with its stats.
+    r#"
+    ALTER TABLE sources ADD COLUMN commit_seq INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE commits ADD COLUMN seq INTEGER;
+    ALTER TABLE manifest ADD COLUMN stats TEXT;
+    "#,
 ];

@@ -50,11 +50,18 @@ pub struct SourceRow {
     pub cursor: Option<Cursor>,
 }
 
-/// One manifest row: a staged file and its final path.
+/// One manifest row: a staged file, its final path, and what a Delta table's add action
+/// needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ManifestRow {
     pub staged: String,
     pub final_path: String,
+    /// The sequence number of its commit within the source (0 for commits made before it
+    /// was kept).
+    pub seq: i64,
+    pub bytes: u64,
+    /// Delta statistics JSON of a data file.
+    pub stats: Option<String>,
 }
 
 pub use crate::sources::Job;
@@ -327,14 +334,20 @@ impl State {
     }
 
     /// Records a commit: manifest rows, exported keys, counts and cursor, in one transaction.
-    pub fn commit(&mut self, c: &Commit<'_>) -> Result<(), StateError> {
+    /// Returns the commit's sequence number within its source.
+    pub fn commit(&mut self, c: &Commit<'_>) -> Result<i64, StateError> {
         let tx = self
             .conn
             .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         let cursor_text = c.cursor.map(|v| v.to_string());
+        let seq: i64 = tx.query_row(
+            "UPDATE sources SET commit_seq = commit_seq + 1 WHERE id = ?1 RETURNING commit_seq",
+            [c.source_id],
+            |r| r.get(0),
+        )?;
         {
             let mut m = tx.prepare_cached(
-                "INSERT INTO manifest (staged, final_path, source_id, commit_id, rows, bytes) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO manifest (staged, final_path, source_id, commit_id, rows, bytes, stats) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
             )?;
             for f in c.files {
                 m.execute(params![
@@ -343,7 +356,8 @@ impl State {
                     c.source_id,
                     c.commit_id,
                     f.rows as i64,
-                    f.bytes as i64
+                    f.bytes as i64,
+                    f.stats
                 ])?;
             }
             // In key order, the B-tree grows at its edge instead of splitting pages all over.
@@ -364,8 +378,8 @@ impl State {
             }
         }
         tx.execute(
-            "INSERT INTO commits (id, source_id, run_id, committed_at, rows, rejects, cursor) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-            params![c.commit_id, c.source_id, c.run_id, now(), c.rows as i64, c.rejects as i64, cursor_text],
+            "INSERT INTO commits (id, source_id, run_id, committed_at, rows, rejects, cursor, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            params![c.commit_id, c.source_id, c.run_id, now(), c.rows as i64, c.rejects as i64, cursor_text, seq],
         )?;
         match c.backfill_id {
             None => tx.execute(
@@ -388,6 +402,17 @@ impl State {
             params![c.run_id, c.rows as i64, c.rejects as i64],
         )?;
         tx.commit()?;
+        Ok(seq)
+    }
+
+    /// Raises the source's commit counter to at least `floor` (a Delta table already holds
+    /// commits up to it, e.g. after the state was rebuilt): the next commit gets a higher
+    /// sequence number than any the table holds.
+    pub fn raise_commit_seq(&self, source_id: i64, floor: i64) -> Result<(), StateError> {
+        self.conn.execute(
+            "UPDATE sources SET commit_seq = ?2 WHERE id = ?1 AND commit_seq < ?2",
+            params![source_id, floor],
+        )?;
         Ok(())
     }
 
@@ -473,13 +498,18 @@ impl State {
     /// Manifest rows of a source whose publish is not recorded yet.
     pub fn unpublished(&self, source_id: i64) -> Result<Vec<ManifestRow>, StateError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT staged, final_path FROM manifest WHERE source_id = ?1 AND published = 0 ORDER BY staged",
+            "SELECT m.staged, m.final_path, COALESCE(c.seq, 0), m.bytes, m.stats FROM manifest m
+             LEFT JOIN commits c ON c.id = m.commit_id
+             WHERE m.source_id = ?1 AND m.published = 0 ORDER BY m.staged",
         )?;
         let rows = stmt
             .query_map([source_id], |r| {
                 Ok(ManifestRow {
                     staged: r.get(0)?,
                     final_path: r.get(1)?,
+                    seq: r.get(2)?,
+                    bytes: r.get::<_, i64>(3)? as u64,
+                    stats: r.get(4)?,
                 })
             })?
             .collect::<Result<Vec<_>, _>>()?;

@@ -12,6 +12,7 @@ mod config_errors;
 mod container;
 mod credentials;
 mod daemon;
+mod delta;
 mod disk_full;
 mod exotel;
 mod export;

@@ -1,0 +1,655 @@
+//! The lake as Delta tables (`format = "delta"`): `<lake>/calls` and `<lake>/monitor_legs`,
+//! partitioned by `source` and `date`, kept at reader/writer protocol (1, 2).
+//!
+//! Data files take the same path as on a plain lake (staged, committed in SQLite, moved into
+//! their partition folder); publishing then adds them to the table in ONE Delta commit that
+//! carries the app transaction `callsync/<source>` at the commit's sequence number. Readers
+//! see nothing before that commit, and recovery asks the table whether sequence N landed.
+//! Several processes may append at once: a commit that loses the race for the next log
+//! version is retried against the new version, after a backoff with jitter.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
+use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake::kernel::{
+    Action, Add, DataType as DeltaType, MetadataExt, Remove, StructField, StructType, Transaction,
+};
+use deltalake::logstore::{LogStoreRef, StorageConfig, default_logstore};
+use deltalake::operations::create::CreateBuilder;
+use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::{DeltaTable, DeltaTableError, TableProperty};
+use futures_util::TryStreamExt;
+use object_store::ObjectStore;
+use tokio::runtime::Handle;
+use tracing::{info, warn};
+use url::Url;
+
+use crate::schema::Dataset;
+use crate::state::ManifestRow;
+
+/// Attempts of one Delta commit before it fails (each after a backoff with jitter).
+const MAX_ATTEMPTS: u32 = 40;
+/// The first backoff; it doubles per attempt up to `MAX_BACKOFF`.
+const FIRST_BACKOFF: Duration = Duration::from_millis(20);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// Commits retried because another writer took the log version first (this process).
+pub static COMMIT_RETRIES: AtomicU64 = AtomicU64::new(0);
+
+/// The partition columns, in the tables' order.
+pub const PARTITION_COLUMNS: [&str; 2] = ["source", "date"];
+
+/// A Delta operation that failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeltaError {
+    #[error("Delta table {table}: {message}")]
+    Table { table: String, message: String },
+    #[error(
+        "Delta table {table}: another compaction of source={source_name}, date={date} committed first; nothing was changed"
+    )]
+    CompactionLost {
+        table: String,
+        source_name: String,
+        date: String,
+    },
+}
+
+/// A file of a table: its lake-relative path, size and partition.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ActiveFile {
+    /// Lake-relative path (`calls/source=…/date=…/part-….parquet`).
+    pub path: String,
+    pub size: u64,
+    pub source: String,
+    pub date: String,
+    /// Rows, from the file's statistics.
+    pub rows: Option<u64>,
+}
+
+/// What one compaction commit does.
+pub struct Rewrite {
+    pub source: String,
+    pub date: String,
+    /// Lake-relative paths of the files replaced.
+    pub removed: Vec<String>,
+    /// The new files: lake-relative path, size, stats.
+    pub added: Vec<(String, u64, String)>,
+    pub target_size: i64,
+}
+
+/// The Delta tables of one lake.
+pub struct DeltaTables {
+    root_store: Arc<dyn ObjectStore>,
+    /// The lake's URL, ending in `/`.
+    base: Url,
+    rt: Handle,
+    checkpoint_interval: u64,
+    log_retention_days: u64,
+    tables: [tokio::sync::Mutex<Option<DeltaTable>>; 2],
+}
+
+fn index(ds: Dataset) -> usize {
+    match ds {
+        Dataset::Calls => 0,
+        Dataset::MonitorLegs => 1,
+    }
+}
+
+/// The dataset whose table holds a lake-relative data file, if any.
+pub fn dataset_of(rel: &str) -> Option<Dataset> {
+    if !rel.ends_with(".parquet") {
+        return None;
+    }
+    [Dataset::Calls, Dataset::MonitorLegs]
+        .into_iter()
+        .find(|d| rel.starts_with(&format!("{}/", d.dir())))
+}
+
+/// `source` and `date` of a table-relative path `source=…/date=…/name`.
+fn partition_of(table_rel: &str) -> HashMap<String, Option<String>> {
+    let mut out = HashMap::new();
+    for seg in table_rel.split('/') {
+        if let Some((k, v)) = seg.split_once('=')
+            && PARTITION_COLUMNS.contains(&k)
+        {
+            out.insert(k.to_string(), Some(v.to_string()));
+        }
+    }
+    out
+}
+
+/// The table schema: the dataset's columns, then the partition columns.
+fn table_schema(ds: Dataset) -> Result<StructType, String> {
+    let data: StructType = ds
+        .schema()
+        .as_ref()
+        .try_into_kernel()
+        .map_err(|e| e.to_string())?;
+    let mut fields: Vec<StructField> = data.fields().cloned().collect();
+    fields.push(StructField::new("source", DeltaType::STRING, false));
+    fields.push(StructField::new("date", DeltaType::DATE, false));
+    StructType::try_new(fields).map_err(|e| e.to_string())
+}
+
+/// Whether an error is a lost race for the next log version (worth retrying).
+fn is_conflict(e: &DeltaTableError) -> bool {
+    matches!(
+        e,
+        DeltaTableError::Transaction {
+            source: TransactionError::VersionAlreadyExists(_)
+                | TransactionError::MaxCommitAttempts(_)
+                | TransactionError::CommitConflict(_)
+        } | DeltaTableError::VersionAlreadyExists(_)
+    )
+}
+
+/// The backoff before attempt `n` (1-based retry count): doubling, capped, with full jitter
+/// between half and all of it, so writers that collided do not collide again in step.
+fn backoff(n: u32) -> Duration {
+    let cap = FIRST_BACKOFF
+        .saturating_mul(1 << n.min(10))
+        .min(MAX_BACKOFF);
+    cap.mul_f64(0.5 + fastrand::f64() / 2.0)
+}
+
+/// One commit to make, checked against the table before each attempt.
+enum Job {
+    /// A callsync commit's data files.
+    Append {
+        app: String,
+        seq: i64,
+        adds: Vec<Add>,
+    },
+    /// A compaction: removes and adds with `dataChange = false`.
+    Compact {
+        app: String,
+        version: i64,
+        removes: Vec<String>,
+        adds: Vec<Add>,
+        rewrite_target: i64,
+        source: String,
+        date: String,
+    },
+}
+
+impl DeltaTables {
+    /// The tables of the lake at `base` (its URL) in `root_store` (the bucket's root, or `/`
+    /// for a local lake).
+    pub fn new(
+        root_store: Arc<dyn ObjectStore>,
+        base: Url,
+        rt: Handle,
+        checkpoint_interval: u64,
+        log_retention_days: u64,
+    ) -> DeltaTables {
+        let mut base = base;
+        if !base.path().ends_with('/') {
+            base.set_path(&format!("{}/", base.path()));
+        }
+        DeltaTables {
+            root_store,
+            base,
+            rt,
+            checkpoint_interval: checkpoint_interval.max(1),
+            log_retention_days,
+            tables: [tokio::sync::Mutex::new(None), tokio::sync::Mutex::new(None)],
+        }
+    }
+
+    /// A table's URL.
+    pub fn table_url(&self, ds: Dataset) -> Url {
+        self.base
+            .join(ds.dir())
+            .unwrap_or_else(|_| self.base.clone())
+    }
+
+    fn err(&self, ds: Dataset, e: impl std::fmt::Display) -> DeltaError {
+        DeltaError::Table {
+            table: self.table_url(ds).to_string(),
+            message: e.to_string(),
+        }
+    }
+
+    fn log_store(&self, ds: Dataset) -> Result<LogStoreRef, DeltaError> {
+        let url = self.table_url(ds);
+        let config = StorageConfig::default();
+        let prefixed = config
+            .decorate_store(self.root_store.clone(), &url)
+            .map_err(|e| self.err(ds, e))?;
+        Ok(default_logstore(
+            Arc::from(prefixed),
+            self.root_store.clone(),
+            &url,
+            &config,
+        ))
+    }
+
+    fn block<F: std::future::Future>(&self, f: F) -> F::Output {
+        super::object::block_on(&self.rt, f)
+    }
+
+    /// The table, loaded (created on first use) and brought up to its latest version.
+    async fn latest(
+        &self,
+        ds: Dataset,
+    ) -> Result<tokio::sync::MutexGuard<'_, Option<DeltaTable>>, DeltaError> {
+        let mut guard = self.tables[index(ds)].lock().await;
+        match guard.as_mut() {
+            Some(t) => t
+                .update_incremental(None)
+                .await
+                .map_err(|e| self.err(ds, e))?,
+            None => *guard = Some(self.open_or_create(ds).await?),
+        }
+        Ok(guard)
+    }
+
+    async fn open_or_create(&self, ds: Dataset) -> Result<DeltaTable, DeltaError> {
+        let log_store = self.log_store(ds)?;
+        let exists = log_store
+            .is_delta_table_location()
+            .await
+            .map_err(|e| self.err(ds, e))?;
+        if !exists {
+            let schema = table_schema(ds).map_err(|e| self.err(ds, e))?;
+            let created = CreateBuilder::new()
+                .with_log_store(log_store.clone())
+                .with_table_name(ds.dir())
+                .with_comment(format!(
+                    "callsync {} (schema version {})",
+                    ds.dir(),
+                    ds.version()
+                ))
+                .with_columns(schema.fields().cloned())
+                .with_partition_columns(PARTITION_COLUMNS)
+                .with_configuration_property(
+                    TableProperty::CheckpointInterval,
+                    Some(self.checkpoint_interval.to_string()),
+                )
+                .with_configuration_property(
+                    TableProperty::LogRetentionDuration,
+                    Some(format!("interval {} days", self.log_retention_days)),
+                )
+                .with_save_mode(SaveMode::ErrorIfExists)
+                .await;
+            match created {
+                Ok(t) => {
+                    info!(table = %self.table_url(ds), "Created the Delta table.");
+                    return Ok(t);
+                }
+                // Another writer created it first: load theirs.
+                Err(e) if !log_store.is_delta_table_location().await.unwrap_or(false) => {
+                    return Err(self.err(ds, e));
+                }
+                Err(_) => {}
+            }
+        }
+        let mut t = DeltaTable::new(log_store);
+        t.load().await.map_err(|e| self.err(ds, e))?;
+        self.evolve(ds, &mut t).await?;
+        Ok(t)
+    }
+
+    /// Adds the columns a newer schema version brought (a Delta metadata change); refuses a
+    /// table whose columns differ otherwise.
+    async fn evolve(&self, ds: Dataset, t: &mut DeltaTable) -> Result<(), DeltaError> {
+        let want = table_schema(ds).map_err(|e| self.err(ds, e))?;
+        let snap = t.snapshot().map_err(|e| self.err(ds, e))?;
+        let have = snap.schema();
+        let missing: Vec<StructField> = want
+            .fields()
+            .filter(|f| have.field(f.name()).is_none())
+            .cloned()
+            .collect();
+        for f in have.fields() {
+            match want.field(f.name()) {
+                Some(w) if w.data_type() == f.data_type() => {}
+                _ => {
+                    return Err(self.err(
+                        ds,
+                        format!(
+                            "column {} is not one callsync writes with this type; this table was not made by this version of callsync",
+                            f.name()
+                        ),
+                    ));
+                }
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let mut fields: Vec<StructField> = have.fields().cloned().collect();
+        fields.extend(missing.iter().cloned());
+        let schema = StructType::try_new(fields).map_err(|e| self.err(ds, e))?;
+        let metadata = snap
+            .metadata()
+            .clone()
+            .with_schema(&schema)
+            .map_err(|e| self.err(ds, e))?;
+        CommitBuilder::from(CommitProperties::default())
+            .with_actions(vec![Action::Metadata(metadata)])
+            .build(
+                Some(snap),
+                t.log_store(),
+                DeltaOperation::AddColumn { fields: missing },
+            )
+            .await
+            .map_err(|e| self.err(ds, e))?;
+        t.update_incremental(None)
+            .await
+            .map_err(|e| self.err(ds, e))?;
+        info!(table = %self.table_url(ds), "Added the new schema version's columns to the Delta table.");
+        Ok(())
+    }
+
+    /// Adds committed data files to their tables, one Delta commit per (table, callsync
+    /// commit), each with the app transaction `callsync/<source>` = the commit's sequence
+    /// number; a commit the table already holds is skipped. Returns the highest sequence
+    /// number each table holds for the source afterwards.
+    pub fn append(&self, source: &str, rows: &[ManifestRow]) -> Result<(), DeltaError> {
+        let mut by_table: BTreeMap<(usize, i64), Vec<Add>> = BTreeMap::new();
+        let now = chrono::Utc::now().timestamp_millis();
+        for r in rows {
+            let Some(ds) = dataset_of(&r.final_path) else {
+                continue;
+            };
+            let rel = r.final_path[ds.dir().len() + 1..].to_string();
+            by_table.entry((index(ds), r.seq)).or_default().push(Add {
+                partition_values: partition_of(&rel),
+                path: rel,
+                size: r.bytes as i64,
+                modification_time: now,
+                data_change: true,
+                stats: r.stats.clone(),
+                ..Default::default()
+            });
+        }
+        for ((i, seq), adds) in by_table {
+            let ds = [Dataset::Calls, Dataset::MonitorLegs][i];
+            let job = Job::Append {
+                app: format!("callsync/{source}"),
+                seq,
+                adds,
+            };
+            self.block(self.commit(ds, job))?;
+        }
+        Ok(())
+    }
+
+    /// The app transaction version of `app` in a table (`None`: never committed).
+    pub fn txn_version(&self, ds: Dataset, app: &str) -> Result<Option<i64>, DeltaError> {
+        self.block(async {
+            let guard = self.latest(ds).await?;
+            let t = guard.as_ref().expect("loaded");
+            let snap = t.snapshot().map_err(|e| self.err(ds, e))?;
+            snap.transaction_version(t.log_store().as_ref(), app)
+                .await
+                .map_err(|e| self.err(ds, e))
+        })
+    }
+
+    /// Whether the table exists yet (nothing is created).
+    pub fn exists(&self, ds: Dataset) -> Result<bool, DeltaError> {
+        let log_store = self.log_store(ds)?;
+        self.block(log_store.is_delta_table_location())
+            .map_err(|e| self.err(ds, e))
+    }
+
+    /// The files of the table's latest version, of one source or all.
+    pub fn active_files(
+        &self,
+        ds: Dataset,
+        source: Option<&str>,
+    ) -> Result<Vec<ActiveFile>, DeltaError> {
+        if !self.exists(ds)? {
+            return Ok(Vec::new());
+        }
+        self.block(async {
+            let guard = self.latest(ds).await?;
+            let t = guard.as_ref().expect("loaded");
+            let snap = t.snapshot().map_err(|e| self.err(ds, e))?;
+            let views: Vec<_> = snap
+                .snapshot()
+                .file_views(t.log_store().as_ref(), None)
+                .try_collect()
+                .await
+                .map_err(|e| self.err(ds, e))?;
+            let mut out = Vec::new();
+            for v in views {
+                let parts = v.partition_values_map();
+                let get = |k: &str| parts.get(k).cloned().flatten().unwrap_or_default();
+                let file_source = get("source");
+                if source.is_some_and(|s| s != file_source) {
+                    continue;
+                }
+                out.push(ActiveFile {
+                    path: format!("{}/{}", ds.dir(), v.path()),
+                    size: v.size().max(0) as u64,
+                    source: file_source,
+                    date: get("date"),
+                    rows: v.num_records().map(|n| n as u64),
+                });
+            }
+            out.sort_by(|a, b| a.path.cmp(&b.path));
+            Ok(out)
+        })
+    }
+
+    /// Commits a compaction of one partition: the removed files and the new ones, all with
+    /// `dataChange = false`, operation OPTIMIZE, and the app transaction
+    /// `compact/<source>/<date>`. Fails with `CompactionLost` when any removed file is no
+    /// longer in the table (another compaction won).
+    pub fn commit_rewrite(&self, ds: Dataset, rw: Rewrite) -> Result<u64, DeltaError> {
+        let now = chrono::Utc::now().timestamp_millis();
+        let app = format!("compact/{}/{}", rw.source, rw.date);
+        let version = self.txn_version(ds, &app)?.unwrap_or(0) + 1;
+        let strip = |p: &str| p[ds.dir().len() + 1..].to_string();
+        let adds = rw
+            .added
+            .iter()
+            .map(|(path, size, stats)| {
+                let rel = strip(path);
+                Add {
+                    partition_values: partition_of(&rel),
+                    path: rel,
+                    size: *size as i64,
+                    modification_time: now,
+                    data_change: false,
+                    stats: Some(stats.clone()),
+                    ..Default::default()
+                }
+            })
+            .collect();
+        let job = Job::Compact {
+            app,
+            version,
+            removes: rw.removed.iter().map(|p| strip(p)).collect(),
+            adds,
+            rewrite_target: rw.target_size,
+            source: rw.source,
+            date: rw.date,
+        };
+        self.block(self.commit(ds, job))
+            .map(|v| v.unwrap_or_default())
+    }
+
+    /// Makes one commit, retrying a lost race with backoff and jitter. `None`: the table
+    /// already held it.
+    async fn commit(&self, ds: Dataset, job: Job) -> Result<Option<u64>, DeltaError> {
+        let mut attempt = 0u32;
+        loop {
+            let mut guard = self.latest(ds).await?;
+            let t = guard.as_mut().expect("loaded");
+            let log_store = t.log_store();
+            let snap = t.snapshot().map_err(|e| self.err(ds, e))?;
+            let (actions, operation, txn) = match &job {
+                Job::Append { app, seq, adds } => {
+                    let held = snap
+                        .transaction_version(log_store.as_ref(), app)
+                        .await
+                        .map_err(|e| self.err(ds, e))?;
+                    if held.is_some_and(|v| v >= *seq) {
+                        return Ok(None);
+                    }
+                    (
+                        adds.iter().cloned().map(Action::Add).collect::<Vec<_>>(),
+                        DeltaOperation::Write {
+                            mode: SaveMode::Append,
+                            partition_by: Some(
+                                PARTITION_COLUMNS.iter().map(|c| c.to_string()).collect(),
+                            ),
+                            predicate: None,
+                        },
+                        Transaction::new(app, *seq),
+                    )
+                }
+                Job::Compact {
+                    app,
+                    version,
+                    removes,
+                    adds,
+                    rewrite_target,
+                    source,
+                    date,
+                } => {
+                    let lost = || DeltaError::CompactionLost {
+                        table: self.table_url(ds).to_string(),
+                        source_name: source.clone(),
+                        date: date.clone(),
+                    };
+                    let held = snap
+                        .transaction_version(log_store.as_ref(), app)
+                        .await
+                        .map_err(|e| self.err(ds, e))?;
+                    if held.is_some_and(|v| v >= *version) {
+                        return Err(lost());
+                    }
+                    let wanted: HashSet<&str> = removes.iter().map(String::as_str).collect();
+                    let views: Vec<_> = snap
+                        .snapshot()
+                        .file_views(log_store.as_ref(), None)
+                        .try_collect()
+                        .await
+                        .map_err(|e| self.err(ds, e))?;
+                    let found: Vec<Remove> = views
+                        .iter()
+                        .filter(|v| wanted.contains(v.path().as_ref()))
+                        .map(|v| v.remove_action(false))
+                        .collect();
+                    if found.len() != wanted.len() {
+                        return Err(lost());
+                    }
+                    let mut actions: Vec<Action> = found.into_iter().map(Action::Remove).collect();
+                    actions.extend(adds.iter().cloned().map(Action::Add));
+                    (
+                        actions,
+                        DeltaOperation::Optimize {
+                            predicate: Some(format!("source = '{source}' AND date = '{date}'")),
+                            target_size: *rewrite_target,
+                        },
+                        Transaction::new(app, *version),
+                    )
+                }
+            };
+            let props = CommitProperties::default()
+                .with_application_transaction(txn)
+                .with_max_retries(0)
+                .with_create_checkpoint(false)
+                .with_cleanup_expired_logs(Some(false));
+            let result = CommitBuilder::from(props)
+                .with_actions(actions)
+                .build(Some(snap), log_store.clone(), operation)
+                .await;
+            match result {
+                Ok(done) => {
+                    let version = done.version;
+                    t.update_incremental(Some(version))
+                        .await
+                        .map_err(|e| self.err(ds, e))?;
+                    self.after_commit(ds, t, version).await;
+                    return Ok(Some(version));
+                }
+                Err(e) if is_conflict(&e) && attempt + 1 < MAX_ATTEMPTS => {
+                    attempt += 1;
+                    COMMIT_RETRIES.fetch_add(1, Ordering::Relaxed);
+                    drop(guard);
+                    let wait = backoff(attempt);
+                    warn!(table = %self.table_url(ds), attempt, wait_ms = wait.as_millis() as u64, "Another writer committed first; retrying the Delta commit.");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(self.err(ds, e)),
+            }
+        }
+    }
+
+    /// A checkpoint every `checkpoint_interval` versions, and log files past the retention
+    /// cleaned once a newer checkpoint covers them. Failures are logged: the commit stands.
+    async fn after_commit(&self, ds: Dataset, t: &DeltaTable, version: u64) {
+        if (version + 1) % self.checkpoint_interval != 0 {
+            return;
+        }
+        if let Err(e) = deltalake::checkpoints::create_checkpoint(t, None).await {
+            warn!(table = %self.table_url(ds), version, error = %e, "Checkpoint failed; the next one will cover it.");
+            return;
+        }
+        let cutoff =
+            chrono::Utc::now().timestamp_millis() - (self.log_retention_days as i64) * 86_400_000;
+        match deltalake::checkpoints::cleanup_expired_logs_for(
+            version,
+            t.log_store().as_ref(),
+            cutoff,
+            None,
+        )
+        .await
+        {
+            Ok(n) if n > 0 => {
+                info!(table = %self.table_url(ds), removed = n, "Cleaned expired Delta log files.")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                warn!(table = %self.table_url(ds), error = %e, "Log cleanup failed; it is retried at the next checkpoint.")
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_files_belong_to_their_dataset_table_and_partition() {
+        assert_eq!(
+            dataset_of("calls/source=a/date=2024-01-02/part-x-1.parquet"),
+            Some(Dataset::Calls)
+        );
+        assert_eq!(
+            dataset_of("monitor_legs/source=a/date=2024-01-02/part-x-1.parquet"),
+            Some(Dataset::MonitorLegs)
+        );
+        assert_eq!(
+            dataset_of("_rejects/source=a/date=2024-01-02/x.jsonl"),
+            None
+        );
+        assert_eq!(
+            dataset_of("recordings/source=a/date=2024-01-02/x.wav"),
+            None
+        );
+        let p = partition_of("source=a/date=2024-01-02/part-x-1.parquet");
+        assert_eq!(p["source"].as_deref(), Some("a"));
+        assert_eq!(p["date"].as_deref(), Some("2024-01-02"));
+    }
+
+    #[test]
+    fn backoff_grows_and_stays_capped() {
+        for n in 1..30 {
+            let b = backoff(n);
+            assert!(b <= MAX_BACKOFF, "{b:?}");
+            assert!(b >= FIRST_BACKOFF / 2, "{b:?}");
+        }
+    }
+}
