@@ -9,7 +9,15 @@ use tracing_subscriber::EnvFilter;
 /// Installs the global subscriber: JSON lines when `json`, else text (ANSI on a terminal).
 pub fn init(json: bool) {
     use std::io::IsTerminal;
-    let filter = EnvFilter::try_from_env("RUST_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    // The Delta crates log every snapshot and commit at info: their warnings are enough.
+    let quiet = ",buoyant_kernel=warn,deltalake_core=warn";
+    let filter = match std::env::var("RUST_LOG") {
+        Ok(v) if !v.trim().is_empty() && (v.contains("kernel") || v.contains("deltalake")) => {
+            EnvFilter::new(v)
+        }
+        Ok(v) if !v.trim().is_empty() => EnvFilter::new(format!("{v}{quiet}")),
+        _ => EnvFilter::new(format!("info{quiet}")),
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::stderr().is_terminal())

@@ -109,6 +109,35 @@ enum Command {
         #[arg(long = "source", value_name = "NAME")]
         sources: Vec<String>,
     },
+    /// Delta lakes: rewrites each partition's small files into files near the target size,
+    /// one atomic commit per partition; rows are copied, never changed.
+    Compact {
+        /// Only this source (repeatable).
+        #[arg(long = "source", value_name = "NAME")]
+        sources: Vec<String>,
+        /// Only this day's partitions.
+        #[arg(long, value_name = "YYYY-MM-DD", conflicts_with_all = ["from", "to"])]
+        date: Option<NaiveDate>,
+        /// First day of a range (with --to).
+        #[arg(long, value_name = "YYYY-MM-DD", requires = "to")]
+        from: Option<NaiveDate>,
+        /// Last day of a range (inclusive, with --from).
+        #[arg(long, value_name = "YYYY-MM-DD", requires = "from")]
+        to: Option<NaiveDate>,
+        /// Size the new files aim at, in MiB ([compaction] target_file_mb by default).
+        #[arg(long, value_name = "MB")]
+        target_file_mb: Option<u64>,
+    },
+    /// Delta lakes: deletes the files compaction replaced once they were removed more than
+    /// `[compaction] retain_hours` ago.
+    Vacuum {
+        /// Hours a removed file is kept (overrides [compaction] retain_hours).
+        #[arg(long, value_name = "HOURS")]
+        retain_hours: Option<u64>,
+        /// Only list what would be deleted.
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Runs the built-in simulator and syncs it into a demo lake: no credentials, no network.
     Demo {
         /// Directory for the demo config, state and lake.
@@ -158,6 +187,8 @@ fn stdout_for(command: &Command, json: bool) -> Box<dyn Write> {
             | Command::Sync { .. }
             | Command::Backfill { .. }
             | Command::Repair { .. }
+            | Command::Compact { .. }
+            | Command::Vacuum { .. }
             | Command::Demo { .. }
     );
     if json && logged {
@@ -253,6 +284,26 @@ fn run(cli: Cli, json: bool) -> anyhow::Result<i32> {
             &mut out,
         ),
         Command::Check { sources } => app::check(&cfg, &sources, &rt, &mut out),
+        Command::Compact {
+            sources,
+            date,
+            from,
+            to,
+            target_file_mb,
+        } => {
+            let dates = date.map(|d| (d, d)).or(from.zip(to));
+            let req = app::CompactRequest {
+                sources,
+                dates,
+                target_file_mb,
+                min_files: 2,
+            };
+            app::compact(&cfg, &req, &rt, &mut out)
+        }
+        Command::Vacuum {
+            retain_hours,
+            dry_run,
+        } => app::vacuum(&cfg, retain_hours, dry_run, &rt, &mut out),
         Command::Demo { .. } | Command::Run => unreachable!("handled above"),
     }
 }

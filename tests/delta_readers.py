@@ -30,6 +30,15 @@ def summary(reader, keys, sources, dates, extra):
     print(json.dumps(line), flush=True)
 
 
+def files_by_partition(dt):
+    out = {}
+    for uri in dt.file_uris():
+        parts = dict(seg.split("=", 1) for seg in uri.split("/") if "=" in seg)
+        key = f"{parts.get('source')}/{parts.get('date')}"
+        out[key] = out.get(key, 0) + 1
+    return dict(sorted(out.items()))
+
+
 def main():
     mode, uri, key = sys.argv[1], sys.argv[2], sys.argv[3]
     opts = json.loads(os.environ.get("DELTA_STORAGE_OPTIONS", "{}")) or None
@@ -41,6 +50,13 @@ def main():
         dt = deltalake.DeltaTable(uri, storage_options=opts)
         open_secs = time.perf_counter() - t0
         t = dt.to_pyarrow_table(columns=[key, "source", "date"])
+        # A hash of every row's every column per partition: compaction must not change one.
+        rows_hash = {}
+        for row in dt.to_pyarrow_table().to_pylist():
+            part = f"{row['source']}/{row['date']}"
+            text = json.dumps(row, default=str, sort_keys=True).encode()
+            digest = int.from_bytes(hashlib.blake2b(text, digest_size=8).digest(), "big")
+            rows_hash[part] = rows_hash.get(part, 0) ^ digest
         protocol = dt.protocol()
         history = dt.history()
         apps = sorted({s for s in t.column("source").to_pylist()})
@@ -48,6 +64,8 @@ def main():
                 [str(d) for d in t.column("date").to_pylist()],
                 {"version": dt.version(), "open_secs": open_secs,
                  "files": len(dt.file_uris()),
+                 "files_by_partition": files_by_partition(dt),
+                 "rows_hash": {p: f"{h:016x}" for p, h in sorted(rows_hash.items())},
                  "protocol": [protocol.min_reader_version, protocol.min_writer_version],
                  "operations": [h.get("operation") for h in history],
                  "txn": {a: dt.transaction_version(f"callsync/{a}") for a in apps}})

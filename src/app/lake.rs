@@ -12,7 +12,7 @@ use crate::lake::storage::Storage;
 use crate::state::State;
 
 /// The configured lake (a directory or an object store).
-fn open_lake(cfg: &Config, rt: &Runtime) -> anyhow::Result<Box<dyn Storage>> {
+pub(super) fn open_lake(cfg: &Config, rt: &Runtime) -> anyhow::Result<Box<dyn Storage>> {
     crate::lake::storage::open(&cfg.warehouse, &cfg.state.path, rt.handle())
         .with_context(|| format!("opening the lake {}", cfg.warehouse.display()))
 }

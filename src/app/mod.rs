@@ -13,10 +13,12 @@ use crate::pipeline::{RunContext, RunMode, RunReport, RunSummary, StopFlag, run,
 use crate::sources::Cursor;
 use crate::state::State;
 
+mod compact;
 mod demo;
 mod lake;
 mod ops;
 
+pub use compact::{CompactRequest, compact, compact_one, vacuum};
 pub use demo::demo;
 pub use lake::{repair, verify};
 pub use ops::{Resubmit, check, exotel_analyze, health};

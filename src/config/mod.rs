@@ -10,7 +10,7 @@ use serde::Deserialize;
 use crate::sources::SourceConfig;
 
 mod warehouse;
-pub use warehouse::{LakeFormat, LakeLocation, WarehouseConfig};
+pub use warehouse::{CompactionConfig, LakeFormat, LakeLocation, WarehouseConfig};
 
 /// The default config file, relative to the working directory.
 pub const DEFAULT_CONFIG_PATH: &str = "config/callsync.toml";
@@ -30,6 +30,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// `[server]`: the daemon's HTTP server (health, metrics).
     pub server: ServerConfig,
+    /// `[compaction]`: merging a Delta table's small files.
+    pub compaction: CompactionConfig,
 }
 
 /// `[daemon]`
@@ -289,6 +291,7 @@ impl Config {
         let mut sources = BTreeMap::new();
         let mut daemon = DaemonConfig::default();
         let mut server = ServerConfig::default();
+        let mut compaction = CompactionConfig::default();
         for (key, value) in doc {
             match key.as_str() {
                 "warehouse" => {
@@ -309,6 +312,12 @@ impl Config {
                 "server" => {
                     if let Some(s) = typed::<ServerConfig>("server", value, &mut problems) {
                         server = s;
+                    }
+                }
+                "compaction" => {
+                    if let Some(c) = typed::<CompactionConfig>("compaction", value, &mut problems)
+                    {
+                        compaction = c;
                     }
                 }
                 "sources" => {
@@ -338,11 +347,12 @@ impl Config {
                 other => problems.push(
                     other,
                     None,
-                    "unknown table (expected [warehouse], [state], [daemon], [server] or [sources.<name>])",
+                    "unknown table (expected [warehouse], [state], [daemon], [server], [compaction] or [sources.<name>])",
                 ),
             }
         }
         warehouse.validate(&mut problems);
+        compaction.validate(warehouse.format, &mut problems);
         if !(1..=64).contains(&daemon.max_concurrent_sources) {
             problems.push(
                 "daemon",
@@ -367,6 +377,7 @@ impl Config {
                 sources,
                 daemon,
                 server,
+                compaction,
             })
         } else {
             Err(invalid(problems.0))

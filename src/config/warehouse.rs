@@ -45,6 +45,70 @@ pub struct WarehouseConfig {
     pub log_retention_days: u64,
 }
 
+/// `[compaction]`: merging a Delta table's small files (`callsync compact`, and the daemon
+/// on its own schedule) and deleting the files they replaced (`callsync vacuum`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompactionConfig {
+    /// Cron schedule (6 fields, seconds first, UTC) on which the daemon compacts every
+    /// source's partitions and then vacuums; unset: the daemon never compacts.
+    #[serde(default)]
+    pub schedule: Option<String>,
+    /// The daemon compacts a partition once it holds at least this many small files.
+    #[serde(default = "default_min_files")]
+    pub min_files: usize,
+    /// Size in MiB the merged files aim at.
+    #[serde(default = "default_target_file_mb")]
+    pub target_file_mb: u64,
+    /// `vacuum` deletes a replaced file once it was removed from the table this many hours
+    /// ago (a reader still on an older version keeps its files until then).
+    #[serde(default = "default_retain_hours")]
+    pub retain_hours: u64,
+}
+
+fn default_min_files() -> usize {
+    10
+}
+fn default_target_file_mb() -> u64 {
+    128
+}
+fn default_retain_hours() -> u64 {
+    168
+}
+
+impl Default for CompactionConfig {
+    fn default() -> Self {
+        CompactionConfig {
+            schedule: None,
+            min_files: default_min_files(),
+            target_file_mb: default_target_file_mb(),
+            retain_hours: default_retain_hours(),
+        }
+    }
+}
+
+impl CompactionConfig {
+    /// Reports every problem of `[compaction]` (the lake's format decides whether it applies).
+    pub(super) fn validate(&self, format: LakeFormat, problems: &mut Problems) {
+        if let Some(s) = &self.schedule {
+            if format != LakeFormat::Delta {
+                problems.push(
+                    "compaction",
+                    Some("schedule"),
+                    "compaction needs [warehouse] format = \"delta\": a plain Parquet lake has no atomic swap, so its readers would see rows twice or not at all",
+                );
+            }
+            crate::sources::validate_schedule("compaction", s, problems);
+        }
+        if self.min_files < 2 {
+            problems.push("compaction", Some("min_files"), "must be at least 2");
+        }
+        if self.target_file_mb == 0 {
+            problems.push("compaction", Some("target_file_mb"), "must be at least 1");
+        }
+    }
+}
+
 /// The table format of the lake.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

@@ -477,6 +477,41 @@ impl DeltaTables {
             .map(|v| v.unwrap_or_default())
     }
 
+    /// Deletes the files removed from a table more than `retain_hours` ago (compaction's
+    /// replaced files); only files the log removed, never one a writer has yet to commit.
+    /// Returns the files deleted (or that would be, with `dry_run`).
+    pub fn vacuum(
+        &self,
+        ds: Dataset,
+        retain_hours: u64,
+        dry_run: bool,
+    ) -> Result<Vec<String>, DeltaError> {
+        if !self.exists(ds)? {
+            return Ok(Vec::new());
+        }
+        self.block(async {
+            let mut guard = self.latest(ds).await?;
+            let table = guard.take().expect("loaded");
+            let result = table
+                .vacuum()
+                .with_retention_period(chrono::Duration::hours(retain_hours as i64))
+                .with_enforce_retention_duration(false)
+                .with_dry_run(dry_run)
+                .await;
+            match result {
+                Ok((table, metrics)) => {
+                    *guard = Some(table);
+                    Ok(metrics
+                        .files_deleted
+                        .into_iter()
+                        .map(|f| format!("{}/{f}", ds.dir()))
+                        .collect())
+                }
+                Err(e) => Err(self.err(ds, e)),
+            }
+        })
+    }
+
     /// Makes one commit, retrying a lost race with backoff and jitter. `None`: the table
     /// already held it.
     async fn commit(&self, ds: Dataset, job: Job) -> Result<Option<u64>, DeltaError> {
@@ -589,7 +624,7 @@ impl DeltaTables {
     /// A checkpoint every `checkpoint_interval` versions, and log files past the retention
     /// cleaned once a newer checkpoint covers them. Failures are logged: the commit stands.
     async fn after_commit(&self, ds: Dataset, t: &DeltaTable, version: u64) {
-        if (version + 1) % self.checkpoint_interval != 0 {
+        if !(version + 1).is_multiple_of(self.checkpoint_interval) {
             return;
         }
         if let Err(e) = deltalake::checkpoints::create_checkpoint(t, None).await {

@@ -5,6 +5,7 @@
 //! partitions. Recovery, under the source's lock, finishes publishes whose commit happened and
 //! deletes staged files no commit names.
 
+pub mod compact;
 pub mod delta;
 pub mod marker;
 pub mod object;
@@ -153,6 +154,8 @@ pub fn recover(
         // transaction); the next commit numbers above anything the table holds, also when
         // the state was rebuilt.
         delta.append(source, &present)?;
+        rec.deleted += compact::recover_compactions(storage, state, source_id, source)?;
+        compact::reconcile(storage, state, source_id, source)?;
         for ds in [
             crate::schema::Dataset::Calls,
             crate::schema::Dataset::MonitorLegs,

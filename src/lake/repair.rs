@@ -123,9 +123,10 @@ pub fn rebuild(
     // Per commit: (rows, rejects).
     let mut commits: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut latest: Option<i64> = None;
+    let data = data_files(storage, source)?;
     let rebuild = state.rebuild(source_id)?;
-    for dataset in marker::DATASETS {
-        for (path, bytes) in storage.walk(&format!("{dataset}/source={source}"))? {
+    {
+        for (path, bytes) in data {
             if !path.ends_with(".parquet") {
                 continue;
             }
@@ -193,6 +194,34 @@ pub fn rebuild(
     Ok(out)
 }
 
+/// A source's data files: with Delta tables the files of their latest versions (files a
+/// compaction replaced, or a crash left behind, are no data), otherwise every file in its
+/// partition folders.
+fn data_files(storage: &dyn Storage, source: &str) -> Result<Vec<(String, u64)>, LakeError> {
+    let mut out = Vec::new();
+    match storage.delta() {
+        Some(delta) => {
+            for ds in [
+                crate::schema::Dataset::Calls,
+                crate::schema::Dataset::MonitorLegs,
+            ] {
+                out.extend(
+                    delta
+                        .active_files(ds, Some(source))?
+                        .into_iter()
+                        .map(|f| (f.path, f.size)),
+                );
+            }
+        }
+        None => {
+            for dataset in marker::DATASETS {
+                out.extend(storage.walk(&format!("{dataset}/source={source}"))?);
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// Source names that have a directory in the lake (`<dataset>/source=<name>`).
 pub fn lake_sources(storage: &dyn Storage) -> Result<BTreeSet<String>, LakeError> {
     let mut out = BTreeSet::new();
@@ -237,10 +266,11 @@ pub fn verify(
     source: &str,
     idle: bool,
 ) -> Result<Vec<Finding>, LakeError> {
-    let mut lake: Vec<(String, u64)> = Vec::new();
-    for dataset in marker::DATASETS.iter().chain(&["recordings"]) {
-        lake.extend(storage.walk(&format!("{dataset}/source={source}"))?);
-    }
+    let mut lake: Vec<(String, u64)> = data_files(storage, source)?;
+    lake.extend(storage.walk(&format!("recordings/source={source}"))?);
+    let in_tables: Option<BTreeSet<String>> = storage
+        .delta()
+        .map(|_| lake.iter().map(|(p, _)| p.clone()).collect());
     let staged_now = storage.list(&format!("_staging/{source}"))?;
     let mut out = Vec::new();
     let manifest = match source_id {
@@ -254,6 +284,15 @@ pub fn verify(
             &marker::path(source),
             format!("{reason}; run `callsync repair --source {source}`"),
         ));
+    }
+    // An interrupted compaction (recorded, its commit maybe landed): its old and new files
+    // are what the next run of the source settles, no problem.
+    let mut compacting: BTreeSet<String> = BTreeSet::new();
+    if let Some(id) = source_id {
+        for c in state.pending_compactions(id)? {
+            compacting.extend(c.removed);
+            compacting.extend(c.added.into_iter().flatten().map(|f| f.path));
+        }
     }
     let named: BTreeSet<&str> = manifest.iter().map(|m| m.final_path.as_str()).collect();
     let mut pending_staged = BTreeSet::new();
@@ -274,7 +313,21 @@ pub fn verify(
                         m.final_path, m.commit_id, m.bytes
                     ),
                 )),
-                Some(_) => {}
+                Some(_) => {
+                    if let Some(active) = &in_tables
+                        && super::delta::dataset_of(&m.final_path).is_some()
+                        && !active.contains(&m.final_path)
+                        && !compacting.contains(&m.final_path)
+                    {
+                        out.push(Finding::problem(
+                            &m.final_path,
+                            format!(
+                                "not in the Delta table: {} (committed in {}); the next run of {source} adds it",
+                                m.final_path, m.commit_id
+                            ),
+                        ));
+                    }
+                }
             }
         } else if storage.exists(&m.final_path)? || storage.exists(&m.staged)? {
             pending_staged.insert(m.staged.clone());
@@ -297,7 +350,15 @@ pub fn verify(
         }
     }
     for (path, _) in &lake {
-        if !named.contains(path.as_str()) {
+        if compacting.contains(path) {
+            out.push(Finding {
+                problem: false,
+                file: Some(path.clone()),
+                text: format!(
+                    "written by an interrupted compaction: {path} (the next run of {source} settles it)"
+                ),
+            });
+        } else if !named.contains(path.as_str()) {
             out.push(Finding::problem(
                 path,
                 format!("foreign: {path} is in the lake but no commit of {source} names it"),

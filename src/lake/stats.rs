@@ -138,14 +138,14 @@ pub fn delta_stats(meta: &ParquetMetaData, schema: &Schema) -> String {
         if !b.complete {
             continue;
         }
-        if let (Some(lo), Some(hi)) = (lo, hi) {
-            if let (Some(lo), Some(hi)) = (
+        if let (Some(lo), Some(hi)) = (lo, hi)
+            && let (Some(lo), Some(hi)) = (
                 json(lo, f.data_type(), false),
                 json(hi, f.data_type(), true),
-            ) {
-                mins.insert(f.name().clone(), lo);
-                maxs.insert(f.name().clone(), hi);
-            }
+            )
+        {
+            mins.insert(f.name().clone(), lo);
+            maxs.insert(f.name().clone(), hi);
         }
     }
     let mut out = Map::new();

@@ -93,15 +93,72 @@ pub fn writer_properties(dataset: Dataset) -> WriterProperties {
     b.set_column_dictionary_enabled(text, false).build()
 }
 
-struct Partition {
-    last_used: u64,
-    staged: String,
-    final_path: String,
+/// One Parquet data file being written through the storage seam, with bounded memory.
+pub struct DataFile {
+    /// Lake-relative path it is created at.
+    pub rel: String,
     writer: ArrowWriter<File>,
-    /// The staged file, sealed once the writer has written its footer.
+    /// The file, sealed once the writer has written its footer.
     file: File,
     dataset: Dataset,
-    rows: u64,
+    /// Rows written.
+    pub rows: u64,
+}
+
+impl DataFile {
+    /// Creates `rel` (through `Storage::create_staged`) for rows of `dataset`.
+    pub fn create(storage: &dyn Storage, rel: &str, dataset: Dataset) -> Result<Self, LakeError> {
+        let file = storage.create_staged(rel)?;
+        let writer = ArrowWriter::try_new(
+            file.try_clone()?,
+            dataset.schema(),
+            Some(writer_properties(dataset)),
+        )?;
+        Ok(DataFile {
+            rel: rel.to_string(),
+            writer,
+            file,
+            dataset,
+            rows: 0,
+        })
+    }
+
+    /// Writes rows; a row group is flushed early once it holds `ROW_GROUP_MAX_BYTES`.
+    pub fn write(&mut self, rows: &RecordBatch) -> Result<(), LakeError> {
+        self.writer.write(rows)?;
+        if self.writer.in_progress_size() > ROW_GROUP_MAX_BYTES {
+            self.writer.flush()?;
+        }
+        self.rows += rows.num_rows() as u64;
+        Ok(())
+    }
+
+    /// Writes out the buffered row group, if any.
+    fn flush(&mut self) -> Result<(), LakeError> {
+        if self.writer.in_progress_rows() > 0 {
+            self.writer.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Bytes the file will about hold so far.
+    pub fn size(&self) -> u64 {
+        (self.writer.bytes_written() + self.writer.in_progress_size()) as u64
+    }
+
+    /// Writes the footer and seals the file; returns its size and Delta statistics.
+    pub fn finish(self, storage: &dyn Storage) -> Result<(u64, String), LakeError> {
+        let meta = self.writer.close()?;
+        let stats = super::stats::delta_stats(&meta, &self.dataset.schema());
+        let bytes = storage.seal_staged(&self.rel, self.file)?;
+        Ok((bytes, stats))
+    }
+}
+
+struct Partition {
+    last_used: u64,
+    final_path: String,
+    data: DataFile,
 }
 
 struct RejectFile {
@@ -225,38 +282,23 @@ impl<'a> CommitWriter<'a> {
             // their buffered row groups are written out instead of held (memory stays one
             // partition's worth, not MAX_OPEN_PARTITIONS').
             for p in self.partitions.values_mut() {
-                if p.writer.in_progress_rows() > 0 {
-                    p.writer.flush()?;
-                }
+                p.data.flush()?;
             }
             let date = utc_day(day * MICROS_PER_DAY);
             let (staged, final_path) = self.next_names(dataset.dir(), "parquet", &date);
-            let file = self.storage.create_staged(&staged)?;
-            let writer = ArrowWriter::try_new(
-                file.try_clone()?,
-                dataset.schema(),
-                Some(writer_properties(dataset)),
-            )?;
+            let data = DataFile::create(self.storage, &staged, dataset)?;
             self.partitions.insert(
                 key,
                 Partition {
                     last_used: 0,
-                    staged,
                     final_path,
-                    writer,
-                    file,
-                    dataset,
-                    rows: 0,
+                    data,
                 },
             );
         }
         let p = self.partitions.get_mut(&key).expect("inserted above");
         p.last_used = self.uses;
-        p.writer.write(rows)?;
-        if p.writer.in_progress_size() > ROW_GROUP_MAX_BYTES {
-            p.writer.flush()?;
-        }
-        p.rows += rows.num_rows() as u64;
+        p.data.write(rows)?;
         self.calls += rows.num_rows() as u64;
         Ok(())
     }
@@ -338,7 +380,11 @@ impl<'a> CommitWriter<'a> {
     /// Drops the commit and deletes its staged files (best effort: recovery deletes any
     /// that remain, since no manifest row names them).
     pub fn abort(mut self) {
-        let mut names: Vec<String> = self.partitions.values().map(|p| p.staged.clone()).collect();
+        let mut names: Vec<String> = self
+            .partitions
+            .values()
+            .map(|p| p.data.rel.clone())
+            .collect();
         names.extend(self.finished.iter().map(|f| f.staged.clone()));
         names.extend(self.rejects.as_ref().map(|r| r.staged.clone()));
         self.partitions.clear();
@@ -350,13 +396,12 @@ impl<'a> CommitWriter<'a> {
 }
 
 fn finish_partition(storage: &dyn Storage, p: Partition) -> Result<StagedFile, LakeError> {
-    let meta = p.writer.close()?;
-    let stats = super::stats::delta_stats(&meta, &p.dataset.schema());
-    let bytes = storage.seal_staged(&p.staged, p.file)?;
+    let (staged, rows) = (p.data.rel.clone(), p.data.rows);
+    let (bytes, stats) = p.data.finish(storage)?;
     Ok(StagedFile {
-        staged: p.staged,
+        staged,
         final_path: p.final_path,
-        rows: p.rows,
+        rows,
         bytes,
         stats: Some(stats),
     })

@@ -22,9 +22,9 @@ use crate::state::{Commit, KeySet, ManifestRow, State};
 /// A batch is committed at least this often, so a long run keeps its progress.
 const COMMIT_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Test hook: `CALLSYNC_FAILPOINT=after_stage|after_commit` aborts the process at that point
+/// Test hook: `CALLSYNC_FAILPOINT=after_stage|after_commit|compact_before_commit|compact_after_commit` aborts the process at that point
 /// of the commit protocol, the way a crash or kill -9 would.
-fn failpoint(name: &str) {
+pub(crate) fn failpoint(name: &str) {
     static POINT: std::sync::LazyLock<Option<String>> =
         std::sync::LazyLock::new(|| std::env::var("CALLSYNC_FAILPOINT").ok());
     if POINT.as_deref() == Some(name) {

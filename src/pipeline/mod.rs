@@ -2,6 +2,7 @@
 //! The only place that ties sources to the lake and the state.
 
 mod exporter;
+pub(crate) use exporter::failpoint;
 mod source_state;
 use exporter::Exporter;
 pub use source_state::SourceState;

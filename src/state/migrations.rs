@@ -124,11 +124,21 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX runs_by_start ON runs (started_at);
     "#,
     // 7: Delta tables: each commit's sequence number per source (the app transaction
-    // version in the table's log), the counter it comes from, and each data file's Delta
-    // statistics, so a commit is added to its table again after a crash with its stats.
+    // version in the table's log), the counter it comes from, each data file's Delta
+    // statistics (a commit is added to its table again after a crash with its stats), and
+    // compactions in flight (recovery finishes or undoes them).
     r#"
     ALTER TABLE sources ADD COLUMN commit_seq INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE commits ADD COLUMN seq INTEGER;
     ALTER TABLE manifest ADD COLUMN stats TEXT;
+    CREATE TABLE compactions (
+        id          TEXT PRIMARY KEY,
+        source_id   INTEGER NOT NULL,
+        dataset     TEXT NOT NULL,
+        date        TEXT NOT NULL,
+        removed     TEXT NOT NULL,
+        added       TEXT,
+        started_at  TEXT NOT NULL
+    );
     "#,
 ];

@@ -1,6 +1,7 @@
 //! SQLite state: migrations, per-source cursors, the file manifest, exported keys, runs.
 //! One transaction records a commit's files, keys, counts and cursor together.
 
+pub mod compaction;
 pub mod keys;
 pub mod lock;
 mod migrations;

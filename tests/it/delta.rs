@@ -88,7 +88,7 @@ fn data_commits(env: &Env, source: &str) -> (u64, i64) {
 }
 
 /// The Voicegain truth as call ids.
-fn truth(env: &Env) -> BTreeSet<String> {
+pub(crate) fn truth(env: &Env) -> BTreeSet<String> {
     env.sim
         .voicegain()
         .expected_exported()
@@ -215,7 +215,7 @@ fn delta_env(seed: u64) -> Env {
 }
 
 /// Rewrites the config's `[warehouse]` table to a Delta lake with `warehouse` lines.
-fn use_delta(env: &Env, warehouse: &str) {
+pub(crate) fn use_delta(env: &Env, warehouse: &str) {
     let cfg = std::fs::read_to_string(&env.config).unwrap();
     let state = cfg.find("[state]").unwrap();
     std::fs::write(

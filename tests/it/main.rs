@@ -8,6 +8,7 @@ mod analysis;
 mod backfill;
 
 mod commit_protocol;
+mod compaction;
 mod config_errors;
 mod container;
 mod credentials;

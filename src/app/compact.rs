@@ -1,0 +1,138 @@
+//! `compact` and `vacuum`: merging a Delta table's small files, one partition per atomic
+//! commit, and deleting the files they replaced once no reader needs them.
+
+use std::io::Write;
+
+use anyhow::Context;
+use chrono::NaiveDate;
+use tokio::runtime::Runtime;
+
+use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, unknown_source};
+use crate::config::{Config, LakeFormat};
+use crate::lake::compact::{CompactOptions, Compacted, compact_source};
+use crate::lake::storage::Storage;
+use crate::schema::Dataset;
+use crate::state::State;
+
+/// What `compact` was asked.
+#[derive(Debug, Clone, Default)]
+pub struct CompactRequest {
+    /// Only these sources (all configured ones when empty).
+    pub sources: Vec<String>,
+    /// Only partitions of these days (inclusive).
+    pub dates: Option<(NaiveDate, NaiveDate)>,
+    /// Target file size in MiB (`[compaction] target_file_mb` when unset).
+    pub target_file_mb: Option<u64>,
+    /// A partition is compacted from this many small files on.
+    pub min_files: usize,
+}
+
+/// Why a plain lake cannot be compacted.
+const PLAIN_LAKE: &str = "compact and vacuum need [warehouse] format = \"delta\": a plain Parquet lake has no atomic swap, so a reader listing the folder mid-way would see rows twice or miss them";
+
+/// Compacts one source under its lock (after recovering an interrupted run of it).
+pub fn compact_one(
+    cfg: &Config,
+    name: &str,
+    storage: &dyn Storage,
+    opts: &CompactOptions,
+) -> anyhow::Result<Compacted> {
+    let scfg = cfg
+        .sources
+        .get(name)
+        .with_context(|| format!("no source named {name:?}"))?;
+    let _lock = crate::state::lock::SourceLock::try_acquire(&cfg.state.path, name)?;
+    let state = State::open(&cfg.state.path)?;
+    let row = state.source(name, scfg.kind())?;
+    crate::lake::recover(storage, &state, row.id, name)?;
+    Ok(compact_source(storage, &state, row.id, name, opts)?)
+}
+
+/// `callsync compact`: every qualifying partition of the named sources; one line per source.
+pub fn compact(
+    cfg: &Config,
+    req: &CompactRequest,
+    rt: &Runtime,
+    out: &mut dyn Write,
+) -> anyhow::Result<i32> {
+    if cfg.warehouse.format != LakeFormat::Delta {
+        writeln!(out, "error: {PLAIN_LAKE}")?;
+        return Ok(EXIT_USAGE);
+    }
+    if let Some(name) = req.sources.iter().find(|n| !cfg.sources.contains_key(*n)) {
+        return unknown_source(cfg, name, out);
+    }
+    let storage = super::lake::open_lake(cfg, rt)?;
+    let opts = CompactOptions {
+        target_bytes: req.target_file_mb.unwrap_or(cfg.compaction.target_file_mb) << 20,
+        min_files: req.min_files,
+        dates: req.dates.map(|(a, b)| (a.to_string(), b.to_string())),
+    };
+    let mut code = EXIT_OK;
+    for name in cfg.sources.keys() {
+        if !req.sources.is_empty() && !req.sources.contains(name) {
+            continue;
+        }
+        match compact_one(cfg, name, storage.as_ref(), &opts) {
+            Ok(c) if c.partitions == 0 && c.lost == 0 => {
+                writeln!(out, "{name}: nothing to compact")?
+            }
+            Ok(c) if c.partitions == 0 => writeln!(
+                out,
+                "{name}: nothing compacted; {} partition{} left to a compaction that committed first",
+                c.lost,
+                if c.lost == 1 { "" } else { "s" }
+            )?,
+            Ok(c) => {
+                writeln!(
+                    out,
+                    "{name}: compacted {} partition{}: {} files -> {}, {} rows{}",
+                    c.partitions,
+                    if c.partitions == 1 { "" } else { "s" },
+                    c.files_before,
+                    c.files_after,
+                    c.rows,
+                    if c.lost > 0 {
+                        format!("; {} left to a compaction that committed first", c.lost)
+                    } else {
+                        String::new()
+                    }
+                )?;
+            }
+            Err(e) => {
+                code = EXIT_FAILED;
+                writeln!(out, "{name}: FAILED: {e:#}")?;
+            }
+        }
+    }
+    Ok(code)
+}
+
+/// `callsync vacuum`: deletes the files the tables removed more than `retain_hours` ago.
+pub fn vacuum(
+    cfg: &Config,
+    retain_hours: Option<u64>,
+    dry_run: bool,
+    rt: &Runtime,
+    out: &mut dyn Write,
+) -> anyhow::Result<i32> {
+    if cfg.warehouse.format != LakeFormat::Delta {
+        writeln!(out, "error: {PLAIN_LAKE}")?;
+        return Ok(EXIT_USAGE);
+    }
+    let storage = super::lake::open_lake(cfg, rt)?;
+    let hours = retain_hours.unwrap_or(cfg.compaction.retain_hours);
+    let delta = storage.delta().context("the lake has no Delta tables")?;
+    for ds in [Dataset::Calls, Dataset::MonitorLegs] {
+        let files = delta.vacuum(ds, hours, dry_run)?;
+        writeln!(
+            out,
+            "{}: {} {} file{} removed from the table more than {hours} h ago",
+            ds.dir(),
+            if dry_run { "would delete" } else { "deleted" },
+            files.len(),
+            if files.len() == 1 { "" } else { "s" }
+        )?;
+    }
+    Ok(EXIT_OK)
+}

@@ -1,0 +1,175 @@
+//! Promise: `compact` cuts a Delta table's small files to the fewest near the target, one
+//! atomic commit per partition, and never changes a row: the row set and a per-partition hash
+//! of every row are the same before and after, also across a SIGKILL mid-compaction and two
+//! compactions started together; `vacuum` then deletes the replaced files; a plain lake is
+//! refused with the reason.
+
+use std::collections::BTreeMap;
+use std::process::Stdio;
+
+use callsync::simulator::VoicegainSim;
+
+use crate::delta::{Readers, ids_once, truth, use_delta};
+use crate::helpers::*;
+
+/// A local Delta lake after `syncs` small syncs of `per_sync` new calls each.
+fn many_small_commits(seed: u64, syncs: usize, per_sync: usize) -> Env {
+    let env = Env::new(VoicegainSim::new(seed, 0).with_ratios(0.0, 0.0), 200);
+    use_delta(
+        &env,
+        &format!("[warehouse]\nroot = \"{}\"\n", env.warehouse().display()),
+    );
+    for _ in 0..syncs {
+        env.sim.voicegain().add_calls(per_sync);
+        env.sync_ok();
+    }
+    env
+}
+
+/// The deltalake reader's view: (files per partition, row hash per partition), after
+/// checking every reader holds exactly the truth.
+fn table_view(env: &Env, readers: &Readers) -> (BTreeMap<String, u64>, BTreeMap<String, String>) {
+    let uri = env.warehouse().join("calls").display().to_string();
+    let want = truth(env);
+    let mut view = None;
+    for line in readers.read(&uri, "call_id", None) {
+        assert_eq!(
+            ids_once(&line),
+            want,
+            "{} differs from the truth",
+            line["reader"]
+        );
+        if line["reader"] == "deltalake" {
+            view = Some((
+                serde_json::from_value(line["files_by_partition"].clone()).unwrap(),
+                serde_json::from_value(line["rows_hash"].clone()).unwrap(),
+            ));
+        }
+    }
+    view.unwrap()
+}
+
+#[test]
+fn compaction_cuts_files_and_keeps_every_row_across_kills_and_a_concurrent_compaction() {
+    let Some(readers) = Readers::get() else {
+        return;
+    };
+    let env = many_small_commits(501, 60, 25);
+    let (files_before, hash_before) = table_view(&env, &readers);
+    let total_before: u64 = files_before.values().sum();
+    // Killed before and after its commit: the table stays readable and exact.
+    for point in ["compact_before_commit", "compact_after_commit"] {
+        let out = env
+            .command(&["compact"])
+            .env("CALLSYNC_FAILPOINT", point)
+            .output()
+            .unwrap();
+        assert_ne!(out.status.code(), Some(0), "{point}: {}", text(&out));
+        let (_, hash) = table_view(&env, &readers);
+        assert_eq!(hash, hash_before, "{point}: rows changed");
+        let v = env.run(&["verify"]);
+        assert_eq!(v.status.code(), Some(0), "{point}: {}", text(&v));
+    }
+    // A second state of the same source (as if two daemons owned it) compacting at the same
+    // time: one commit wins, the other finds its files gone and changes nothing.
+    let twin_dir = env.dir.path().join("twin");
+    std::fs::create_dir_all(&twin_dir).unwrap();
+    env.sim.voicegain().add_calls(30);
+    env.sync_ok();
+    std::fs::copy(env.state_path(), twin_dir.join("callsync.db")).unwrap();
+    let twin_cfg = env.dir.path().join("twin.toml");
+    std::fs::write(
+        &twin_cfg,
+        std::fs::read_to_string(&env.config).unwrap().replace(
+            &env.state_path().display().to_string(),
+            &twin_dir.join("callsync.db").display().to_string(),
+        ),
+    )
+    .unwrap();
+    let (_, hash_before) = table_view(&env, &readers);
+    let a = env
+        .command(&["compact"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let b = std::process::Command::new(env!("CARGO_BIN_EXE_callsync"))
+        .args(["--config", twin_cfg.to_str().unwrap(), "compact"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (a, b) = (a.wait_with_output().unwrap(), b.wait_with_output().unwrap());
+    eprintln!("compact A: {}\ncompact B: {}", text(&a), text(&b));
+    let (files_after, hash_after) = table_view(&env, &readers);
+    assert_eq!(hash_after, hash_before, "two compactions changed rows");
+    // Whatever the race left, one more compact finishes the job: one file per partition
+    // (each holds far less than the 128 MiB target).
+    let out = env.run(&["compact"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let (files_after, hash_final) = {
+        let _ = files_after;
+        table_view(&env, &readers)
+    };
+    assert_eq!(hash_final, hash_before);
+    assert!(
+        files_after.values().all(|n| *n == 1),
+        "a partition holds more than one file: {files_after:?}"
+    );
+    let total_after: u64 = files_after.values().sum();
+    eprintln!(
+        "compaction: {total_before} files in {} partitions -> {total_after}",
+        files_before.len()
+    );
+    let v = env.run(&["verify"]);
+    assert_eq!(v.status.code(), Some(0), "{}", text(&v));
+    // vacuum deletes the replaced files; the table and verify stay clean.
+    let data_files = || {
+        files_with_suffix(&env.warehouse().join("calls"), ".parquet")
+            .into_iter()
+            .filter(|p| !p.to_string_lossy().contains("_delta_log"))
+            .collect::<Vec<_>>()
+    };
+    let parquet_on_disk = || data_files().len();
+    assert!(parquet_on_disk() as u64 > total_after);
+    let out = env.run(&["vacuum", "--retain-hours", "0"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_eq!(
+        parquet_on_disk() as u64,
+        total_after,
+        "{}\n{:?}",
+        text(&out),
+        data_files()
+    );
+    let (_, hash_vacuumed) = table_view(&env, &readers);
+    assert_eq!(hash_vacuumed, hash_before);
+    let v = env.run(&["verify"]);
+    assert_eq!(v.status.code(), Some(0), "{}", text(&v));
+    // New calls still land once after all this.
+    env.sim.voicegain().add_calls(40);
+    env.sync_ok();
+    table_view(&env, &readers);
+}
+
+#[test]
+fn compact_on_a_plain_lake_is_refused_with_the_reason() {
+    let env = Env::new(VoicegainSim::new(502, 0), 50);
+    env.sim.voicegain().add_calls(50);
+    env.sync_ok();
+    let out = env.run(&["compact"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("format = \"delta\""), "{}", text(&out));
+    let cfg = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        format!("{cfg}[compaction]\nschedule = \"0 0 3 * * *\"\n"),
+    )
+    .unwrap();
+    let out = env.run(&["sync"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("[compaction] key `schedule`"),
+        "{}",
+        text(&out)
+    );
+}
