@@ -5,7 +5,8 @@ usage: delta_readers.py py     TABLE_URI KEY_COLUMN   (the deltalake package and
 
 Object-store credentials come from the environment as a JSON object of delta-rs storage
 options in DELTA_STORAGE_OPTIONS (for DuckDB: an S3 secret built from the same keys).
-Each line: {"reader", "rows", "ids" (the key column, sorted), "by_partition" ({source/date:
+Each line: {"reader", "rows", "ids" (the key column, sorted; `source:key` with
+DELTA_KEY_WITH_SOURCE set), "by_partition" ({source/date:
 [rows, xor of the rows' hashes]}), and reader-specific facts}.
 """
 
@@ -18,6 +19,8 @@ import time
 
 
 def summary(reader, keys, sources, dates, extra):
+    if os.environ.get("DELTA_KEY_WITH_SOURCE"):
+        keys = [f"{s}:{k}" for k, s in zip(keys, sources)]
     by_part = {}
     for k, s, d in zip(keys, sources, dates):
         part = f"{s}/{d}"

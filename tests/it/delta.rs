@@ -37,6 +37,17 @@ impl Readers {
         key: &str,
         options: Option<&serde_json::Value>,
     ) -> Vec<serde_json::Value> {
+        self.read_with(uri, key, options, &[])
+    }
+
+    /// As `read`, with extra environment for the script.
+    pub(crate) fn read_with(
+        &self,
+        uri: &str,
+        key: &str,
+        options: Option<&serde_json::Value>,
+        vars: &[(&str, &str)],
+    ) -> Vec<serde_json::Value> {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/delta_readers.py");
         let mut lines = Vec::new();
         for (python, mode) in [(&self.py, "py"), (&self.duck, "duckdb")] {
@@ -45,6 +56,7 @@ impl Readers {
             if let Some(o) = options {
                 c.env("DELTA_STORAGE_OPTIONS", o.to_string());
             }
+            c.envs(vars.iter().copied());
             let out = c.output().unwrap();
             assert!(
                 out.status.success(),
@@ -208,6 +220,18 @@ fn kill_loop_then_exact(
     assert_eq!(v.status.code(), Some(0), "{}", text(&v));
 }
 
+/// The delta-rs storage options of the moto server, for the readers.
+fn s3_options(moto: &Moto) -> serde_json::Value {
+    serde_json::json!({
+        "aws_endpoint": moto.endpoint(),
+        "aws_allow_http": "true",
+        "aws_region": "us-east-1",
+        "aws_access_key_id": "testing",
+        "aws_secret_access_key": "testing",
+        "aws_conditional_put": "etag",
+    })
+}
+
 fn delta_env(seed: u64) -> Env {
     let env = Env::new(VoicegainSim::new(seed, 0).with_ratios(0.0, 0.01), 50);
     env.sim.voicegain().add_calls(3000);
@@ -266,14 +290,7 @@ fn a_delta_table_on_s3_is_exact_after_kills_and_every_reader_agrees() {
     moto.bucket(&env, "lake");
     let prefix = "delta-lake";
     use_delta(&env, &s3_warehouse(&moto, prefix, 300));
-    let options = serde_json::json!({
-        "aws_endpoint": moto.endpoint(),
-        "aws_allow_http": "true",
-        "aws_region": "us-east-1",
-        "aws_access_key_id": "testing",
-        "aws_secret_access_key": "testing",
-        "aws_conditional_put": "etag",
-    });
+    let options = s3_options(&moto);
     let log_len = || {
         moto.keys(&env, "lake", &format!("{prefix}/calls/_delta_log/"))
             .len()
@@ -290,5 +307,204 @@ fn a_delta_table_on_s3_is_exact_after_kills_and_every_reader_agrees() {
     assert!(
         moto.keys(&env, "lake", &format!("{prefix}/_staging/"))
             .is_empty()
+    );
+}
+
+/// Two processes, each with its own state file and source, append to one table at once, 50
+/// commits each: the table holds the exact union, every commit once.
+fn two_writers(
+    env: &Env,
+    readers: &Readers,
+    warehouse: &str,
+    uri: &str,
+    options: Option<&serde_json::Value>,
+    extra_env: &[(&str, &str)],
+) {
+    let token = token_file(env, "vg-two", &env.sim.voicegain().token.clone());
+    let mut children = Vec::new();
+    for name in ["vg_a", "vg_b"] {
+        let config = env.dir.path().join(format!("{name}.toml"));
+        let state = env.dir.path().join(format!("{name}.db"));
+        let warehouse = warehouse.replacen(
+            "[warehouse]\n",
+            "[warehouse]\nformat = \"delta\"\nmax_rows_per_file = 60\n",
+            1,
+        );
+        std::fs::write(
+            &config,
+            format!(
+                "{warehouse}[state]\npath = \"{}\"\n{}",
+                state.display(),
+                vg_table(
+                    name,
+                    &env.sim.voicegain_base_url(),
+                    &format!("token_file = \"{}\"", token.display()),
+                    60
+                )
+            ),
+        )
+        .unwrap();
+        let mut c = Command::new(env!("CARGO_BIN_EXE_callsync"));
+        c.arg("--config")
+            .arg(&config)
+            .arg("sync")
+            .env("RUST_LOG", "warn");
+        for (k, v) in extra_env {
+            c.env(k, v);
+        }
+        children.push((
+            name,
+            state,
+            c.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        ));
+    }
+    let mut retries = 0;
+    let mut commits = 0;
+    for (name, state, child) in children {
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0), "{name}: {}", text(&out));
+        retries += text(&out).matches("Another writer committed first").count();
+        let db = rusqlite::Connection::open(&state).unwrap();
+        let n: i64 = db
+            .query_row("SELECT count(*) FROM commits WHERE rows > 0", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert!(n >= 50, "{name} made only {n} commits");
+        commits += n;
+    }
+    let truth = truth(env);
+    let want: BTreeSet<String> = ["vg_a", "vg_b"]
+        .iter()
+        .flat_map(|s| truth.iter().map(move |id| format!("{s}:{id}")))
+        .collect();
+    // Each reader keys rows by `source:call_id`.
+    for line in readers.read_with(uri, "call_id", options, &[("DELTA_KEY_WITH_SOURCE", "1")]) {
+        assert_eq!(
+            ids_once(&line),
+            want,
+            "{} differs from the union",
+            line["reader"]
+        );
+        if line["reader"] == "deltalake" {
+            let writes = line["operations"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|o| *o == "WRITE")
+                .count() as i64;
+            assert_eq!(
+                writes, commits,
+                "one table version per commit of either writer"
+            );
+        }
+    }
+    eprintln!(
+        "two writers on {uri}: {commits} commits, {} rows, {retries} retries",
+        want.len()
+    );
+}
+
+#[test]
+fn two_processes_append_to_one_local_table_at_once_and_lose_no_commit() {
+    let Some(readers) = Readers::get() else {
+        return;
+    };
+    let env = Env::new(VoicegainSim::new(403, 0).with_ratios(0.0, 0.0), 60);
+    env.sim.voicegain().add_calls(3000);
+    let warehouse = format!("[warehouse]\nroot = \"{}\"\n", env.warehouse().display());
+    let uri = env.warehouse().join("calls").display().to_string();
+    two_writers(&env, &readers, &warehouse, &uri, None, &[]);
+}
+
+#[test]
+fn two_processes_append_to_one_table_on_s3_at_once_and_lose_no_commit() {
+    let Some(readers) = Readers::get() else {
+        return;
+    };
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    let env = Env::new(VoicegainSim::new(404, 0).with_ratios(0.0, 0.0), 60);
+    env.sim.voicegain().add_calls(3000);
+    moto.bucket(&env, "lake");
+    let prefix = "shared-lake";
+    let warehouse = s3_warehouse(&moto, prefix, 60).replace("max_rows_per_file = 60\n", "");
+    let uri = format!("s3://lake/{prefix}/calls");
+    two_writers(
+        &env,
+        &readers,
+        &warehouse,
+        &uri,
+        Some(&s3_options(&moto)),
+        &[("MOTO_SECRET", "testing")],
+    );
+}
+
+#[test]
+fn a_table_of_200_commits_has_checkpoints_opens_fast_and_sheds_expired_log_files() {
+    let Some(readers) = Readers::get() else {
+        return;
+    };
+    let env = Env::new(VoicegainSim::new(405, 0).with_ratios(0.0, 0.0), 20);
+    env.sim.voicegain().add_calls(4000);
+    use_delta(
+        &env,
+        &format!(
+            "[warehouse]\nroot = \"{}\"\nmax_rows_per_file = 20\nlog_retention_days = 1\n",
+            env.warehouse().display()
+        ),
+    );
+    env.sync_ok();
+    let log = env.warehouse().join("calls").join("_delta_log");
+    let names = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(&log)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        v.sort();
+        v
+    };
+    let checkpoints = names()
+        .iter()
+        .filter(|n| n.ends_with(".checkpoint.parquet"))
+        .count();
+    assert!(
+        checkpoints >= 19,
+        "{checkpoints} checkpoints in {:?}",
+        names()
+    );
+    let uri = env.warehouse().join("calls").display().to_string();
+    let lines = readers.read(&uri, "call_id", None);
+    let py = lines.iter().find(|l| l["reader"] == "deltalake").unwrap();
+    let open_secs = py["open_secs"].as_f64().unwrap();
+    assert!(py["version"].as_u64().unwrap() >= 200, "{}", py["version"]);
+    assert!(open_secs < 1.0, "opening took {open_secs} s");
+    // Log files older than the retention go at the next checkpoint (never past the newest
+    // checkpoint before them): age them, then commit until a checkpoint is written.
+    let old = std::time::SystemTime::now() - Duration::from_secs(3 * 86_400);
+    for n in names() {
+        let f = std::fs::File::options()
+            .write(true)
+            .open(log.join(&n))
+            .unwrap();
+        f.set_modified(old).unwrap();
+    }
+    let before = names().iter().filter(|n| n.ends_with(".json")).count();
+    for _ in 0..12 {
+        env.sim.voicegain().add_calls(20);
+        env.sync_ok();
+    }
+    let after = names().iter().filter(|n| n.ends_with(".json")).count();
+    assert!(after < 20, "{before} JSON commits before, {after} after");
+    for line in readers.read(&uri, "call_id", None) {
+        assert_eq!(ids_once(&line), truth(&env), "{}", line["reader"]);
+    }
+    eprintln!(
+        "log growth: version {}, {checkpoints} checkpoints, opened in {open_secs:.3} s; {before} JSON commits -> {after} after cleanup",
+        py["version"]
     );
 }
