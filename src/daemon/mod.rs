@@ -4,6 +4,7 @@
 //! commit the pages they have, `STOPPING=1`, exit 0), a second signal or the grace period's end
 //! exits at once; SIGHUP re-reads the config.
 
+mod compactor;
 mod health;
 pub use health::{Shared, SourceHealth};
 pub mod notify;
@@ -60,6 +61,8 @@ struct Done {
     secs: f64,
     /// Where the source's cursor stands in time now (windowed kinds).
     cursor_time: Option<i64>,
+    /// A compaction job ended (no run: nothing to count).
+    compaction: bool,
 }
 
 /// The scheduler loop wakes at least this often (watchdog, heartbeat).
@@ -169,6 +172,7 @@ struct Scheduler {
     watchdog: Option<Duration>,
     last_ping: Instant,
     last_status: String,
+    compactor: Option<compactor::Compactor>,
 }
 
 impl Scheduler {
@@ -186,6 +190,7 @@ impl Scheduler {
             watchdog: sd_notify::watchdog_enabled(),
             last_ping: Instant::now(),
             last_status: String::new(),
+            compactor: compactor::Compactor::of(&cfg, Utc::now()),
         };
         s.apply(cfg, true);
         s
@@ -249,6 +254,9 @@ impl Scheduler {
                 h.schedule = slot.cfg.trigger().to_string();
                 h.next_tick = Some(rfc3339(slot.next));
             }
+        }
+        if !start {
+            self.compactor = compactor::Compactor::reloaded(self.compactor.take(), &cfg);
         }
         if !start && cfg.server.listen != self.cfg.server.listen {
             warn!("[server] listen changed; it takes effect at the next start.");
@@ -328,8 +336,12 @@ impl Scheduler {
             .filter_map(|(n, s)| Some((s.waiting?, n.clone())))
             .collect();
         due.sort();
+        let started = due.len().min(free);
         for (_, name) in due.into_iter().take(free) {
             self.start(&name);
+        }
+        if free > started && !self.shared.draining.load(Ordering::SeqCst) {
+            self.start_compaction(now);
         }
         let mut health = self.shared.health();
         for (name, slot) in &self.slots {
@@ -381,6 +393,7 @@ impl Scheduler {
                 started_at,
                 secs: t0.elapsed().as_secs_f64(),
                 cursor_time,
+                compaction: false,
             });
         });
     }
@@ -388,6 +401,12 @@ impl Scheduler {
     fn finished(&mut self, d: Done) {
         if let Some(slot) = self.slots.get_mut(&d.name) {
             slot.running = false;
+        }
+        if d.compaction {
+            if let Some(c) = self.compactor.as_mut() {
+                c.active = false;
+            }
+            return;
         }
         let now = rfc3339(Utc::now());
         if d.report.idle {

@@ -173,3 +173,67 @@ fn compact_on_a_plain_lake_is_refused_with_the_reason() {
         text(&out)
     );
 }
+
+#[test]
+fn the_daemon_compacts_on_its_schedule_between_runs_and_keeps_every_row() {
+    use crate::daemon::Daemon;
+    let Some(readers) = Readers::get() else {
+        return;
+    };
+    let env = Env::new(VoicegainSim::new(503, 0).with_ratios(0.0, 0.0), 25);
+    env.sim.voicegain().add_calls(50);
+    let sources = crate::daemon::config(&env, "* * * * * *", 25, false, "");
+    env.write_config(
+        &format!(
+            "{sources}[compaction]\nschedule = \"*/3 * * * * *\"\nmin_files = 4\nretain_hours = 0\n"
+        ),
+        25,
+    );
+    use_delta(
+        &env,
+        &format!(
+            "[warehouse]\nroot = \"{}\"\nmax_rows_per_file = 25\n",
+            env.warehouse().display()
+        ),
+    );
+    let mut d = Daemon::start(&env, &[], false);
+    for _ in 0..30 {
+        env.sim.voicegain().add_calls(30);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    let want = truth(&env);
+    let uri = env.warehouse().join("calls").display().to_string();
+    assert!(
+        wait_until(30, || {
+            readers.read(&uri, "call_id", None)[0]["rows"].as_u64() == Some(want.len() as u64)
+                && d.log_text().contains("Compaction done.")
+        }),
+        "{}",
+        d.log_text()
+    );
+    d.signal(libc::SIGTERM);
+    let (code, _) = d.wait_exit(30);
+    assert_eq!(code, Some(0), "{}", d.log_text());
+    let lines = readers.read(&uri, "call_id", None);
+    for line in &lines {
+        assert_eq!(ids_once(line), want, "{}", line["reader"]);
+    }
+    let py = lines.iter().find(|l| l["reader"] == "deltalake").unwrap();
+    let ops = py["operations"].as_array().unwrap();
+    let optimizes = ops.iter().filter(|o| *o == "OPTIMIZE").count();
+    let writes = ops.iter().filter(|o| *o == "WRITE").count();
+    let files: u64 = py["files_by_partition"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert!(
+        optimizes >= 1 && (files as usize) < writes,
+        "{optimizes} OPTIMIZE, {writes} WRITE, {files} files"
+    );
+    assert!(!d.log_text().contains("Run failed"), "{}", d.log_text());
+    let v = env.run(&["verify"]);
+    assert_eq!(v.status.code(), Some(0), "{}", text(&v));
+    eprintln!("daemon compaction: {writes} commits, {optimizes} compactions, {files} files left");
+}

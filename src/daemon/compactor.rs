@@ -1,0 +1,163 @@
+//! The daemon's compaction (`[compaction] schedule`, Delta lakes only): at each tick every
+//! source is queued, and one at a time, while the source itself is not running, its
+//! partitions with at least `min_files` small files are compacted under its lock (its own
+//! ticks meanwhile are skipped, as during a long run); after the last source, `vacuum`.
+
+use std::collections::VecDeque;
+
+use chrono::{DateTime, Utc};
+use tracing::{info, warn};
+
+use std::time::Instant;
+
+use super::schedule::Schedule;
+use super::{Done, RunReport};
+use crate::config::{Config, LakeFormat};
+use crate::lake::compact::CompactOptions;
+use crate::schema::Dataset;
+
+/// Where the daemon's compaction stands.
+pub(super) struct Compactor {
+    expr: String,
+    schedule: Schedule,
+    next: DateTime<Utc>,
+    queue: VecDeque<String>,
+    /// A compaction job is running.
+    pub(super) active: bool,
+}
+
+impl Compactor {
+    /// The compactor of a config, when it schedules compaction of a Delta lake.
+    pub(super) fn of(cfg: &Config, now: DateTime<Utc>) -> Option<Compactor> {
+        let expr = cfg.compaction.schedule.clone()?;
+        if cfg.warehouse.format != LakeFormat::Delta {
+            return None;
+        }
+        let schedule = Schedule::parse(&expr).ok()?;
+        Some(Compactor {
+            next: schedule.next_after(now),
+            expr,
+            schedule,
+            queue: VecDeque::new(),
+            active: false,
+        })
+    }
+
+    /// Takes a reloaded config's compactor, keeping the queue when the schedule is the same.
+    pub(super) fn reloaded(old: Option<Compactor>, cfg: &Config) -> Option<Compactor> {
+        let mut new = Compactor::of(cfg, Utc::now())?;
+        if let Some(old) = old {
+            new.active = old.active;
+            if old.expr == new.expr {
+                new.next = old.next;
+                new.queue = old.queue;
+            }
+        }
+        Some(new)
+    }
+
+    /// Queues every source when the schedule is due (a tick missed is not replayed).
+    pub(super) fn tick(&mut self, now: DateTime<Utc>, sources: impl Iterator<Item = String>) {
+        if self.next > now {
+            return;
+        }
+        self.next = self.schedule.next_after(now);
+        if self.queue.is_empty() {
+            self.queue.extend(sources);
+            info!(sources = self.queue.len(), "Compaction due.");
+        }
+    }
+
+    /// The next queued source that is free now (`None` while a job runs); whether it is the
+    /// last of the queue.
+    pub(super) fn take(&mut self, free: impl Fn(&str) -> bool) -> Option<(String, bool)> {
+        if self.active {
+            return None;
+        }
+        let i = self.queue.iter().position(|n| free(n))?;
+        let name = self.queue.remove(i)?;
+        Some((name, self.queue.is_empty()))
+    }
+}
+
+impl super::Scheduler {
+    /// Starts the next queued compaction job whose source is free.
+    pub(super) fn start_compaction(&mut self, now: DateTime<Utc>) {
+        let Some(c) = self.compactor.as_mut() else {
+            return;
+        };
+        c.tick(now, self.slots.keys().cloned());
+        let slots = &self.slots;
+        let Some((name, last)) = c.take(|n| {
+            slots
+                .get(n)
+                .is_some_and(|s| !s.running && s.waiting.is_none())
+        }) else {
+            return;
+        };
+        c.active = true;
+        if let Some(slot) = self.slots.get_mut(&name) {
+            slot.running = true;
+        }
+        let (cfg, handle, tx) = (self.cfg.clone(), self.handle.clone(), self.done_tx.clone());
+        self.handle.spawn_blocking(move || {
+            let (started_at, t0) = (Utc::now(), Instant::now());
+            run_job(&cfg, &name, last, &handle);
+            let _ = tx.send(Done {
+                report: RunReport {
+                    source: name.clone(),
+                    summary: Default::default(),
+                    error: None,
+                    idle: true,
+                },
+                name,
+                started_at,
+                secs: t0.elapsed().as_secs_f64(),
+                cursor_time: None,
+                compaction: true,
+            });
+        });
+    }
+}
+
+/// One compaction job (blocking): the source's partitions, then `vacuum` after the last.
+pub(super) fn run_job(cfg: &Config, name: &str, last: bool, rt: &tokio::runtime::Handle) {
+    let storage = match crate::lake::storage::open(&cfg.warehouse, &cfg.state.path, rt) {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(source = %name, error = %e, "Compaction skipped: the lake did not open.");
+            return;
+        }
+    };
+    let opts = CompactOptions {
+        target_bytes: cfg.compaction.target_file_mb << 20,
+        min_files: cfg.compaction.min_files,
+        dates: None,
+    };
+    match crate::app::compact_one(cfg, name, storage.as_ref(), &opts) {
+        Ok(c) if c.partitions > 0 => {
+            info!(source = %name, partitions = c.partitions, files_before = c.files_before, files_after = c.files_after, rows = c.rows, "Compaction done.")
+        }
+        Ok(_) => {}
+        Err(e) => {
+            warn!(source = %name, error = format!("{e:#}"), "Compaction failed; trying again at its next tick.")
+        }
+    }
+    if last && let Some(delta) = storage.delta() {
+        for ds in [Dataset::Calls, Dataset::MonitorLegs] {
+            match delta.vacuum(ds, cfg.compaction.retain_hours, false) {
+                Ok(files) if !files.is_empty() => {
+                    info!(
+                        table = ds.dir(),
+                        deleted = files.len(),
+                        "Vacuum deleted replaced files."
+                    )
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    warn!(table = ds.dir(), error = %e, "Vacuum failed; trying again after the next compaction.")
+                }
+            }
+        }
+    }
+}
