@@ -15,17 +15,14 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+mod common;
+
+use common::*;
+
 use callsync::lake::storage::LocalStorage;
 use callsync::lake::writer::CommitWriter;
 use callsync::simulator::{FaultKind, FaultPlan, Simulator, VoicegainSim};
 use callsync::sources::voicegain::normalize::parse_page;
-
-fn env_usize(name: &str, default: usize) -> usize {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn thread_cpu() -> Duration {
     let mut ts = libc::timespec {
@@ -35,20 +32,6 @@ fn thread_cpu() -> Duration {
     // SAFETY: clock_gettime writes into the timespec we own.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
-}
-
-/// `n` calls spread over the `days` days before now (a call every `days × 86400 / n` seconds
-/// on average), with the simulator's realistic 43-column rows.
-fn generate(n: usize, days: i64, seed: u64) -> VoicegainSim {
-    let mut sim = VoicegainSim::new(seed, 0);
-    let mean = (days * 86_400 / n.max(1) as i64).max(1);
-    sim.spacing_secs = 1..(2 * mean).max(2);
-    sim.now_secs = chrono::Utc::now().timestamp() - days * 86_400;
-    sim.add_calls(n);
-    // The vendor's servers do not share callsync's cores in production: render the pages
-    // ahead so the simulator's work during the export is little more than sending bytes.
-    sim.prerender();
-    sim
 }
 
 /// (a) CSV pages (as the vendor sends them, `per_page` rows each) → normalized, encoded
@@ -76,122 +59,10 @@ fn encode_bench(pages: &[String], rows: usize) -> (f64, f64, f64) {
     (wall, cpu, parse_cpu)
 }
 
-struct ChildRun {
-    wall: f64,
-    cpu: f64,
-    /// Of which in the kernel.
-    sys: f64,
-    max_rss_mb: f64,
-}
-
-/// Peak RSS (VmHWM) of a live process in KiB. `ru_maxrss` is no use here: a child forked
-/// from this (large) bench process reports the parent's pages until it execs.
-fn vm_hwm_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
-}
-
-/// Runs the release binary to completion, sampling its peak RSS, and reads its CPU time.
-/// (Reaped with `wait4`, not `Child::wait`, to read its rusage.)
-#[allow(clippy::zombie_processes)]
-fn run_child(cmd: &mut Command) -> ChildRun {
-    let t0 = Instant::now();
-    let child = cmd.spawn().unwrap();
-    let pid = child.id() as libc::pid_t;
-    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let sampler = {
-        let done = done.clone();
-        let id = child.id();
-        std::thread::spawn(move || {
-            let mut peak = 0;
-            while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                if let Some(k) = vm_hwm_kib(id) {
-                    peak = peak.max(k);
-                }
-                std::thread::sleep(Duration::from_millis(2));
-            }
-            peak
-        })
-    };
-    let mut status = 0;
-    // SAFETY: plain wait4 on our own child; rusage is a zeroed POD struct.
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // Sample until the process is a zombie (exited, not yet reaped): VmHWM is then gone,
-    // so the last sample is the peak.
-    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
-    unsafe {
-        libc::waitid(
-            libc::P_PID,
-            pid as libc::id_t,
-            &mut info,
-            libc::WEXITED | libc::WNOWAIT,
-        )
-    };
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    let peak_kib = sampler.join().unwrap();
-    let r = unsafe { libc::wait4(pid, &mut status, 0, &mut ru) };
-    assert_eq!(r, pid);
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "callsync failed"
-    );
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    ChildRun {
-        wall: t0.elapsed().as_secs_f64(),
-        cpu: tv(ru.ru_utime) + tv(ru.ru_stime),
-        sys: tv(ru.ru_stime),
-        max_rss_mb: peak_kib as f64 / 1024.0,
-    }
-}
-
-/// `callsync --config <config> sync` with the release binary, measured.
-fn sync_child(config: &Path) -> ChildRun {
-    run_child(
-        Command::new(env!("CARGO_BIN_EXE_callsync"))
-            .arg("--config")
-            .arg(config)
-            .arg("sync")
-            .env("RUST_LOG", "warn")
-            .env("MOTO_SECRET", "testing")
-            .stdout(std::process::Stdio::null()),
-    )
-}
-
-/// The Python with duckdb and moto (`CALLSYNC_TEST_PYTHON`, else `target/pyenv`).
-fn python() -> String {
-    std::env::var("CALLSYNC_TEST_PYTHON").unwrap_or_else(|_| {
-        concat!(env!("CARGO_MANIFEST_DIR"), "/target/pyenv/bin/python").to_string()
-    })
-}
-
 /// (e) The recent shape into a local directory and into an S3 bucket on the moto server, in
 /// one commit and in commits of `small` calls; prints a table row per case.
 fn s3_bench(rt: &tokio::runtime::Runtime, rows: usize, reps: usize) {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut moto = Command::new(python())
-        .args([
-            "-m",
-            "moto.server",
-            "-H",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-        ])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("a Python with moto[server] (target/pyenv from .ci/run)");
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let t0 = Instant::now();
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t0.elapsed() < Duration::from_secs(30), "moto did not start");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let moto = MotoServer::start();
     let sim = generate(rows, 2, 8);
     let token = sim.token.clone();
     let sim = rt.block_on(Simulator::start(sim)).unwrap();
@@ -208,19 +79,7 @@ fn s3_bench(rt: &tokio::runtime::Runtime, rows: usize, reps: usize) {
                 let dir = tempfile::tempdir().unwrap();
                 let warehouse = if s3 {
                     bucket += 1;
-                    let name = format!("bench{bucket}");
-                    rt.block_on(async {
-                        reqwest::Client::new()
-                            .put(format!("{endpoint}/{name}"))
-                            .send()
-                            .await
-                            .unwrap()
-                    });
-                    format!(
-                        "[warehouse]\nurl = \"s3://{name}/lake\"\nmax_rows_per_file = {max_rows}\n\
-                         [warehouse.storage_options]\naws_endpoint = \"{endpoint}\"\naws_allow_http = \"true\"\n\
-                         aws_region = \"us-east-1\"\naws_access_key_id = \"testing\"\naws_secret_access_key_env = \"MOTO_SECRET\"\n"
-                    )
+                    moto.warehouse(rt, &format!("bench{bucket}"), max_rows)
                 } else {
                     format!(
                         "[warehouse]\nroot = \"{}\"\nmax_rows_per_file = {max_rows}\n",
@@ -248,8 +107,6 @@ fn s3_bench(rt: &tokio::runtime::Runtime, rows: usize, reps: usize) {
             );
         }
     }
-    let _ = moto.kill();
-    let _ = moto.wait();
 }
 
 /// (b)/(c) A whole export from the simulator by the release binary, `reps` times into fresh
@@ -286,24 +143,6 @@ fn write_config(dir: &Path, sim: &Simulator, token: &str) -> PathBuf {
         dir.join("lake").display()
     );
     write_config_with(dir, sim, token, &warehouse)
-}
-
-/// As `write_config`, with its own `[warehouse]` table.
-fn write_config_with(dir: &Path, sim: &Simulator, token: &str, warehouse: &str) -> PathBuf {
-    let token_file = dir.join("token");
-    std::fs::write(&token_file, token).unwrap();
-    let config = dir.join("callsync.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{warehouse}[state]\npath = \"{}\"\n[sources.vg]\nkind = \"voicegain\"\nbase_url = \"{}\"\ntoken_file = \"{}\"\nper_page = 1000\n",
-            dir.join("state.db").display(),
-            sim.voicegain_base_url(),
-            token_file.display()
-        ),
-    )
-    .unwrap();
-    config
 }
 
 fn export_once(sim: &Simulator, token: &str, n: usize) -> (ChildRun, f64, usize) {
@@ -361,23 +200,6 @@ fn voice_calls_bench(
     let run = sync_child(&config);
     let ideal = n as f64 * latency.as_secs_f64() / concurrency as f64;
     (run.wall, sim.requests(), ideal)
-}
-
-fn count_parquet(dir: &Path) -> usize {
-    std::fs::read_dir(dir)
-        .map(|rd| {
-            rd.flatten()
-                .map(|e| {
-                    let p = e.path();
-                    if p.is_dir() {
-                        count_parquet(&p)
-                    } else {
-                        usize::from(p.extension().is_some_and(|x| x == "parquet"))
-                    }
-                })
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 /// DuckDB doing callsync's partitioned work: `COPY (SELECT *, <UTC day> AS date FROM
