@@ -14,11 +14,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use deltalake::kernel::engine::arrow_conversion::TryIntoKernel;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
+use deltalake::kernel::transaction::{
+    CommitBuilder, CommitData, CommitProperties, TransactionError,
+};
 use deltalake::kernel::{
     Action, Add, DataType as DeltaType, MetadataExt, Remove, StructField, StructType, Transaction,
 };
-use deltalake::logstore::{LogStoreRef, StorageConfig, default_logstore};
+use deltalake::logstore::{CommitOrBytes, LogStoreRef, StorageConfig, default_logstore};
 use deltalake::operations::create::CreateBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};
 use deltalake::{DeltaTable, DeltaTableError, TableProperty};
@@ -90,6 +92,8 @@ pub struct DeltaTables {
     checkpoint_interval: u64,
     log_retention_days: u64,
     tables: [tokio::sync::Mutex<Option<DeltaTable>>; 2],
+    /// The newest log version this process knows of, per table (where listing starts).
+    known: [AtomicU64; 2],
 }
 
 fn index(ds: Dataset) -> usize {
@@ -158,12 +162,6 @@ fn backoff(n: u32) -> Duration {
 
 /// One commit to make, checked against the table before each attempt.
 enum Job {
-    /// A callsync commit's data files.
-    Append {
-        app: String,
-        seq: i64,
-        adds: Vec<Add>,
-    },
     /// A compaction: removes and adds with `dataChange = false`.
     Compact {
         app: String,
@@ -197,6 +195,7 @@ impl DeltaTables {
             checkpoint_interval: checkpoint_interval.max(1),
             log_retention_days,
             tables: [tokio::sync::Mutex::new(None), tokio::sync::Mutex::new(None)],
+            known: [AtomicU64::new(0), AtomicU64::new(0)],
         }
     }
 
@@ -245,7 +244,118 @@ impl DeltaTables {
                 .map_err(|e| self.err(ds, e))?,
             None => *guard = Some(self.open_or_create(ds).await?),
         }
+        if let Some(v) = guard.as_ref().and_then(DeltaTable::version) {
+            self.known[index(ds)].fetch_max(v, Ordering::Relaxed);
+        }
         Ok(guard)
+    }
+
+    /// The table's log store, the table opened (or created) once; its state is not read.
+    async fn log_store_of(&self, ds: Dataset) -> Result<LogStoreRef, DeltaError> {
+        let mut guard = self.tables[index(ds)].lock().await;
+        if guard.is_none() {
+            let t = self.open_or_create(ds).await?;
+            if let Some(v) = t.version() {
+                self.known[index(ds)].fetch_max(v, Ordering::Relaxed);
+            }
+            *guard = Some(t);
+        }
+        Ok(guard.as_ref().expect("opened above").log_store())
+    }
+
+    /// Appends a commit's files straight to the log: delta-rs' own commit JSON (commitInfo,
+    /// the adds, the app transaction) put at the next version with `If-None-Match`. No list
+    /// of the table's files is held or rebuilt, so a commit costs one listing of the newest
+    /// log entries and one conditional put, whatever the table's size. (Appends with their
+    /// own app ids cannot conflict with one another; a schema change is made only by a
+    /// callsync that writes the new columns, before its first append.) A lost race is
+    /// retried after a backoff; then, and in recovery, the table is first asked whether it
+    /// holds the commit already.
+    async fn append_direct(
+        &self,
+        ds: Dataset,
+        app: &str,
+        seq: i64,
+        adds: &[Add],
+        fresh: bool,
+    ) -> Result<Option<u64>, DeltaError> {
+        let log_store = self.log_store_of(ds).await?;
+        let operation = DeltaOperation::Write {
+            mode: SaveMode::Append,
+            partition_by: Some(PARTITION_COLUMNS.iter().map(|c| c.to_string()).collect()),
+            predicate: None,
+        };
+        let mut attempt = 0u32;
+        loop {
+            if !(fresh && attempt == 0) {
+                let guard = self.latest(ds).await?;
+                let t = guard.as_ref().expect("loaded");
+                let snap = t.snapshot().map_err(|e| self.err(ds, e))?;
+                let held = snap
+                    .transaction_version(log_store.as_ref(), app)
+                    .await
+                    .map_err(|e| self.err(ds, e))?;
+                if held.is_some_and(|v| v >= seq) {
+                    return Ok(None);
+                }
+            }
+            let known = self.known[index(ds)].load(Ordering::Relaxed);
+            let latest = match log_store.get_latest_version(known).await {
+                Ok(v) => v,
+                // The version this process knew was cleaned from the log meanwhile.
+                Err(_) => {
+                    let guard = self.latest(ds).await?;
+                    guard
+                        .as_ref()
+                        .and_then(DeltaTable::version)
+                        .unwrap_or(known)
+                }
+            };
+            let version = latest + 1;
+            let data = CommitData::new(
+                adds.iter().cloned().map(Action::Add).collect(),
+                operation.clone(),
+                HashMap::from([(
+                    "clientVersion".to_string(),
+                    serde_json::Value::from(concat!("callsync-", env!("CARGO_PKG_VERSION"))),
+                )]),
+                vec![Transaction::new(app, seq)],
+            );
+            let bytes = data.get_bytes().map_err(|e| self.err(ds, e))?;
+            match log_store
+                .write_commit_entry(
+                    version,
+                    CommitOrBytes::LogBytes(bytes),
+                    uuid::Uuid::new_v4(),
+                )
+                .await
+            {
+                Ok(()) => {
+                    self.known[index(ds)].fetch_max(version, Ordering::Relaxed);
+                    if (version + 1).is_multiple_of(self.checkpoint_interval) {
+                        let mut guard = self.tables[index(ds)].lock().await;
+                        if let Some(t) = guard.as_mut() {
+                            match t.update_incremental(Some(version)).await {
+                                Ok(()) => self.after_commit(ds, t, version).await,
+                                Err(e) => {
+                                    warn!(table = %self.table_url(ds), version, error = %e, "Checkpoint skipped; the next one will cover it.")
+                                }
+                            }
+                        }
+                    }
+                    return Ok(Some(version));
+                }
+                Err(TransactionError::VersionAlreadyExists(_)) if attempt + 1 < MAX_ATTEMPTS => {
+                    attempt += 1;
+                    COMMIT_RETRIES.fetch_add(1, Ordering::Relaxed);
+                    self.known[index(ds)].fetch_max(version, Ordering::Relaxed);
+                    let wait = backoff(attempt);
+                    warn!(table = %self.table_url(ds), attempt, wait_ms = wait.as_millis() as u64, "Another writer committed first; retrying the Delta commit.");
+                    tokio::time::sleep(wait).await;
+                }
+                Err(e) => return Err(self.err(ds, e)),
+            }
+        }
     }
 
     async fn open_or_create(&self, ds: Dataset) -> Result<DeltaTable, DeltaError> {
@@ -349,8 +459,14 @@ impl DeltaTables {
     /// Adds committed data files to their tables, one Delta commit per (table, callsync
     /// commit), each with the app transaction `callsync/<source>` = the commit's sequence
     /// number; a commit the table already holds is skipped. Returns the highest sequence
-    /// number each table holds for the source afterwards.
-    pub fn append(&self, source: &str, rows: &[ManifestRow]) -> Result<(), DeltaError> {
+    /// number each table holds for the source afterwards. `fresh`: the rows' commit was
+    /// never added before (publish right after the state commit, not recovery).
+    pub fn append(
+        &self,
+        source: &str,
+        rows: &[ManifestRow],
+        fresh: bool,
+    ) -> Result<(), DeltaError> {
         let mut by_table: BTreeMap<(usize, i64), Vec<Add>> = BTreeMap::new();
         let now = chrono::Utc::now().timestamp_millis();
         for r in rows {
@@ -370,12 +486,8 @@ impl DeltaTables {
         }
         for ((i, seq), adds) in by_table {
             let ds = [Dataset::Calls, Dataset::MonitorLegs][i];
-            let job = Job::Append {
-                app: format!("callsync/{source}"),
-                seq,
-                adds,
-            };
-            self.block(self.commit(ds, job))?;
+            let app = format!("callsync/{source}");
+            self.block(self.append_direct(ds, &app, seq, &adds, fresh))?;
         }
         Ok(())
     }
@@ -522,26 +634,6 @@ impl DeltaTables {
             let log_store = t.log_store();
             let snap = t.snapshot().map_err(|e| self.err(ds, e))?;
             let (actions, operation, txn) = match &job {
-                Job::Append { app, seq, adds } => {
-                    let held = snap
-                        .transaction_version(log_store.as_ref(), app)
-                        .await
-                        .map_err(|e| self.err(ds, e))?;
-                    if held.is_some_and(|v| v >= *seq) {
-                        return Ok(None);
-                    }
-                    (
-                        adds.iter().cloned().map(Action::Add).collect::<Vec<_>>(),
-                        DeltaOperation::Write {
-                            mode: SaveMode::Append,
-                            partition_by: Some(
-                                PARTITION_COLUMNS.iter().map(|c| c.to_string()).collect(),
-                            ),
-                            predicate: None,
-                        },
-                        Transaction::new(app, *seq),
-                    )
-                }
                 Job::Compact {
                     app,
                     version,
@@ -602,10 +694,11 @@ impl DeltaTables {
             match result {
                 Ok(done) => {
                     let version = done.version;
-                    t.update_incremental(Some(version))
-                        .await
-                        .map_err(|e| self.err(ds, e))?;
-                    self.after_commit(ds, t, version).await;
+                    // The commit's own snapshot is the table at this version: no re-read.
+                    t.state = Some(done.snapshot);
+                    if (version + 1).is_multiple_of(self.checkpoint_interval) {
+                        self.after_commit(ds, t, version).await;
+                    }
                     return Ok(Some(version));
                 }
                 Err(e) if is_conflict(&e) && attempt + 1 < MAX_ATTEMPTS => {
@@ -621,12 +714,10 @@ impl DeltaTables {
         }
     }
 
-    /// A checkpoint every `checkpoint_interval` versions, and log files past the retention
-    /// cleaned once a newer checkpoint covers them. Failures are logged: the commit stands.
+    /// The checkpoint due at `version` (every `checkpoint_interval` versions), and log files
+    /// past the retention cleaned once a newer checkpoint covers them. Failures are logged:
+    /// the commit stands.
     async fn after_commit(&self, ds: Dataset, t: &DeltaTable, version: u64) {
-        if !(version + 1).is_multiple_of(self.checkpoint_interval) {
-            return;
-        }
         if let Err(e) = deltalake::checkpoints::create_checkpoint(t, None).await {
             warn!(table = %self.table_url(ds), version, error = %e, "Checkpoint failed; the next one will cover it.");
             return;
@@ -677,6 +768,52 @@ mod tests {
         let p = partition_of("source=a/date=2024-01-02/part-x-1.parquet");
         assert_eq!(p["source"].as_deref(), Some("a"));
         assert_eq!(p["date"].as_deref(), Some("2024-01-02"));
+    }
+
+    #[test]
+    fn an_older_table_gains_the_new_columns_by_a_metadata_change() {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let url = Url::from_directory_path(dir.path()).unwrap();
+        let tables = DeltaTables::new(
+            Arc::new(object_store::local::LocalFileSystem::new()),
+            url,
+            rt.handle().clone(),
+            10,
+            30,
+        );
+        // A table as an older schema version made it: without `category`.
+        let old: Vec<StructField> = table_schema(Dataset::Calls)
+            .unwrap()
+            .fields()
+            .filter(|f| f.name() != "category")
+            .cloned()
+            .collect();
+        let log_store = tables.log_store(Dataset::Calls).unwrap();
+        rt.block_on(
+            CreateBuilder::new()
+                .with_log_store(log_store)
+                .with_columns(old)
+                .with_partition_columns(PARTITION_COLUMNS)
+                .into_future(),
+        )
+        .unwrap();
+        // Opening it through callsync adds the column; nothing else changes.
+        assert_eq!(
+            tables.txn_version(Dataset::Calls, "callsync/x").unwrap(),
+            None
+        );
+        let mut t = DeltaTable::new(tables.log_store(Dataset::Calls).unwrap());
+        rt.block_on(t.load()).unwrap();
+        let snap = t.snapshot().unwrap();
+        assert!(snap.schema().field("category").is_some());
+        assert_eq!(snap.version(), 1);
+        assert_eq!(snap.protocol().min_reader_version(), 1);
+        assert_eq!(snap.protocol().min_writer_version(), 2);
     }
 
     #[test]

@@ -100,7 +100,7 @@ pub fn publish(
         storage.publish(&row.staged, &row.final_path)?;
     }
     if let Some(delta) = storage.delta() {
-        delta.append(source, rows)?;
+        delta.append(source, rows, true)?;
     }
     let names: Vec<&str> = rows.iter().map(|r| r.staged.as_str()).collect();
     state.mark_published(&names)?;
@@ -153,7 +153,7 @@ pub fn recover(
         // A commit the table lacks is added now (one it holds is skipped by its app
         // transaction); the next commit numbers above anything the table holds, also when
         // the state was rebuilt.
-        delta.append(source, &present)?;
+        delta.append(source, &present, false)?;
         rec.deleted += compact::recover_compactions(storage, state, source_id, source)?;
         compact::reconcile(storage, state, source_id, source)?;
         for ds in [
