@@ -224,7 +224,7 @@ fn query_bench(rt: &tokio::runtime::Runtime, rows: usize) {
     py(
         &python(),
         &format!(
-            "import deltalake
+            "import deltalake\n\
              deltalake.write_deltalake('{one_delta}', deltalake.DeltaTable('{uri}').to_pyarrow_table())"
         ),
     );
