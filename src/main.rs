@@ -125,7 +125,7 @@ enum Command {
         #[arg(long, value_name = "YYYY-MM-DD", requires = "from")]
         to: Option<NaiveDate>,
         /// Size the new files aim at, in MiB ([compaction] target_file_mb by default).
-        #[arg(long, value_name = "MB")]
+        #[arg(long, value_name = "MB", value_parser = clap::value_parser!(u64).range(1..))]
         target_file_mb: Option<u64>,
     },
     /// Delta lakes: deletes the files compaction replaced once they were removed more than
