@@ -30,6 +30,15 @@ pub struct CompactRequest {
 /// Why a plain lake cannot be compacted.
 const PLAIN_LAKE: &str = "compact and vacuum need [warehouse] format = \"delta\": a plain Parquet lake has no atomic swap, so a reader listing the folder mid-way would see rows twice or miss them";
 
+/// A plain lake's answer to `compact` and `vacuum`: the reason, and the usage exit code.
+fn refuse_plain_lake(cfg: &Config, out: &mut dyn Write) -> anyhow::Result<Option<i32>> {
+    if cfg.warehouse.format == LakeFormat::Delta {
+        return Ok(None);
+    }
+    writeln!(out, "error: {PLAIN_LAKE}")?;
+    Ok(Some(EXIT_USAGE))
+}
+
 /// Compacts one source under its lock (after recovering an interrupted run of it).
 pub fn compact_one(
     cfg: &Config,
@@ -55,9 +64,8 @@ pub fn compact(
     rt: &Runtime,
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
-    if cfg.warehouse.format != LakeFormat::Delta {
-        writeln!(out, "error: {PLAIN_LAKE}")?;
-        return Ok(EXIT_USAGE);
+    if let Some(code) = refuse_plain_lake(cfg, out)? {
+        return Ok(code);
     }
     if let Some(name) = req.sources.iter().find(|n| !cfg.sources.contains_key(*n)) {
         return unknown_source(cfg, name, out);
@@ -116,9 +124,8 @@ pub fn vacuum(
     rt: &Runtime,
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
-    if cfg.warehouse.format != LakeFormat::Delta {
-        writeln!(out, "error: {PLAIN_LAKE}")?;
-        return Ok(EXIT_USAGE);
+    if let Some(code) = refuse_plain_lake(cfg, out)? {
+        return Ok(code);
     }
     let storage = super::lake::open_lake(cfg, rt)?;
     let hours = retain_hours.unwrap_or(cfg.compaction.retain_hours);

@@ -8,7 +8,7 @@
 //! Several processes may append at once: a commit that loses the race for the next log
 //! version is retried against the new version, after a backoff with jitter.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -18,12 +18,12 @@ use deltalake::kernel::transaction::{
     CommitBuilder, CommitData, CommitProperties, TransactionError,
 };
 use deltalake::kernel::{
-    Action, Add, DataType as DeltaType, MetadataExt, Remove, StructField, StructType, Transaction,
+    Action, Add, DataType as DeltaType, MetadataExt, StructField, StructType, Transaction,
 };
 use deltalake::logstore::{CommitOrBytes, LogStoreRef, StorageConfig, default_logstore};
 use deltalake::operations::create::CreateBuilder;
 use deltalake::protocol::{DeltaOperation, SaveMode};
-use deltalake::{DeltaTable, DeltaTableError, TableProperty};
+use deltalake::{DeltaTable, TableProperty};
 use futures_util::TryStreamExt;
 use object_store::ObjectStore;
 use tokio::runtime::Handle;
@@ -72,16 +72,8 @@ pub struct ActiveFile {
     pub rows: Option<u64>,
 }
 
-/// What one compaction commit does.
-pub struct Rewrite {
-    pub source: String,
-    pub date: String,
-    /// Lake-relative paths of the files replaced.
-    pub removed: Vec<String>,
-    /// The new files: lake-relative path, size, stats.
-    pub added: Vec<(String, u64, String)>,
-    pub target_size: i64,
-}
+mod rewrite;
+pub use rewrite::Rewrite;
 
 /// The Delta tables of one lake.
 pub struct DeltaTables {
@@ -139,18 +131,6 @@ fn table_schema(ds: Dataset) -> Result<StructType, String> {
     StructType::try_new(fields).map_err(|e| e.to_string())
 }
 
-/// Whether an error is a lost race for the next log version (worth retrying).
-fn is_conflict(e: &DeltaTableError) -> bool {
-    matches!(
-        e,
-        DeltaTableError::Transaction {
-            source: TransactionError::VersionAlreadyExists(_)
-                | TransactionError::MaxCommitAttempts(_)
-                | TransactionError::CommitConflict(_)
-        } | DeltaTableError::VersionAlreadyExists(_)
-    )
-}
-
 /// The backoff before attempt `n` (1-based retry count): doubling, capped, with full jitter
 /// between half and all of it, so writers that collided do not collide again in step.
 fn backoff(n: u32) -> Duration {
@@ -158,20 +138,6 @@ fn backoff(n: u32) -> Duration {
         .saturating_mul(1 << n.min(10))
         .min(MAX_BACKOFF);
     cap.mul_f64(0.5 + fastrand::f64() / 2.0)
-}
-
-/// One commit to make, checked against the table before each attempt.
-enum Job {
-    /// A compaction: removes and adds with `dataChange = false`.
-    Compact {
-        app: String,
-        version: i64,
-        removes: Vec<String>,
-        adds: Vec<Add>,
-        rewrite_target: i64,
-        source: String,
-        date: String,
-    },
 }
 
 impl DeltaTables {
@@ -549,169 +515,6 @@ impl DeltaTables {
             out.sort_by(|a, b| a.path.cmp(&b.path));
             Ok(out)
         })
-    }
-
-    /// Commits a compaction of one partition: the removed files and the new ones, all with
-    /// `dataChange = false`, operation OPTIMIZE, and the app transaction
-    /// `compact/<source>/<date>`. Fails with `CompactionLost` when any removed file is no
-    /// longer in the table (another compaction won).
-    pub fn commit_rewrite(&self, ds: Dataset, rw: Rewrite) -> Result<u64, DeltaError> {
-        let now = chrono::Utc::now().timestamp_millis();
-        let app = format!("compact/{}/{}", rw.source, rw.date);
-        let version = self.txn_version(ds, &app)?.unwrap_or(0) + 1;
-        let strip = |p: &str| p[ds.dir().len() + 1..].to_string();
-        let adds = rw
-            .added
-            .iter()
-            .map(|(path, size, stats)| {
-                let rel = strip(path);
-                Add {
-                    partition_values: partition_of(&rel),
-                    path: rel,
-                    size: *size as i64,
-                    modification_time: now,
-                    data_change: false,
-                    stats: Some(stats.clone()),
-                    ..Default::default()
-                }
-            })
-            .collect();
-        let job = Job::Compact {
-            app,
-            version,
-            removes: rw.removed.iter().map(|p| strip(p)).collect(),
-            adds,
-            rewrite_target: rw.target_size,
-            source: rw.source,
-            date: rw.date,
-        };
-        self.block(self.commit(ds, job))
-            .map(|v| v.unwrap_or_default())
-    }
-
-    /// Deletes the files removed from a table more than `retain_hours` ago (compaction's
-    /// replaced files); only files the log removed, never one a writer has yet to commit.
-    /// Returns the files deleted (or that would be, with `dry_run`).
-    pub fn vacuum(
-        &self,
-        ds: Dataset,
-        retain_hours: u64,
-        dry_run: bool,
-    ) -> Result<Vec<String>, DeltaError> {
-        if !self.exists(ds)? {
-            return Ok(Vec::new());
-        }
-        self.block(async {
-            let mut guard = self.latest(ds).await?;
-            let table = guard.take().expect("loaded");
-            let result = table
-                .vacuum()
-                .with_retention_period(chrono::Duration::hours(retain_hours as i64))
-                .with_enforce_retention_duration(false)
-                .with_dry_run(dry_run)
-                .await;
-            match result {
-                Ok((table, metrics)) => {
-                    *guard = Some(table);
-                    Ok(metrics
-                        .files_deleted
-                        .into_iter()
-                        .map(|f| format!("{}/{f}", ds.dir()))
-                        .collect())
-                }
-                Err(e) => Err(self.err(ds, e)),
-            }
-        })
-    }
-
-    /// Makes one commit, retrying a lost race with backoff and jitter. `None`: the table
-    /// already held it.
-    async fn commit(&self, ds: Dataset, job: Job) -> Result<Option<u64>, DeltaError> {
-        let mut attempt = 0u32;
-        loop {
-            let mut guard = self.latest(ds).await?;
-            let t = guard.as_mut().expect("loaded");
-            let log_store = t.log_store();
-            let snap = t.snapshot().map_err(|e| self.err(ds, e))?;
-            let (actions, operation, txn) = match &job {
-                Job::Compact {
-                    app,
-                    version,
-                    removes,
-                    adds,
-                    rewrite_target,
-                    source,
-                    date,
-                } => {
-                    let lost = || DeltaError::CompactionLost {
-                        table: self.table_url(ds).to_string(),
-                        source_name: source.clone(),
-                        date: date.clone(),
-                    };
-                    let held = snap
-                        .transaction_version(log_store.as_ref(), app)
-                        .await
-                        .map_err(|e| self.err(ds, e))?;
-                    if held.is_some_and(|v| v >= *version) {
-                        return Err(lost());
-                    }
-                    let wanted: HashSet<&str> = removes.iter().map(String::as_str).collect();
-                    let views: Vec<_> = snap
-                        .snapshot()
-                        .file_views(log_store.as_ref(), None)
-                        .try_collect()
-                        .await
-                        .map_err(|e| self.err(ds, e))?;
-                    let found: Vec<Remove> = views
-                        .iter()
-                        .filter(|v| wanted.contains(v.path().as_ref()))
-                        .map(|v| v.remove_action(false))
-                        .collect();
-                    if found.len() != wanted.len() {
-                        return Err(lost());
-                    }
-                    let mut actions: Vec<Action> = found.into_iter().map(Action::Remove).collect();
-                    actions.extend(adds.iter().cloned().map(Action::Add));
-                    (
-                        actions,
-                        DeltaOperation::Optimize {
-                            predicate: Some(format!("source = '{source}' AND date = '{date}'")),
-                            target_size: *rewrite_target,
-                        },
-                        Transaction::new(app, *version),
-                    )
-                }
-            };
-            let props = CommitProperties::default()
-                .with_application_transaction(txn)
-                .with_max_retries(0)
-                .with_create_checkpoint(false)
-                .with_cleanup_expired_logs(Some(false));
-            let result = CommitBuilder::from(props)
-                .with_actions(actions)
-                .build(Some(snap), log_store.clone(), operation)
-                .await;
-            match result {
-                Ok(done) => {
-                    let version = done.version;
-                    // The commit's own snapshot is the table at this version: no re-read.
-                    t.state = Some(done.snapshot);
-                    if (version + 1).is_multiple_of(self.checkpoint_interval) {
-                        self.after_commit(ds, t, version).await;
-                    }
-                    return Ok(Some(version));
-                }
-                Err(e) if is_conflict(&e) && attempt + 1 < MAX_ATTEMPTS => {
-                    attempt += 1;
-                    COMMIT_RETRIES.fetch_add(1, Ordering::Relaxed);
-                    drop(guard);
-                    let wait = backoff(attempt);
-                    warn!(table = %self.table_url(ds), attempt, wait_ms = wait.as_millis() as u64, "Another writer committed first; retrying the Delta commit.");
-                    tokio::time::sleep(wait).await;
-                }
-                Err(e) => return Err(self.err(ds, e)),
-            }
-        }
     }
 
     /// The checkpoint due at `version` (every `checkpoint_interval` versions), and log files
