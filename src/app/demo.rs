@@ -11,7 +11,6 @@ use super::sync;
 use crate::config::Config;
 use crate::pipeline::StopFlag;
 use crate::simulator::{Simulator, VoicegainSim};
-use crate::state::State;
 
 /// Starts the simulator with generated calls, writes a demo config under `dir`, runs a
 /// sync and prints what it wrote.
@@ -60,6 +59,12 @@ pub fn demo(
         an_hour_ago.timestamp(),
         0.01,
     );
+    // Exotel call records over the same days (a call is listed once it has ended).
+    sim.exotel().calls.add_calls(
+        windowed,
+        five_days_ago.timestamp_micros(),
+        an_hour_ago.timestamp_micros(),
+    );
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let secret = |name: &str, value: String| -> anyhow::Result<String> {
@@ -70,6 +75,8 @@ pub fn demo(
     let vg_token = secret("voicegain.token", sim.voicegain().token.clone())?;
     let vn_key = secret("vonage.key", sim.vonage().api_key.clone())?;
     let vc_token = secret("voice-calls.token", sim.voice_calls().token.clone())?;
+    let exo_key = secret("exotel.key", sim.exotel().api_key.clone())?;
+    let exo_token = secret("exotel.token", sim.exotel().api_token.clone())?;
     let config_path = dir.join("callsync.toml");
     let warehouse = dir.join("warehouse");
     let state_path = dir.join("state").join("callsync.db");
@@ -85,8 +92,7 @@ pub fn demo(
         .map(|a| a.port())?;
     let (server, every, settle, exotel) = if daemon.is_some() {
         let hook = secret("exotel.webhook", format!("{:032x}", fastrand::u128(..)))?;
-        let key = secret("exotel.key", sim.exotel().api_key.clone())?;
-        let token = secret("exotel.token", sim.exotel().api_token.clone())?;
+        let (key, token) = (&exo_key, &exo_token);
         (
             format!("\n[server]\nlisten = \"127.0.0.1:{port}\"\n"),
             "schedule = \"*/5 * * * * *\"\n",
@@ -145,18 +151,33 @@ base_url = {vc_base:?}
 token_file = {vc_token:?}
 start_date = {start_date:?}
 window_days = 7
-{every}{settle}{exotel}"#,
+{every}{settle}
+[sources.exotel_calls_demo]
+kind = "exotel_calls"
+account_sid = "exotel30m"
+base_url = {exo_base:?}
+api_key_file = {exo_key:?}
+api_token_file = {exo_token:?}
+start_date = {start_date:?}
+{analyze}{every}{settle}{exotel}"#,
         warehouse = warehouse.display().to_string(),
         state = state_path.display().to_string(),
         vg_base = sim.voicegain_base_url(),
         vn_base = sim.vonage_base_url(),
         vc_base = sim.voice_calls_base_url(),
+        exo_base = sim.exotel_base_url(),
+        // The daemon demo analyses new Exotel calls with the analysis source.
+        analyze = if exotel.is_empty() {
+            ""
+        } else {
+            "analyze_with = \"exotel_insights_demo\"\nanalyze_min_duration_secs = 10\nanalyze_max_per_day = 1000\n"
+        },
     );
     std::fs::write(&config_path, text)?;
     let cfg = Config::load(&config_path)?;
     writeln!(
         out,
-        "simulator: {} ({calls} Voicegain calls, {windowed} Vonage sessions, {windowed} voice-bot calls)",
+        "simulator: {} ({calls} Voicegain calls, {windowed} Vonage sessions, {windowed} voice-bot calls, {windowed} Exotel calls)",
         sim.base_url()
     )?;
     writeln!(out, "config:    {}", config_path.display())?;
@@ -171,7 +192,6 @@ window_days = 7
         let feeder = rt.spawn(feed(
             std::sync::Arc::new(sim),
             format!("http://127.0.0.1:{port}/webhooks/exotel_legs_demo/{hook}"),
-            cfg.clone(),
         ));
         let code = crate::daemon::run(&config_path, cfg, rt, signals, out)?;
         feeder.abort();
@@ -206,24 +226,12 @@ window_days = 7
 
 /// New calls for the daemon demo: every 3 s a few of each vendor's, started seconds ago.
 /// Also, every 3 s: two monitor-leg callbacks posted to the daemon's webhook (as Exotel would)
-/// and one call submitted to ExoVoiceAnalyze (as `callsync exotel analyze` does).
-async fn feed(sim: std::sync::Arc<Simulator>, legs_url: String, cfg: Config) {
-    use crate::pipeline::SourceState;
+/// and two Exotel calls that just ended (the calls source submits the completed ones with a
+/// recording to ExoVoiceAnalyze, whose results come back by webhook).
+async fn feed(sim: std::sync::Arc<Simulator>, legs_url: String) {
     use crate::simulator::exotel::{MonitorLeg, deliver};
-    use crate::sources::SourceConfig;
-    use crate::sources::exotel_analyze::{Analyzer, KIND};
     let client = reqwest::Client::new();
     let mut rng = fastrand::Rng::new();
-    let analyzer = match cfg.sources.get("exotel_insights_demo") {
-        Some(SourceConfig::ExotelAnalyze(c)) => {
-            Analyzer::new("exotel_insights_demo", c).ok().and_then(|a| {
-                let state = State::open(&cfg.state.path).ok()?;
-                let id = state.source("exotel_insights_demo", KIND).ok()?.id;
-                Some((a, SourceState::open(&cfg.state.path, id).ok()?))
-            })
-        }
-        _ => None,
-    };
     let mut n = 0u64;
     loop {
         tokio::time::sleep(std::time::Duration::from_secs(3)).await;
@@ -231,10 +239,6 @@ async fn feed(sim: std::sync::Arc<Simulator>, legs_url: String, cfg: Config) {
         for i in 0..2 {
             let leg = MonitorLeg::random(&mut rng, n * 2 + i, 60, 19_800);
             let _ = deliver(&client, &legs_url, &leg, i == 0).await;
-        }
-        if let Some((a, jobs)) = &analyzer {
-            let call = format!("CA{:06}", 100_000 + n);
-            let _ = a.submit(&call, jobs).await;
         }
         let now = chrono::Utc::now();
         sim.voicegain().now_secs = now.timestamp() - 30;
@@ -247,6 +251,9 @@ async fn feed(sim: std::sync::Arc<Simulator>, legs_url: String, cfg: Config) {
             .add_sessions(3, from.timestamp_micros(), to.timestamp_micros(), 0.0);
         sim.voice_calls()
             .add_calls(3, from.timestamp(), to.timestamp(), 0.0);
+        sim.exotel()
+            .calls
+            .add_calls(2, from.timestamp_micros(), to.timestamp_micros());
     }
 }
 

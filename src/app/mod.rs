@@ -206,6 +206,13 @@ pub fn status(cfg: &Config, json: bool, out: &mut dyn Write) -> anyhow::Result<i
                 if j.submissions == 1 { "" } else { "s" }
             )?;
         }
+        if s.waiting_jobs > 0 {
+            writeln!(
+                out,
+                "  {} call(s) waiting for analysis (the daily cap analyze_max_per_day held them back; the longest waiting go first)",
+                s.waiting_jobs
+            )?;
+        }
         if !s.calls_without_details.is_empty() {
             writeln!(
                 out,

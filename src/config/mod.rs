@@ -351,6 +351,7 @@ impl Config {
                 ),
             }
         }
+        SourceConfig::link_all(&mut sources, &mut problems);
         warehouse.validate(&mut problems);
         compaction.validate(warehouse.format, &mut problems);
         if !(1..=64).contains(&daemon.max_concurrent_sources) {

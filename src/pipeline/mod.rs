@@ -205,11 +205,20 @@ fn run_inner(
     let storage =
         crate::lake::storage::open(&ctx.warehouse, &ctx.state_path, rt).map_err(LakeError::from)?;
     let storage = storage.as_ref();
+    // A source that hands calls to another for analysis records them in that one's jobs.
+    let analysis_jobs = match cfg.analysis_target() {
+        Some((target, kind)) => {
+            let id = state.source(target, kind)?.id;
+            Some(Arc::new(SourceState::open(&ctx.state_path, id)?) as Arc<dyn crate::sources::Jobs>)
+        }
+        None => None,
+    };
     let open_ctx = OpenContext {
         warehouse_root: storage.spool_root(),
         known: asked.clone(),
         inbox: asked.clone(),
         jobs: asked,
+        analysis_jobs,
         draining: *mode == RunMode::Drain,
     };
     // A daemon tick (or the drain) of a push source whose inbox is not due writes nothing.

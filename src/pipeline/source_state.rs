@@ -82,4 +82,16 @@ impl Jobs for SourceState {
     fn no_call_details(&self, call_sids: &[&str]) -> Result<(), String> {
         self.ask(|s| s.jobs_no_call_details(self.source_id, call_sids))
     }
+
+    fn wait(&self, call_sids: &[&str]) -> Result<usize, String> {
+        self.ask(|s| s.jobs_wait(self.source_id, call_sids))
+    }
+
+    fn waiting(&self, limit: usize) -> Result<Vec<String>, String> {
+        self.ask(|s| s.jobs_waiting(self.source_id, limit))
+    }
+
+    fn first_submitted_since(&self, since_us: i64) -> Result<u64, String> {
+        self.ask(|s| s.jobs_first_submitted_since(self.source_id, since_us))
+    }
 }

@@ -151,6 +151,8 @@ pub struct AnalyzeSim {
     pub details_requests: u64,
     /// Answer every submission with this status instead (an outage: 503), counting none.
     pub submit_status: Option<u16>,
+    /// The account's call log (Bulk Call Details).
+    pub calls: super::exotel_calls::CallLog,
     /// Submissions answered with `submit_status`.
     pub refused_submissions: u64,
 }
@@ -233,7 +235,8 @@ fn unauthorized() -> axum::response::Response {
         .into_response()
 }
 
-/// `GET /exotel/v1/Accounts/{sid}/Calls.json?Sid=a,b,…` (at most 100) or `?PageSize=N`.
+/// `GET /exotel/v1/Accounts/{sid}/Calls.json`: by `Sid=a,b,…` (at most 100), or the list with
+/// its filters, sort and cursor (`exotel_calls::list`).
 pub async fn calls_bulk(
     axum::extract::State(shared): axum::extract::State<std::sync::Arc<super::Shared>>,
     axum::extract::Path(sid): axum::extract::Path<String>,
@@ -244,11 +247,21 @@ pub async fn calls_bulk(
     if !authorized(&shared, &sid, &headers) {
         return unauthorized();
     }
-    super::lock(&shared.exotel).details_requests += 1;
-    let sids: Vec<&str> = q
-        .get("Sid")
-        .map(|s| s.split(',').filter(|s| !s.is_empty()).collect())
-        .unwrap_or_default();
+    let Some(sids) = q.get("Sid") else {
+        let cut = match super::faults::apply(&shared).await {
+            Ok(cut) => cut,
+            Err(r) => return r,
+        };
+        let answer = super::exotel_calls::list(&mut super::lock(&shared.exotel).calls, &sid, &q);
+        return match answer {
+            Ok(v) if cut => super::faults::dropped_body("application/json", v.to_string()),
+            Ok(v) => axum::Json(v).into_response(),
+            Err(msg) => super::exotel_calls::bad_request(msg),
+        };
+    };
+    let mut sim = super::lock(&shared.exotel);
+    sim.details_requests += 1;
+    let sids: Vec<&str> = sids.split(',').filter(|s| !s.is_empty()).collect();
     if sids.len() > 100 {
         return (
             axum::http::StatusCode::BAD_REQUEST,
@@ -256,21 +269,25 @@ pub async fn calls_bulk(
         )
             .into_response();
     }
-    let calls: Vec<serde_json::Value> = if sids.is_empty() {
-        // No filter: the latest calls, PageSize of them (this simulator knows none by list).
-        Vec::new()
-    } else {
-        sids.iter()
-            .filter_map(|s| call_detail(s))
-            .map(|c| c.json(&sid))
-            .collect()
-    };
+    let calls: Vec<serde_json::Value> =
+        sids.iter().filter_map(|s| sim.call_json(s, &sid)).collect();
     axum::Json(serde_json::json!({
         "Metadata": {"Total": calls.len(), "PageSize": q.get("PageSize").map_or("50", String::as_str),
                      "FirstPageUri": null, "PrevPageUri": null, "NextPageUri": null},
         "Calls": calls,
     }))
     .into_response()
+}
+
+impl AnalyzeSim {
+    /// A call as the call-details API renders it: from the call log, else the deterministic
+    /// details of `call_detail`; `None` when the API does not know it.
+    pub fn call_json(&self, call_sid: &str, account_sid: &str) -> Option<serde_json::Value> {
+        match self.calls.get(call_sid) {
+            Some(c) => Some(c.json(account_sid)),
+            None => call_detail(call_sid).map(|c| c.json(account_sid)),
+        }
+    }
 }
 
 /// `GET /exotel/v1/Accounts/{sid}/Calls/{CallSid}.json` → `{"Call": {...}}`.
@@ -283,9 +300,13 @@ pub async fn call_single(
     if !authorized(&shared, &sid, &headers) {
         return unauthorized();
     }
-    super::lock(&shared.exotel).details_requests += 1;
-    match file.strip_suffix(".json").and_then(call_detail) {
-        Some(c) => axum::Json(serde_json::json!({"Call": c.json(&sid)})).into_response(),
+    let mut sim = super::lock(&shared.exotel);
+    sim.details_requests += 1;
+    match file
+        .strip_suffix(".json")
+        .and_then(|call| sim.call_json(call, &sid))
+    {
+        Some(c) => axum::Json(serde_json::json!({"Call": c})).into_response(),
         None => (axum::http::StatusCode::NOT_FOUND, "Call not found").into_response(),
     }
 }
@@ -302,6 +323,7 @@ impl Default for AnalyzeSim {
             details_requests: 0,
             submit_status: None,
             refused_submissions: 0,
+            calls: Default::default(),
         }
     }
 }
@@ -319,7 +341,9 @@ pub fn fate(call_sid: &str) -> Fate {
 
 /// The insights the simulator returns for a call: (summary, sentiment, category, transcript lines).
 pub fn insights(call_sid: &str) -> (String, String, String, Vec<String>) {
-    let n = call_sid.bytes().fold(0u64, |h, b| h * 31 + b as u64);
+    let n = call_sid
+        .bytes()
+        .fold(0u64, |h, b| h.wrapping_mul(31).wrapping_add(b as u64));
     let sentiment = ["POSITIVE", "NEGATIVE", "NEUTRAL"][(n % 3) as usize];
     let category = [
         "sales",

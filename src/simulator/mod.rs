@@ -2,6 +2,7 @@
 //! vendor docs, with injectable faults and a ground truth to compare the lake against.
 
 pub mod exotel;
+pub mod exotel_calls;
 pub mod faults;
 pub mod voice_calls;
 pub mod voicegain;

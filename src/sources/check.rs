@@ -2,8 +2,8 @@
 //! whether the credential, host and parameters work, exporting nothing.
 
 use super::{
-    BoxFuture, SourceConfig, SourceError, exotel_analyze, secret_from, voice_calls, voicegain,
-    vonage_insights, window,
+    BoxFuture, SourceConfig, SourceError, exotel_analyze, exotel_calls, secret_from, voice_calls,
+    voicegain, vonage_insights, window,
 };
 
 impl SourceConfig {
@@ -61,6 +61,17 @@ impl SourceConfig {
                         .await?;
                     return Ok(format!(
                         "{} call-details API reached, credential accepted; webhook token loaded",
+                        self.kind()
+                    ));
+                }
+                SourceConfig::ExotelCalls(c) => {
+                    let c = exotel_calls::ExotelCallsConfig {
+                        http: quick(&c.http),
+                        ..c.clone()
+                    };
+                    c.check(source_name).await?;
+                    return Ok(format!(
+                        "{} call-details API reached, credential accepted",
                         self.kind()
                     ));
                 }

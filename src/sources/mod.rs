@@ -4,8 +4,10 @@
 
 mod check;
 pub mod exotel_analyze;
+pub mod exotel_calls;
 pub mod exotel_monitor;
 pub mod push;
+pub mod records;
 
 pub use push::{
     Delivery, FLUSH_CHECK_SECS, FlushPolicy, Inbox, InboxCursor, Job, JobResult, Jobs, Received,
@@ -17,6 +19,7 @@ pub mod voicegain;
 pub mod vonage_insights;
 pub mod window;
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -78,6 +81,8 @@ pub struct OpenContext {
     pub inbox: Arc<dyn Inbox>,
     /// The source's analysis jobs (kinds that submit work to a vendor).
     pub jobs: Arc<dyn Jobs>,
+    /// The jobs of the source this one hands calls to for analysis (`analyze_with`).
+    pub analysis_jobs: Option<Arc<dyn Jobs>>,
     /// The daemon is draining: export what is there, start no new vendor work (no
     /// resubmissions).
     pub draining: bool,
@@ -211,6 +216,8 @@ pub enum SourceConfig {
     ExotelMonitor(exotel_monitor::ExotelMonitorConfig),
     /// Exotel ExoVoiceAnalyze: submitted by `exotel analyze`, results pushed by webhook.
     ExotelAnalyze(exotel_analyze::ExotelAnalyzeConfig),
+    /// Exotel call records: the Bulk Call Details API in windows of at most 31 days.
+    ExotelCalls(exotel_calls::ExotelCallsConfig),
 }
 
 /// When the daemon runs a source.
@@ -238,6 +245,7 @@ pub const KINDS: &[&str] = &[
     voice_calls::KIND,
     exotel_monitor::KIND,
     exotel_analyze::KIND,
+    exotel_calls::KIND,
 ];
 
 impl SourceConfig {
@@ -274,6 +282,7 @@ impl SourceConfig {
             vonage_insights::KIND => typed(table, rest, problems).map(SourceConfig::VonageInsights),
             exotel_monitor::KIND => typed(table, rest, problems).map(SourceConfig::ExotelMonitor),
             exotel_analyze::KIND => typed(table, rest, problems).map(SourceConfig::ExotelAnalyze),
+            exotel_calls::KIND => typed(table, rest, problems).map(SourceConfig::ExotelCalls),
             other => {
                 problems.push(
                     table,
@@ -293,6 +302,7 @@ impl SourceConfig {
             SourceConfig::VonageInsights(_) => vonage_insights::KIND,
             SourceConfig::ExotelMonitor(_) => exotel_monitor::KIND,
             SourceConfig::ExotelAnalyze(_) => exotel_analyze::KIND,
+            SourceConfig::ExotelCalls(_) => exotel_calls::KIND,
         }
     }
 
@@ -302,6 +312,7 @@ impl SourceConfig {
             SourceConfig::Voicegain(c) => Trigger::Cron(&c.schedule),
             SourceConfig::VoiceCalls(c) => Trigger::Cron(&c.schedule),
             SourceConfig::VonageInsights(c) => Trigger::Cron(&c.schedule),
+            SourceConfig::ExotelCalls(c) => Trigger::Cron(&c.schedule),
             // A push source is asked whether its inbox is due at least every few seconds.
             SourceConfig::ExotelMonitor(_) | SourceConfig::ExotelAnalyze(_) => Trigger::Every(
                 self.flush_policy()
@@ -383,6 +394,9 @@ impl SourceConfig {
             SourceConfig::VonageInsights(c) => {
                 window::repair_cursor(facts, marker, c.window_settings())
             }
+            SourceConfig::ExotelCalls(c) => {
+                window::repair_cursor(facts, marker, c.window_settings())
+            }
             // The inbox lives in the state: with the state lost, so is the inbox; start over.
             SourceConfig::ExotelMonitor(_) | SourceConfig::ExotelAnalyze(_) => None,
         }
@@ -395,10 +409,33 @@ impl SourceConfig {
             SourceConfig::Voicegain(_)
             | SourceConfig::ExotelMonitor(_)
             | SourceConfig::ExotelAnalyze(_) => None,
-            SourceConfig::VoiceCalls(_) | SourceConfig::VonageInsights(_) => {
+            SourceConfig::VoiceCalls(_)
+            | SourceConfig::VonageInsights(_)
+            | SourceConfig::ExotelCalls(_) => {
                 serde_json::from_value::<window::WindowCursor>(cursor.clone())
                     .ok()
                     .and_then(|c| window::parse_time(&c.from))
+            }
+        }
+    }
+
+    /// The source this one hands calls to for analysis, and its kind (`analyze_with`).
+    pub fn analysis_target(&self) -> Option<(&str, &'static str)> {
+        match self {
+            SourceConfig::ExotelCalls(c) => {
+                c.analyze_with.as_deref().map(|t| (t, exotel_analyze::KIND))
+            }
+            _ => None,
+        }
+    }
+
+    /// Resolves what sources say of each other (`analyze_with`), once every table is read,
+    /// reporting a name that is missing or of the wrong kind.
+    pub fn link_all(sources: &mut BTreeMap<String, SourceConfig>, problems: &mut Problems) {
+        let all = sources.clone();
+        for (name, s) in sources.iter_mut() {
+            if let SourceConfig::ExotelCalls(c) = s {
+                c.link(&format!("sources.{name}"), &all, problems);
             }
         }
     }
@@ -409,6 +446,7 @@ impl SourceConfig {
             SourceConfig::Voicegain(c) => c.run_on_start,
             SourceConfig::VoiceCalls(c) => c.run_on_start,
             SourceConfig::VonageInsights(c) => c.run_on_start,
+            SourceConfig::ExotelCalls(c) => c.run_on_start,
             SourceConfig::ExotelMonitor(_) | SourceConfig::ExotelAnalyze(_) => true,
         }
     }
@@ -424,6 +462,7 @@ impl SourceConfig {
             SourceConfig::VonageInsights(c) => c.validate(table, problems),
             SourceConfig::ExotelMonitor(c) => c.validate(table, problems),
             SourceConfig::ExotelAnalyze(c) => c.validate(table, problems),
+            SourceConfig::ExotelCalls(c) => c.validate(table, problems),
         }
     }
 
@@ -471,6 +510,14 @@ impl SourceConfig {
                     ctx,
                 )?)
             }
+            SourceConfig::ExotelCalls(c) => Box::new(exotel_calls::ExotelCallsSource::range(
+                source_name,
+                c,
+                from,
+                to,
+                cursor,
+                ctx,
+            )?),
         })
     }
 
@@ -502,6 +549,12 @@ impl SourceConfig {
             SourceConfig::ExotelAnalyze(c) => Ok(Box::new(
                 exotel_analyze::ExotelAnalyzeSource::new(source_name, c, cursor, ctx)?,
             )),
+            SourceConfig::ExotelCalls(c) => Ok(Box::new(exotel_calls::ExotelCallsSource::new(
+                source_name,
+                c,
+                cursor,
+                ctx,
+            )?)),
         }
     }
 }

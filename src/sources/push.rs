@@ -70,8 +70,9 @@ pub struct Job {
     pub call_sid: String,
     pub task_id: String,
     pub job_id: Option<String>,
-    /// `submitting` (recorded, the vendor's answer not yet), `queued`, `done`, `failed` (the
-    /// vendor's result or its refusal said so) or `timed_out`.
+    /// `waiting` (recorded, held back by a daily cap, never submitted), `submitting`
+    /// (recorded, the vendor's answer not yet), `queued`, `done`, `failed` (the vendor's
+    /// result or its refusal said so) or `timed_out`.
     pub status: String,
     pub submissions: i64,
     pub submitted_at_us: i64,
@@ -94,6 +95,13 @@ pub trait Jobs: Send + Sync {
     fn list(&self, status: Option<&str>) -> Result<Vec<Job>, String>;
     /// These calls' results were exported without call details.
     fn no_call_details(&self, call_sids: &[&str]) -> Result<(), String>;
+    /// Records calls to submit once a daily cap allows (`waiting`); a call that already has a
+    /// job keeps it. Returns how many were new.
+    fn wait(&self, call_sids: &[&str]) -> Result<usize, String>;
+    /// Up to `limit` waiting calls, the longest waiting first.
+    fn waiting(&self, limit: usize) -> Result<Vec<String>, String>;
+    /// How many calls were first submitted at or after `since_us`.
+    fn first_submitted_since(&self, since_us: i64) -> Result<u64, String>;
 }
 
 /// The result of an analysis job a delivery carries, found by whichever of its ids the job

@@ -141,4 +141,12 @@ pub const MIGRATIONS: &[&str] = &[
         started_at  TEXT NOT NULL
     );
     "#,
+    // 8: analysis jobs recorded before a daily cap lets them go (`waiting`, oldest first) and
+    // when each call was first submitted (the cap counts first submissions per UTC day).
+    r#"
+    ALTER TABLE jobs ADD COLUMN first_submitted_at INTEGER;
+    UPDATE jobs SET first_submitted_at = submitted_at WHERE submissions > 0;
+    CREATE INDEX jobs_by_status ON jobs (source_id, status, submitted_at);
+    CREATE INDEX jobs_by_first ON jobs (source_id, first_submitted_at);
+    "#,
 ];

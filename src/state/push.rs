@@ -79,13 +79,58 @@ impl State {
     ) -> Result<(), StateError> {
         let now = chrono::Utc::now().timestamp_micros();
         self.conn.execute(
-            "INSERT INTO jobs (source_id, call_sid, task_id, job_id, status, submissions, submitted_at, updated_at)
-             VALUES (?1, ?2, ?3, NULL, 'submitting', 1, ?4, ?4)
+            "INSERT INTO jobs (source_id, call_sid, task_id, job_id, status, submissions, submitted_at, updated_at, first_submitted_at)
+             VALUES (?1, ?2, ?3, NULL, 'submitting', 1, ?4, ?4, ?4)
              ON CONFLICT(source_id, call_sid) DO UPDATE SET task_id = ?3, job_id = NULL, status = 'submitting',
-               submissions = submissions + 1, submitted_at = ?4, updated_at = ?4, reason = NULL",
+               submissions = submissions + 1, submitted_at = ?4, updated_at = ?4, reason = NULL,
+               first_submitted_at = COALESCE(first_submitted_at, ?4)",
             params![source_id, call_sid, task_id, now],
         )?;
         Ok(())
+    }
+
+    /// Records calls to submit when the daily cap allows (`waiting`, never submitted yet); a
+    /// call that already has a job keeps it. Returns how many were new.
+    pub fn jobs_wait(&self, source_id: i64, call_sids: &[&str]) -> Result<usize, StateError> {
+        let now = chrono::Utc::now().timestamp_micros();
+        let tx = self.conn.unchecked_transaction()?;
+        let mut added = 0;
+        {
+            let mut stmt = tx.prepare_cached(
+                "INSERT OR IGNORE INTO jobs (source_id, call_sid, task_id, job_id, status, submissions, submitted_at, updated_at)
+                 VALUES (?1, ?2, '', NULL, 'waiting', 0, ?3, ?3)",
+            )?;
+            for sid in call_sids {
+                added += stmt.execute(params![source_id, sid, now])?;
+            }
+        }
+        tx.commit()?;
+        Ok(added)
+    }
+
+    /// Up to `limit` waiting calls, the longest waiting first.
+    pub fn jobs_waiting(&self, source_id: i64, limit: usize) -> Result<Vec<String>, StateError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT call_sid FROM jobs WHERE source_id = ?1 AND status = 'waiting'
+             ORDER BY submitted_at, call_sid LIMIT ?2",
+        )?;
+        let rows = stmt
+            .query_map(params![source_id, limit as i64], |r| r.get(0))?
+            .collect::<Result<Vec<String>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Calls first submitted at or after `since_us` (by hand or automatically).
+    pub fn jobs_first_submitted_since(
+        &self,
+        source_id: i64,
+        since_us: i64,
+    ) -> Result<u64, StateError> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM jobs WHERE source_id = ?1 AND first_submitted_at >= ?2",
+            params![source_id, since_us],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
     }
 
     /// The vendor queued submission `task_id` as `job_id`; a job whose result already came

@@ -38,6 +38,8 @@ pub struct SourceStatus {
     pub failed_jobs: Vec<Job>,
     /// Analysed calls the call-details API did not return: their rows have no call time.
     pub calls_without_details: Vec<String>,
+    /// Calls recorded for analysis and not submitted yet (a daily cap held them back).
+    pub waiting_jobs: u64,
 }
 
 /// The backlog of a push source's inbox, for `status`.
@@ -159,7 +161,9 @@ impl State {
                 .filter(|j| j.no_call_details)
                 .map(|j| j.call_sid)
                 .collect();
+            let waiting_jobs = self.jobs(id, Some("waiting"))?.len() as u64;
             out.push(SourceStatus {
+                waiting_jobs,
                 calls_without_details,
                 backfills,
                 inbox,

@@ -16,6 +16,7 @@ mod daemon;
 mod delta;
 mod disk_full;
 mod exotel;
+mod exotel_calls;
 mod export;
 mod kill9;
 mod lake_state;

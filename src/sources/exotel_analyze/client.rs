@@ -3,12 +3,10 @@
 
 use std::collections::HashMap;
 
-use reqwest::header::{AUTHORIZATION, HeaderName};
-
 use super::model::{self, SubmitAnswer};
 use super::{ExotelAnalyzeConfig, jobs_error, overdue_jobs};
 use crate::http::HttpClient;
-use crate::secret::Secret;
+use crate::sources::exotel_calls::client::basic_auth;
 use crate::sources::{SourceError, secret_from};
 
 /// Calls per call-details request (the API's limit on `Sid=`).
@@ -34,16 +32,12 @@ pub enum Submitted {
 impl Analyzer {
     /// Resolves the API key, token and webhook token.
     pub fn new(source_name: &str, cfg: &ExotelAnalyzeConfig) -> Result<Analyzer, SourceError> {
-        use base64::Engine;
-        let key = secret_from(source_name, &cfg.api_key_env, &cfg.api_key_file)?;
-        let token = secret_from(source_name, &cfg.api_token_env, &cfg.api_token_file)?;
+        let auth = basic_auth(
+            source_name,
+            (&cfg.api_key_env, &cfg.api_key_file),
+            (&cfg.api_token_env, &cfg.api_token_file),
+        )?;
         let hook = secret_from(source_name, &cfg.webhook_token_env, &cfg.webhook_token_file)?;
-        let basic = base64::engine::general_purpose::STANDARD.encode(format!(
-            "{}:{}",
-            key.expose(),
-            token.expose()
-        ));
-        let auth: (HeaderName, Secret) = (AUTHORIZATION, Secret::new(format!("Basic {basic}")));
         Ok(Analyzer {
             http: HttpClient::new(source_name, &cfg.http, Some(auth))?,
             callback_url: format!(
@@ -172,8 +166,11 @@ impl Analyzer {
                     source_name: self.source_name.clone(),
                     reason: format!("the call-details answer is not {{\"Calls\": [...]}}: {e}"),
                 })?;
+            // A call that does not parse counts as not returned (its row has no call time).
             for c in answer.calls {
-                out.insert(c.sid.clone(), c);
+                if let Ok(c) = serde_json::from_value::<model::ExoCall>(c) {
+                    out.insert(c.sid.clone(), c);
+                }
             }
         }
         Ok(out)

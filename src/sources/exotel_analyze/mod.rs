@@ -230,18 +230,6 @@ pub(crate) fn jobs_error(source_name: &str, reason: String) -> SourceError {
     }
 }
 
-/// Exotel's call directions in the schema's two words.
-fn direction(d: &str) -> Option<&'static str> {
-    let d = d.trim().to_ascii_lowercase();
-    if d.starts_with("inbound") || d == "incoming" {
-        Some("inbound")
-    } else if d.starts_with("outbound") || d == "outgoing" {
-        Some("outbound")
-    } else {
-        None
-    }
-}
-
 /// One export of the results in the inbox (after resubmitting overdue jobs).
 pub struct ExotelAnalyzeSource {
     ctx: OpenContext,
@@ -341,12 +329,7 @@ impl ExotelAnalyzeSource {
             let started_at = call.and_then(|c| time("StartTime", c.start_time.as_ref()));
             let ended_at = call.and_then(|c| time("EndTime", c.end_time.as_ref()));
             let duration_ms = call
-                .and_then(|c| c.duration.as_ref())
-                .and_then(|v| match v {
-                    serde_json::Value::Number(n) => n.as_f64(),
-                    serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
-                    _ => None,
-                })
+                .and_then(|c| c.duration_secs().ok().flatten())
                 .map(|secs| (secs * 1000.0).round() as i64);
             let turns: Vec<Turn> = r
                 .transcript
@@ -374,7 +357,7 @@ impl ExotelAnalyzeSource {
                 duration_ms,
                 direction: call
                     .and_then(|c| c.direction.as_deref())
-                    .and_then(direction),
+                    .and_then(crate::sources::exotel_calls::model::direction),
                 from_number: call.and_then(|c| c.from.as_deref()),
                 to_number: call.and_then(|c| c.to.as_deref()),
                 summary: summary.as_deref(),
@@ -387,18 +370,7 @@ impl ExotelAnalyzeSource {
                 ..CallRow::default()
             });
         }
-        let calls = if builder.is_empty() {
-            None
-        } else {
-            Some(
-                builder
-                    .finish(chrono::Utc::now().timestamp_micros())
-                    .map_err(|e| SourceError::Protocol {
-                        source_name: self.source_name.clone(),
-                        reason: format!("building the batch: {e}"),
-                    })?,
-            )
-        };
+        let calls = super::records::finish_batch(&self.source_name, builder)?;
         Ok(Some(Page {
             dataset: crate::schema::Dataset::Calls,
             calls,

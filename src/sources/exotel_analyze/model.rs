@@ -56,36 +56,8 @@ pub struct AnalyzeResult {
     pub transcript: Option<String>,
 }
 
-/// One call of Exotel's call-details API (`Calls.json?Sid=…` answers `{"Calls": [...]}`,
-/// `Calls/<sid>.json` answers `{"Call": {...}}`); times in the account's time zone.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct ExoCall {
-    #[serde(rename = "Sid")]
-    pub sid: String,
-    #[serde(rename = "StartTime", default)]
-    pub start_time: Option<String>,
-    #[serde(rename = "EndTime", default)]
-    pub end_time: Option<String>,
-    /// Seconds, as a string.
-    #[serde(rename = "Duration", default)]
-    pub duration: Option<serde_json::Value>,
-    /// inbound, outbound-dial, outbound-api.
-    #[serde(rename = "Direction", default)]
-    pub direction: Option<String>,
-    #[serde(rename = "From", default)]
-    pub from: Option<String>,
-    #[serde(rename = "To", default)]
-    pub to: Option<String>,
-    #[serde(rename = "Status", default)]
-    pub status: Option<String>,
-}
-
-/// The bulk answer.
-#[derive(Debug, Clone, Default, Deserialize)]
-pub struct CallsAnswer {
-    #[serde(rename = "Calls", default)]
-    pub calls: Vec<ExoCall>,
-}
+/// One call of Exotel's call-details API (shared with the `exotel_calls` source).
+pub use crate::sources::exotel_calls::model::{Call as ExoCall, CallsAnswer};
 
 impl AnalyzeResult {
     /// Parses a result body (JSON; Exotel posts JSON).

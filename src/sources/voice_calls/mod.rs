@@ -15,7 +15,6 @@ pub mod normalize;
 
 use std::path::PathBuf;
 
-use chrono::Utc;
 use futures_util::StreamExt;
 use serde::Deserialize;
 use tracing::debug;
@@ -357,16 +356,7 @@ impl VoiceCallsSource {
             self.page += 1;
             None
         };
-        let calls = if builder.is_empty() {
-            None
-        } else {
-            Some(builder.finish(Utc::now().timestamp_micros()).map_err(|e| {
-                SourceError::Protocol {
-                    source_name: self.client.source_name().to_string(),
-                    reason: format!("building the batch: {e}"),
-                }
-            })?)
-        };
+        let calls = super::records::finish_batch(self.client.source_name(), builder)?;
         Ok(Some(Page {
             dataset: Default::default(),
             known: dropped,

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use tracing::{debug, warn};
 
 use crate::config::{HttpConfig, Problems};
-use crate::record::{CallBatchBuilder, Reject};
+use crate::sources::records::JsonRecords;
 use crate::sources::window::{WindowClock, WindowSettings, parse_day, parse_time};
 use crate::sources::{
     BoxFuture, Cursor, OpenContext, Page, Source, SourceError, secret_from, validate_base_url,
@@ -231,56 +231,29 @@ impl VonageInsightsSource {
             }
             self.total = Some(answer.total);
             let (from_us, to_us) = (from.timestamp_micros(), to.timestamp_micros());
-            let mut builder = CallBatchBuilder::new();
-            let mut rejects = Vec::new();
             // Sessions already exported (a re-listed lookback, a window read again) are
             // dropped before they are parsed or normalized.
-            let ids: Vec<&str> = answer
-                .hits
-                .iter()
-                .filter_map(|h| h.get("id").and_then(|v| v.as_str()))
-                .collect();
-            let known = self.ctx.known_among(self.client.source_name(), &ids)?;
-            let mut dropped = 0u64;
-            for hit in &answer.hits {
-                if hit
-                    .get("id")
-                    .and_then(|v| v.as_str())
-                    .is_some_and(|id| known.contains(id))
-                {
-                    dropped += 1;
-                    continue;
-                }
-                let raw = hit.to_string();
-                let session: Session = match serde_json::from_value(hit.clone()) {
-                    Ok(s) => s,
-                    Err(e) => {
-                        rejects.push(Reject {
-                            call_id: hit.get("id").and_then(|v| v.as_str()).map(str::to_string),
-                            error: format!("not a session: {e}"),
-                            raw,
-                        });
-                        continue;
+            let clock = &mut self.clock;
+            let rows = JsonRecords::read(
+                &self.ctx,
+                self.client.source_name(),
+                &answer.hits,
+                "id",
+                "session",
+                |builder, session: &Session, raw| {
+                    let start = session.session_start_time.as_deref().and_then(parse_time);
+                    if let Some(start) = start {
+                        if start < from_us || start >= to_us {
+                            return Ok(()); // the neighbouring window's (an inclusive to_date)
+                        }
+                        if session.in_progress() && !clock.expired(start) {
+                            clock.hold_at(start);
+                            return Ok(());
+                        }
                     }
-                };
-                let start = session.session_start_time.as_deref().and_then(parse_time);
-                if let Some(start) = start {
-                    if start < from_us || start >= to_us {
-                        continue; // the neighbouring window's (an inclusive to_date)
-                    }
-                    if session.in_progress() && !self.clock.expired(start) {
-                        self.clock.hold_at(start);
-                        continue;
-                    }
-                }
-                if let Err(error) = normalize::append(&mut builder, &session, &raw) {
-                    rejects.push(Reject {
-                        call_id: session.id.clone(),
-                        error,
-                        raw,
-                    });
-                }
-            }
+                    normalize::append(builder, session, raw)
+                },
+            )?;
             let read = (self.page as u64 + 1) * size as u64;
             let mut cursor = None;
             if answer.hits.is_empty() || read >= answer.total {
@@ -294,23 +267,7 @@ impl VonageInsightsSource {
             } else {
                 self.page += 1;
             }
-            let calls = if builder.is_empty() {
-                None
-            } else {
-                Some(
-                    builder
-                        .finish(Utc::now().timestamp_micros())
-                        .map_err(|e| self.protocol(format!("building the batch: {e}")))?,
-                )
-            };
-            return Ok(Some(Page {
-                dataset: Default::default(),
-                known: dropped,
-                files: Vec::new(),
-                calls,
-                rejects,
-                cursor,
-            }));
+            return rows.into_page(self.client.source_name(), cursor).map(Some);
         }
     }
 }

@@ -1,0 +1,140 @@
+//! HTTP requests to Exotel's Bulk Call Details API (`GET /v1/Accounts/<sid>/Calls.json`) with
+//! HTTP Basic auth (API key : API token): one window's pages, oldest first, following the
+//! cursor in `Metadata`.
+
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use chrono_tz::Tz;
+use reqwest::header::{AUTHORIZATION, HeaderName};
+
+use crate::http::{HttpClient, excerpt};
+use crate::secret::Secret;
+use crate::sources::{SourceError, secret_from};
+
+use super::model::CallsAnswer;
+
+/// The `Authorization: Basic …` header of an Exotel API key and token.
+pub fn basic_auth(
+    source_name: &str,
+    key: (&Option<String>, &Option<PathBuf>),
+    token: (&Option<String>, &Option<PathBuf>),
+) -> Result<(HeaderName, Secret), SourceError> {
+    use base64::Engine;
+    let key = secret_from(source_name, key.0, key.1)?;
+    let token = secret_from(source_name, token.0, token.1)?;
+    let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+        "{}:{}",
+        key.expose(),
+        token.expose()
+    ));
+    Ok((AUTHORIZATION, Secret::new(format!("Basic {basic}"))))
+}
+
+/// A UTC time as the account's local `YYYY-MM-DD HH:MM:SS` (what `DateCreated=` compares).
+pub fn local_text(tz: Tz, t: DateTime<Utc>) -> String {
+    t.with_timezone(&tz).format("%Y-%m-%d %H:%M:%S").to_string()
+}
+
+/// The call-details API of one account, bound to one source.
+pub struct CallsClient {
+    http: HttpClient,
+    base_url: String,
+    path: String,
+    tz: Tz,
+}
+
+impl CallsClient {
+    /// Builds the client for `account_sid` (times in `tz`).
+    pub fn new(
+        source_name: &str,
+        base_url: &str,
+        account_sid: &str,
+        http: &crate::config::HttpConfig,
+        auth: (HeaderName, Secret),
+        tz: Tz,
+    ) -> Result<Self, SourceError> {
+        Ok(CallsClient {
+            http: HttpClient::new(source_name, http, Some(auth))?,
+            base_url: base_url.to_string(),
+            path: format!("/v1/Accounts/{account_sid}/Calls.json"),
+            tz,
+        })
+    }
+
+    /// The source name, for errors.
+    pub fn source_name(&self) -> &str {
+        self.http.source_name()
+    }
+
+    /// The first page's query of the window `[from, to)`: created from `from` to the last
+    /// second before `to` (both bounds of `DateCreated` are inclusive), oldest first.
+    pub fn first_query(
+        &self,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        page_size: u32,
+    ) -> Vec<(String, String)> {
+        let last = (to - chrono::Duration::seconds(1)).max(from);
+        vec![
+            (
+                "DateCreated".into(),
+                format!(
+                    "gte:{};lte:{}",
+                    local_text(self.tz, from),
+                    local_text(self.tz, last)
+                ),
+            ),
+            ("SortBy".into(), "DateCreated:asc".into()),
+            ("PageSize".into(), page_size.to_string()),
+        ]
+    }
+
+    /// The page `query` names (`first_query`, then each `next_query`).
+    pub async fn page(&self, query: &[(String, String)]) -> Result<CallsAnswer, SourceError> {
+        let mut url = self.http.url(&self.base_url, &self.path)?;
+        url.query_pairs_mut()
+            .extend_pairs(query.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        let body = self.http.get_ok(&url).await?.body;
+        serde_json::from_slice(&body).map_err(|e| SourceError::Protocol {
+            source_name: self.source_name().to_string(),
+            reason: format!(
+                "the call-details answer is not {{\"Metadata\": …, \"Calls\": [...]}}: {e}{}",
+                excerpt(&body)
+            ),
+        })
+    }
+
+    /// The query of the page after `answer`, `None` on the last page. `NextPageUri` is
+    /// relative to the vendor's host: only its query is taken, on our own path (so a
+    /// `base_url` with a path prefix, a proxy, keeps working); without one, an `After` cursor
+    /// is added to the current query.
+    pub fn next_query(
+        &self,
+        current: &[(String, String)],
+        answer: &CallsAnswer,
+    ) -> Option<Vec<(String, String)>> {
+        let m = &answer.metadata;
+        if let Some(uri) = m.next_page_uri.as_deref().filter(|u| !u.trim().is_empty()) {
+            let query = uri.split_once('?').map_or("", |(_, q)| q);
+            let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            if !pairs.is_empty() {
+                return Some(pairs);
+            }
+        }
+        let after = match &m.after {
+            Some(serde_json::Value::String(s)) if !s.trim().is_empty() => s.clone(),
+            Some(serde_json::Value::Number(n)) => n.to_string(),
+            _ => return None,
+        };
+        let mut q: Vec<(String, String)> = current
+            .iter()
+            .filter(|(k, _)| k != "After")
+            .cloned()
+            .collect();
+        q.push(("After".into(), after));
+        Some(q)
+    }
+}
