@@ -453,6 +453,57 @@ mod tests {
     }
 
     #[test]
+    fn analyze_with_must_name_an_analysis_source_of_the_same_account() {
+        let calls = |target: &str, sid: &str| {
+            format!(
+                "[sources.ex]\nkind='exotel_calls'\naccount_sid='{sid}'\napi_key_env='K'\napi_token_env='T'\n\
+                 start_date='2026-11-01'\nwindow_days=32\npage_size=101\nanalyze_with='{target}'\n"
+            )
+        };
+        let analysis = "[sources.ai]\nkind='exotel_analyze'\naccount_sid='acct'\napi_key_env='K'\napi_token_env='T'\n\
+                        webhook_token_env='W'\ncallback_base_url='https://cs.example.com'\n\
+                        [sources.vg]\nkind='voicegain'\ntoken_env='T'\n";
+        let all = |text: String| {
+            problems(&text)
+                .iter()
+                .map(|p| p.to_string())
+                .collect::<Vec<_>>()
+                .join("\n")
+        };
+        let p = all(format!("{}{analysis}", calls("nobody", "acct")));
+        assert!(
+            p.contains("[sources.ex] key `window_days`: must be between 1 and 31"),
+            "{p}"
+        );
+        assert!(
+            p.contains("[sources.ex] key `page_size`: must be between 1 and 100"),
+            "{p}"
+        );
+        assert!(
+            p.contains("[sources.ex] key `analyze_with`: no source named \"nobody\""),
+            "{p}"
+        );
+        let p = all(format!("{}{analysis}", calls("vg", "acct")));
+        assert!(
+            p.contains("source vg is of kind voicegain, not exotel_analyze"),
+            "{p}"
+        );
+        let p = all(format!("{}{analysis}", calls("ai", "other")));
+        assert!(
+            p.contains("source ai analyses account \"acct\", not this source's \"other\""),
+            "{p}"
+        );
+        let ok = format!("{}{analysis}", calls("ai", "acct"))
+            .replace("window_days=32", "window_days=31")
+            .replace("page_size=101", "page_size=100");
+        let cfg = Config::parse(Path::new("x.toml"), &ok).unwrap();
+        let Some(SourceConfig::ExotelCalls(c)) = cfg.sources.get("ex") else {
+            panic!("no exotel_calls source");
+        };
+        assert_eq!(c.analyzer.as_ref().map(|a| a.0.as_str()), Some("ai"));
+    }
+
+    #[test]
     fn every_problem_is_reported_at_once() {
         let p = problems(
             "[warehouse]\nroots='w'\n[sources.Bad]\nkind='voicegain'\ntoken_env='T'\nper_page=0\n[sources.x]\nkind='nope'\n[sources.y]\nkind='voicegain'\nschedule='whenever'\n",

@@ -107,8 +107,9 @@ impl CallsClient {
 
     /// The query of the page after `answer`, `None` on the last page. `NextPageUri` is
     /// relative to the vendor's host: only its query is taken, on our own path (so a
-    /// `base_url` with a path prefix, a proxy, keeps working); without one, an `After` cursor
-    /// is added to the current query.
+    /// `base_url` with a path prefix, a proxy, keeps working), over the current query (a
+    /// filter it leaves out stays); without one, an `After` cursor is added to the current
+    /// query.
     pub fn next_query(
         &self,
         current: &[(String, String)],
@@ -121,7 +122,13 @@ impl CallsClient {
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
                 .collect();
             if !pairs.is_empty() {
-                return Some(pairs);
+                let mut q: Vec<(String, String)> = current
+                    .iter()
+                    .filter(|(k, _)| !pairs.iter().any(|(p, _)| p == k))
+                    .cloned()
+                    .collect();
+                q.extend(pairs);
+                return Some(q);
             }
         }
         let after = match &m.after {
@@ -136,5 +143,64 @@ impl CallsClient {
             .collect();
         q.push(("After".into(), after));
         Some(q)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client() -> CallsClient {
+        let auth = (AUTHORIZATION, Secret::new("Basic x"));
+        let http = crate::config::HttpConfig::default();
+        CallsClient::new(
+            "ex",
+            "http://127.0.0.1:9/exotel",
+            "acct",
+            &http,
+            auth,
+            chrono_tz::Asia::Kolkata,
+        )
+        .unwrap()
+    }
+
+    fn answer(metadata: serde_json::Value) -> CallsAnswer {
+        serde_json::from_value(serde_json::json!({"Metadata": metadata, "Calls": []})).unwrap()
+    }
+
+    #[test]
+    fn the_next_page_follows_next_page_uri_or_the_after_cursor_on_our_own_query() {
+        let c = client();
+        let t = crate::sources::window::parse_day("2026-11-01").unwrap();
+        let first = c.first_query(t, t + chrono::Duration::days(1), 100);
+        // Kolkata is 5 h 30 min ahead; the upper bound is the last second of the window.
+        assert_eq!(
+            first[0].1,
+            "gte:2026-11-01 05:30:00;lte:2026-11-02 05:29:59"
+        );
+        let next = c
+            .next_query(
+                &first,
+                &answer(serde_json::json!({"NextPageUri": "/v1/Accounts/acct/Calls.json?PageSize=100&After=abc%3D", "After": "abc="})),
+            )
+            .unwrap();
+        assert!(next.contains(&("After".into(), "abc=".into())), "{next:?}");
+        assert!(
+            next.contains(&first[0]),
+            "the date filter is kept: {next:?}"
+        );
+        assert_eq!(next.iter().filter(|(k, _)| k == "PageSize").count(), 1);
+        let by_after = c
+            .next_query(
+                &next,
+                &answer(serde_json::json!({"NextPageUri": null, "After": "def"})),
+            )
+            .unwrap();
+        assert_eq!(by_after.iter().filter(|(k, _)| k == "After").count(), 1);
+        assert!(by_after.contains(&("After".into(), "def".into())));
+        assert_eq!(
+            c.next_query(&first, &answer(serde_json::json!({"NextPageUri": null}))),
+            None
+        );
     }
 }
