@@ -119,7 +119,7 @@ fn main() {
                 },
                 first.cpu,
                 first.wall,
-                first.cpu * 1e6 / n as f64 / 1e3,
+                first.cpu * 1e6 / n as f64,
                 first.max_rss_mb,
                 idle.cpu,
                 idle.max_rss_mb

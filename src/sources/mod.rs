@@ -8,6 +8,7 @@ pub mod exotel_calls;
 pub mod exotel_monitor;
 pub mod push;
 pub mod records;
+mod validate;
 
 pub use push::{
     Delivery, FLUSH_CHECK_SECS, FlushPolicy, Inbox, InboxCursor, Job, JobResult, Jobs, Received,
@@ -19,11 +20,12 @@ pub mod voicegain;
 pub mod vonage_insights;
 pub mod window;
 
+pub use validate::{validate_base_url, validate_schedule, validate_secret};
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::str::FromStr;
 use std::sync::Arc;
 
 use crate::config::{Problems, typed};
@@ -562,56 +564,4 @@ impl SourceConfig {
 /// `run_on_start` defaults to true.
 pub fn default_run_on_start() -> bool {
     true
-}
-
-/// Checks a cron expression (`sec min hour day month weekday [year]`).
-pub fn validate_schedule(table: &str, schedule: &str, problems: &mut Problems) {
-    if let Err(e) = cron::Schedule::from_str(schedule) {
-        problems.push(
-            table,
-            Some("schedule"),
-            format!("not a valid cron expression (sec min hour day month weekday): {e}"),
-        );
-    }
-}
-
-/// Checks a `base_url`.
-pub fn validate_base_url(table: &str, url: &str, problems: &mut Problems) {
-    match reqwest::Url::parse(url) {
-        Ok(u) if u.scheme() == "http" || u.scheme() == "https" => {}
-        Ok(_) => problems.push(
-            table,
-            Some("base_url"),
-            "must be an http:// or https:// URL",
-        ),
-        Err(e) => problems.push(table, Some("base_url"), format!("not a valid URL: {e}")),
-    }
-}
-
-/// Checks that exactly one of `<name>_env` / `<name>_file` is set.
-pub fn validate_secret(
-    table: &str,
-    name: &str,
-    env: &Option<String>,
-    file: &Option<PathBuf>,
-    problems: &mut Problems,
-) {
-    let env_key = format!("{name}_env");
-    let file_key = format!("{name}_file");
-    match (env, file) {
-        (Some(_), Some(_)) => problems.push(
-            table,
-            Some(&env_key),
-            format!("set either {env_key} or {file_key}, not both"),
-        ),
-        (None, None) => problems.push(
-            table,
-            Some(&env_key),
-            format!("missing: set {env_key} (an environment variable) or {file_key} (a file); secrets are never inline"),
-        ),
-        (Some(e), None) if e.trim().is_empty() => {
-            problems.push(table, Some(&env_key), "must name an environment variable")
-        }
-        _ => {}
-    }
 }
