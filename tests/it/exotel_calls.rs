@@ -265,6 +265,11 @@ fn a_40_day_backfill_crosses_the_31_day_limit_and_a_range_past_six_months_is_ref
 #[test]
 fn kill_9_during_a_sync_loses_and_doubles_nothing() {
     let env = setup(4000, 40, "window_days = 2\npage_size = 25\n");
+    // Commits of 300 calls, so the kills land between commits as well as inside them.
+    let cfg = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("max_rows_per_file = 100000", "max_rows_per_file = 300");
+    std::fs::write(&env.config, cfg).unwrap();
     env.sim.set_faults(FaultPlan::every(
         1,
         vec![FaultKind::Slow(Duration::from_millis(10))],
@@ -283,6 +288,8 @@ fn kill_9_during_a_sync_loses_and_doubles_nothing() {
         rows_by_id(&env, "ex");
     }
     assert!(kills >= 5, "only {kills} syncs were killed mid-run");
+    let kept = rows_by_id(&env, "ex").len();
+    assert!(kept > 0, "no commit survived the kills");
     env.sim.set_faults(FaultPlan::default());
     env.sync_ok();
     assert_exact(&env, &listed(&env, 0, now_us() - 300_000_000));
