@@ -28,8 +28,7 @@ use crate::record::{CallBatchBuilder, CallRow, Turn};
 use crate::sources::exotel_monitor::normalize::local_time;
 use crate::sources::push::{InboxPages, reject};
 use crate::sources::{
-    BoxFuture, Cursor, JobResult, OpenContext, Page, Received, Source, SourceError,
-    validate_base_url, validate_secret,
+    BoxFuture, Cursor, JobResult, OpenContext, Page, Received, Source, SourceError, validate_secret,
 };
 
 use model::AnalyzeResult;
@@ -117,19 +116,12 @@ fn default_max_submissions() -> u32 {
 impl ExotelAnalyzeConfig {
     /// Reports every problem of this table.
     pub fn validate(&self, table: &str, problems: &mut Problems) {
-        validate_base_url(table, &self.base_url, problems);
-        validate_secret(
+        crate::sources::exotel_calls::validate_account(
             table,
-            "api_key",
-            &self.api_key_env,
-            &self.api_key_file,
-            problems,
-        );
-        validate_secret(
-            table,
-            "api_token",
-            &self.api_token_env,
-            &self.api_token_file,
+            &self.account_sid,
+            &self.base_url,
+            (&self.api_key_env, &self.api_key_file),
+            (&self.api_token_env, &self.api_token_file),
             problems,
         );
         validate_secret(
@@ -139,9 +131,6 @@ impl ExotelAnalyzeConfig {
             &self.webhook_token_file,
             problems,
         );
-        if self.account_sid.trim().is_empty() {
-            problems.push(table, Some("account_sid"), "must not be empty");
-        }
         if let Err(e) = reqwest::Url::parse(&self.callback_base_url) {
             problems.push(table, Some("callback_base_url"), format!("not a URL: {e}"));
         }

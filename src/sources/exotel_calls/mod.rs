@@ -150,6 +150,24 @@ fn first_day_from(t: DateTime<Utc>) -> String {
     day.format("%Y-%m-%d").to_string()
 }
 
+/// Checks the keys of an Exotel account that every Exotel pull kind has: `account_sid`,
+/// `base_url`, and the API key and token as `<name>_env` or `<name>_file`.
+pub fn validate_account(
+    table: &str,
+    account_sid: &str,
+    base_url: &str,
+    key: (&Option<String>, &Option<PathBuf>),
+    token: (&Option<String>, &Option<PathBuf>),
+    problems: &mut Problems,
+) {
+    validate_base_url(table, base_url, problems);
+    validate_secret(table, "api_key", key.0, key.1, problems);
+    validate_secret(table, "api_token", token.0, token.1, problems);
+    if account_sid.trim().is_empty() {
+        problems.push(table, Some("account_sid"), "must not be empty");
+    }
+}
+
 impl ExotelCallsConfig {
     /// The window timing of this source. A listed call has ended, so nothing holds the
     /// cursor; a state rebuilt from the lake re-lists `lookback_secs` before its latest call.
@@ -168,24 +186,14 @@ impl ExotelCallsConfig {
 
     /// Reports every problem of this table.
     pub fn validate(&self, table: &str, problems: &mut Problems) {
-        validate_base_url(table, &self.base_url, problems);
-        validate_secret(
+        validate_account(
             table,
-            "api_key",
-            &self.api_key_env,
-            &self.api_key_file,
+            &self.account_sid,
+            &self.base_url,
+            (&self.api_key_env, &self.api_key_file),
+            (&self.api_token_env, &self.api_token_file),
             problems,
         );
-        validate_secret(
-            table,
-            "api_token",
-            &self.api_token_env,
-            &self.api_token_file,
-            problems,
-        );
-        if self.account_sid.trim().is_empty() {
-            problems.push(table, Some("account_sid"), "must not be empty");
-        }
         if parse_day(&self.start_date).is_none() {
             problems.push(table, Some("start_date"), "must be a day as YYYY-MM-DD");
         }
