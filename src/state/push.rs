@@ -120,6 +120,15 @@ impl State {
         Ok(rows)
     }
 
+    /// How many jobs of a source are in `status`.
+    pub fn jobs_count(&self, source_id: i64, status: &str) -> Result<u64, StateError> {
+        Ok(self.conn.query_row(
+            "SELECT count(*) FROM jobs WHERE source_id = ?1 AND status = ?2",
+            params![source_id, status],
+            |r| r.get::<_, i64>(0),
+        )? as u64)
+    }
+
     /// Calls first submitted at or after `since_us` (by hand or automatically).
     pub fn jobs_first_submitted_since(
         &self,

@@ -161,7 +161,7 @@ impl State {
                 .filter(|j| j.no_call_details)
                 .map(|j| j.call_sid)
                 .collect();
-            let waiting_jobs = self.jobs(id, Some("waiting"))?.len() as u64;
+            let waiting_jobs = self.jobs_count(id, "waiting")?;
             out.push(SourceStatus {
                 waiting_jobs,
                 calls_without_details,

@@ -25,7 +25,7 @@ use serde::Deserialize;
 
 use crate::config::{HttpConfig, Problems};
 use crate::record::{CallBatchBuilder, CallRow, Turn};
-use crate::sources::exotel_monitor::normalize::local_time;
+use crate::sources::exotel_calls::normalize::optional_local;
 use crate::sources::push::{InboxPages, reject};
 use crate::sources::{
     BoxFuture, Cursor, JobResult, OpenContext, Page, Received, Source, SourceError, validate_secret,
@@ -311,12 +311,10 @@ impl ExotelAnalyzeSource {
         for (d, r) in &results {
             let call_sid = r.call_sid.as_deref().unwrap_or_default();
             let call = details.get(call_sid);
-            let time = |field: &str, v: Option<&String>| {
-                v.filter(|s| !s.trim().is_empty())
-                    .and_then(|v| local_time(self.tz, field, v).ok())
-            };
-            let started_at = call.and_then(|c| time("StartTime", c.start_time.as_ref()));
-            let ended_at = call.and_then(|c| time("EndTime", c.end_time.as_ref()));
+            let time =
+                |field: &str, v: Option<&str>| optional_local(self.tz, field, v).ok().flatten();
+            let started_at = call.and_then(|c| time("StartTime", c.start_time.as_deref()));
+            let ended_at = call.and_then(|c| time("EndTime", c.end_time.as_deref()));
             let duration_ms = call
                 .and_then(|c| c.duration_secs().ok().flatten())
                 .map(|secs| (secs * 1000.0).round() as i64);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use tracing::{info, warn};
 
-use crate::sources::exotel_analyze::{Analyzer, ExotelAnalyzeConfig, Submitted};
+use crate::sources::exotel_analyze::{Analyzer, ExotelAnalyzeConfig, Submitted, jobs_error};
 use crate::sources::{Jobs, SourceError};
 
 use super::ExotelCallsConfig;
@@ -79,10 +79,10 @@ impl AutoAnalysis {
     }
 
     fn jobs_error(&self, reason: String) -> SourceError {
-        SourceError::KnownKeys {
-            source_name: self.source_name.clone(),
-            reason: format!("the analysis jobs of {}: {reason}", self.target),
-        }
+        jobs_error(
+            &self.source_name,
+            format!("{reason} (the jobs of {})", self.target),
+        )
     }
 
     /// Records `call_sids` as waiting (a call that has a job keeps it), then submits what the

@@ -307,10 +307,10 @@ pub struct ExotelCallsSource {
     page_size: u32,
     tz: Tz,
     clock: WindowClock,
-    /// The window being read, the query of its next page, and the queries it has sent.
-    window: Option<(DateTime<Utc>, DateTime<Utc>)>,
+    /// The query of the current window's next page (empty: the window is not started; the
+    /// clock's window stays current until it is finished), and the queries it has sent.
     query: Vec<(String, String)>,
-    sent: HashSet<String>,
+    sent: HashSet<Vec<(String, String)>>,
     analysis: Option<AutoAnalysis>,
     waiting_sent: bool,
 }
@@ -374,7 +374,6 @@ impl ExotelCallsSource {
             page_size: cfg.page_size,
             tz: cfg.tz(),
             clock,
-            window: None,
             query: Vec::new(),
             sent: HashSet::new(),
             analysis: AutoAnalysis::new(
@@ -403,28 +402,22 @@ impl ExotelCallsSource {
                 a.submit_waiting().await?;
             }
         }
-        let (from, to) = match self.window {
-            Some(w) => w,
-            None => match self.clock.current() {
-                Some(w) => {
-                    self.window = Some(w);
-                    self.query = self.client.first_query(w.0, w.1, self.page_size);
-                    self.sent.clear();
-                    self.sent.insert(query_key(&self.query));
-                    w
-                }
-                None => return Ok(None),
-            },
+        let Some((from, to)) = self.clock.current() else {
+            return Ok(None);
         };
+        if self.query.is_empty() {
+            self.query = self.client.first_query(from, to, self.page_size);
+            self.sent.clear();
+            self.sent.insert(self.query.clone());
+        }
         let answer = self.client.page(&self.query).await?;
         let mut cursor = None;
         match self.client.next_query(&self.query, &answer) {
             Some(next) => {
-                let key = query_key(&next);
-                if answer.calls.is_empty() || !self.sent.insert(key.clone()) {
+                if answer.calls.is_empty() || !self.sent.insert(next.clone()) {
                     return Err(self.protocol(format!(
                         "the page cursor of the window {} .. {} stopped advancing after {} pages \
-                         (the vendor sent the next page {key:?} again{}); the window is not exported",
+                         (the vendor sent the next page {next:?} again{}); the window is not exported",
                         rfc3339(from),
                         rfc3339(to),
                         self.sent.len(),
@@ -434,7 +427,7 @@ impl ExotelCallsSource {
                 self.query = next;
             }
             None => {
-                self.window = None;
+                self.query.clear();
                 cursor = Some(self.clock.finish_window(to));
             }
         }
@@ -461,15 +454,6 @@ impl ExotelCallsSource {
         }
         rows.into_page(self.client.source_name(), cursor).map(Some)
     }
-}
-
-/// A page query as one comparable string.
-fn query_key(q: &[(String, String)]) -> String {
-    let mut s = form_urlencoded::Serializer::new(String::new());
-    for (k, v) in q {
-        s.append_pair(k, v);
-    }
-    s.finish()
 }
 
 impl Source for ExotelCallsSource {

@@ -10,7 +10,7 @@ use super::KIND;
 use super::model::{Call, direction};
 
 /// An optional local time field (empty counts as absent); the `Err` names it.
-fn optional_local(tz: Tz, field: &str, v: Option<&str>) -> Result<Option<i64>, String> {
+pub fn optional_local(tz: Tz, field: &str, v: Option<&str>) -> Result<Option<i64>, String> {
     match v.map(str::trim).filter(|v| !v.is_empty()) {
         None => Ok(None),
         Some(v) => local_time(tz, field, v).map(Some),
