@@ -300,9 +300,59 @@ impl CallBatchBuilder {
     }
 }
 
+/// The lake-relative path of a call's recording: the call id when it is a safe file name
+/// (`[A-Za-z0-9_-]{1,128}`), otherwise a hash of it; `ext` is reduced to `[a-z0-9]{1,8}`.
+pub fn recording_path(source: &str, started_at_us: i64, call_id: &str, ext: &str) -> String {
+    let safe = (1..=128).contains(&call_id.len())
+        && call_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    let name = if safe {
+        call_id.to_string()
+    } else {
+        // FNV-1a, 64 bit: stable across versions and platforms, unlike std's hasher.
+        let h = call_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+        format!("id-{h:016x}")
+    };
+    let ext: String = ext
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .map(|c| c.to_ascii_lowercase())
+        .take(8)
+        .collect();
+    let ext = if ext.is_empty() {
+        "bin".to_string()
+    } else {
+        ext
+    };
+    format!(
+        "recordings/source={source}/date={}/{name}.{ext}",
+        utc_day(started_at_us)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn recording_names_are_the_call_id_only_when_safe() {
+        assert_eq!(
+            recording_path("vc", 0, "vc_abc-123", "WAV"),
+            "recordings/source=vc/date=1970-01-01/vc_abc-123.wav"
+        );
+        let p = recording_path("vc", 0, "../../etc/passwd", "mp3?x");
+        assert!(
+            p.starts_with("recordings/source=vc/date=1970-01-01/id-"),
+            "{p}"
+        );
+        assert!(p.ends_with(".mp3x") && !p.contains(".."), "{p}");
+        assert_ne!(p, recording_path("vc", 0, "../../etc/passwe", "mp3"));
+        assert!(recording_path("vc", 0, "a", "").ends_with("/a.bin"));
+    }
+
     use arrow_array::Array;
     use arrow_array::cast::AsArray;
 

@@ -9,9 +9,9 @@ use tokio::runtime::Runtime;
 
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, unknown_source};
 use crate::config::{Config, LakeFormat};
-use crate::lake::compact::{CompactOptions, Compacted, compact_source};
-use crate::lake::storage::Storage;
-use crate::schema::Dataset;
+use crate::lake::Lake;
+use crate::lake::compact::{CompactOptions, Compacted};
+use crate::lake::plain::NO_COMPACTION;
 use crate::state::State;
 
 /// What `compact` was asked.
@@ -27,15 +27,12 @@ pub struct CompactRequest {
     pub min_files: usize,
 }
 
-/// Why a plain lake cannot be compacted.
-const PLAIN_LAKE: &str = "compact and vacuum need [warehouse] format = \"delta\": a plain Parquet lake has no atomic swap, so a reader listing the folder mid-way would see rows twice or miss them";
-
 /// A plain lake's answer to `compact` and `vacuum`: the reason, and the usage exit code.
 fn refuse_plain_lake(cfg: &Config, out: &mut dyn Write) -> anyhow::Result<Option<i32>> {
     if cfg.warehouse.format == LakeFormat::Delta {
         return Ok(None);
     }
-    writeln!(out, "error: {PLAIN_LAKE}")?;
+    writeln!(out, "error: {NO_COMPACTION}")?;
     Ok(Some(EXIT_USAGE))
 }
 
@@ -43,7 +40,7 @@ fn refuse_plain_lake(cfg: &Config, out: &mut dyn Write) -> anyhow::Result<Option
 pub fn compact_one(
     cfg: &Config,
     name: &str,
-    storage: &dyn Storage,
+    lake: &Lake,
     opts: &CompactOptions,
 ) -> anyhow::Result<Compacted> {
     let scfg = cfg
@@ -53,8 +50,13 @@ pub fn compact_one(
     let _lock = crate::state::lock::SourceLock::try_acquire(&cfg.state.path, name)?;
     let state = State::open(&cfg.state.path)?;
     let row = state.source(name, scfg.kind())?;
-    crate::lake::recover(storage, &state, row.id, name)?;
-    Ok(compact_source(storage, &state, row.id, name, opts)?)
+    let rewind = |facts: &crate::shared::LakeFacts, c: Option<&crate::shared::Cursor>| {
+        scfg.repair_cursor(facts, c)
+    };
+    lake.recover(&state, row.id, name, &rewind)?;
+    Ok(lake
+        .table()
+        .compact(&lake.source(&state, row.id, name, &rewind), opts)?)
 }
 
 /// `callsync compact`: every qualifying partition of the named sources; one line per source.
@@ -70,7 +72,7 @@ pub fn compact(
     if let Some(name) = req.sources.iter().find(|n| !cfg.sources.contains_key(*n)) {
         return unknown_source(cfg, name, out);
     }
-    let storage = super::lake::open_lake(cfg, rt)?;
+    let lake = super::lake::open_lake(cfg, rt)?;
     let opts = CompactOptions {
         target_bytes: req.target_file_mb.unwrap_or(cfg.compaction.target_file_mb) << 20,
         min_files: req.min_files,
@@ -81,7 +83,7 @@ pub fn compact(
         if !req.sources.is_empty() && !req.sources.contains(name) {
             continue;
         }
-        match compact_one(cfg, name, storage.as_ref(), &opts) {
+        match compact_one(cfg, name, &lake, &opts) {
             Ok(c) if c.partitions == 0 && c.lost == 0 => {
                 writeln!(out, "{name}: nothing to compact")?
             }
@@ -127,15 +129,13 @@ pub fn vacuum(
     if let Some(code) = refuse_plain_lake(cfg, out)? {
         return Ok(code);
     }
-    let storage = super::lake::open_lake(cfg, rt)?;
+    let lake = super::lake::open_lake(cfg, rt)?;
     let hours = retain_hours.unwrap_or(cfg.compaction.retain_hours);
-    let delta = storage.delta().context("the lake has no Delta tables")?;
-    for ds in [Dataset::Calls, Dataset::MonitorLegs] {
-        let files = delta.vacuum(ds, hours, dry_run)?;
+    for (table, files) in lake.table().vacuum(hours, dry_run)? {
         writeln!(
             out,
             "{}: {} {} file{} removed from the table more than {hours} h ago",
-            ds.dir(),
+            table,
             if dry_run { "would delete" } else { "deleted" },
             files.len(),
             if files.len() == 1 { "" } else { "s" }

@@ -8,12 +8,12 @@ use super::{EXIT_FAILED, EXIT_OK, unknown_source};
 use tokio::runtime::Runtime;
 
 use crate::config::Config;
-use crate::lake::storage::Storage;
+use crate::lake::Lake;
 use crate::state::State;
 
 /// The configured lake (a directory or an object store).
-pub(super) fn open_lake(cfg: &Config, rt: &Runtime) -> anyhow::Result<Box<dyn Storage>> {
-    crate::lake::storage::open(&cfg.warehouse, &cfg.state.path, rt.handle())
+pub(super) fn open_lake(cfg: &Config, rt: &Runtime) -> anyhow::Result<Lake> {
+    Lake::open(&cfg.warehouse, &cfg.state.path, rt.handle())
         .with_context(|| format!("opening the lake {}", cfg.warehouse.display()))
 }
 
@@ -59,23 +59,35 @@ fn repair_one(
     let _lock = crate::state::lock::SourceLock::try_acquire(&cfg.state.path, name)?;
     let mut state = State::open(&cfg.state.path)?;
     let row = state.source(name, scfg.kind())?;
-    let storage = open_lake(cfg, rt)?;
-    let storage = storage.as_ref();
-    let disagreement = marker::disagreement(storage, &state, row.id, name)?;
+    let lake = open_lake(cfg, rt)?;
+    let rewind = |facts: &crate::shared::LakeFacts, c: Option<&crate::shared::Cursor>| {
+        scfg.repair_cursor(facts, c)
+    };
+    let disagreement = marker::disagreement(lake.storage(), &state, row.id, name)?;
     if disagreement.is_none() {
+        // The state is right: finish its interrupted publishes, then forget committed files
+        // that are gone (their calls are fetched again).
+        lake.recover(&state, row.id, name, &rewind)?;
+        let gone = lake
+            .table()
+            .forget_missing(&lake.source(&state, row.id, name, &rewind))?;
         if !force {
-            return Ok(if state.last_commit(row.id)?.is_none() {
+            return Ok(if gone.forgotten > 0 {
+                format!(
+                    "{} committed file{} gone from the lake forgotten: {} call{} un-exported, the next run fetches them again",
+                    gone.forgotten,
+                    if gone.forgotten == 1 { " was" } else { "s were" },
+                    gone.unexported,
+                    if gone.unexported == 1 { " is" } else { "s are" },
+                )
+            } else if state.last_commit(row.id)?.is_none() {
                 "nothing to repair: the state has no commit of it and the lake no file".into()
             } else {
                 "the state agrees with the lake; left alone (--force rebuilds it anyway)".into()
             });
         }
-        // The state is right: finish its interrupted publishes before reading the lake.
-        crate::lake::recover(storage, &state, row.id, name)?;
     }
-    let r = repair::rebuild(storage, &mut state, row.id, name, |facts, m| {
-        scfg.repair_cursor(facts, m)
-    })?;
+    let r = repair::rebuild(&lake, &mut state, row.id, name, &rewind)?;
     tracing::info!(source = %name, rows = r.rows, rejects = r.rejects, files = r.data_files, "State rebuilt from the lake.");
     Ok(format!(
         "rebuilt from the lake: {} data files, {} calls, {} rejects, {} other files; cursor {}; {} staged files deleted",
@@ -99,11 +111,22 @@ pub fn verify(
     rt: &Runtime,
     out: &mut dyn Write,
 ) -> anyhow::Result<i32> {
-    use crate::lake::repair;
     let state = State::open(&cfg.state.path)
         .with_context(|| format!("opening state {}", cfg.state.path.display()))?;
-    let storage = open_lake(cfg, rt)?;
-    let storage = storage.as_ref();
+    let lake = open_lake(cfg, rt)?;
+    verify_lake(cfg, &lake, &state, only, out)
+}
+
+/// `verify` of an opened lake (tests open it with a store layer).
+pub fn verify_lake(
+    cfg: &Config,
+    lake: &Lake,
+    state: &State,
+    only: &[String],
+    out: &mut dyn Write,
+) -> anyhow::Result<i32> {
+    use crate::lake::repair;
+    let storage = lake.storage();
     let mut names: std::collections::BTreeSet<String> = only.iter().cloned().collect();
     if only.is_empty() {
         names.extend(cfg.sources.keys().cloned());
@@ -115,7 +138,7 @@ pub fn verify(
         let id = state.source_id(name)?;
         // With the lock held nothing is in flight, so staging can be judged too.
         let lock = crate::state::lock::SourceLock::try_acquire(&cfg.state.path, name).ok();
-        let found = repair::verify(storage, &state, id, name, lock.is_some())?;
+        let found = lake.verify(state, id, name, lock.is_some())?;
         if lock.is_none() {
             writeln!(
                 out,

@@ -14,7 +14,6 @@ use super::schedule::Schedule;
 use super::{Done, RunReport};
 use crate::config::{Config, LakeFormat};
 use crate::lake::compact::CompactOptions;
-use crate::schema::Dataset;
 
 /// Where the daemon's compaction stands.
 pub(super) struct Compactor {
@@ -122,8 +121,8 @@ impl super::Scheduler {
 
 /// One compaction job (blocking): the source's partitions, then `vacuum` after the last.
 pub(super) fn run_job(cfg: &Config, name: &str, last: bool, rt: &tokio::runtime::Handle) {
-    let storage = match crate::lake::storage::open(&cfg.warehouse, &cfg.state.path, rt) {
-        Ok(s) => s,
+    let lake = match crate::lake::Lake::open(&cfg.warehouse, &cfg.state.path, rt) {
+        Ok(l) => l,
         Err(e) => {
             warn!(source = %name, error = %e, "Compaction skipped: the lake did not open.");
             return;
@@ -134,7 +133,7 @@ pub(super) fn run_job(cfg: &Config, name: &str, last: bool, rt: &tokio::runtime:
         min_files: cfg.compaction.min_files,
         dates: None,
     };
-    match crate::app::compact_one(cfg, name, storage.as_ref(), &opts) {
+    match crate::app::compact_one(cfg, name, &lake, &opts) {
         Ok(c) if c.partitions > 0 => {
             info!(source = %name, partitions = c.partitions, files_before = c.files_before, files_after = c.files_after, rows = c.rows, "Compaction done.")
         }
@@ -143,20 +142,21 @@ pub(super) fn run_job(cfg: &Config, name: &str, last: bool, rt: &tokio::runtime:
             warn!(source = %name, error = format!("{e:#}"), "Compaction failed; trying again at its next tick.")
         }
     }
-    if last && let Some(delta) = storage.delta() {
-        for ds in [Dataset::Calls, Dataset::MonitorLegs] {
-            match delta.vacuum(ds, cfg.compaction.retain_hours, false) {
-                Ok(files) if !files.is_empty() => {
-                    info!(
-                        table = ds.dir(),
-                        deleted = files.len(),
-                        "Vacuum deleted replaced files."
-                    )
+    if last {
+        match lake.table().vacuum(cfg.compaction.retain_hours, false) {
+            Ok(tables) => {
+                for (table, files) in tables {
+                    if !files.is_empty() {
+                        info!(
+                            table,
+                            deleted = files.len(),
+                            "Vacuum deleted replaced files."
+                        )
+                    }
                 }
-                Ok(_) => {}
-                Err(e) => {
-                    warn!(table = ds.dir(), error = %e, "Vacuum failed; trying again after the next compaction.")
-                }
+            }
+            Err(e) => {
+                warn!(error = %e, "Vacuum failed; trying again after the next compaction.")
             }
         }
     }

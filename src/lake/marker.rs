@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::LakeError;
 use super::storage::Storage;
-use crate::sources::Cursor;
+use crate::shared::Cursor;
 use crate::state::State;
 
 /// What the marker file holds.

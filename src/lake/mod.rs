@@ -1,25 +1,37 @@
-//! The lake: Parquet writing, the publish step of the commit protocol, and recovery at start.
+//! The lake: where committed files live and how readers see them. `Lake` is the one way in:
+//! a storage (a local directory or an object store) and a table format (`plain` or `delta`,
+//! one trait in `table.rs`), opened from `[warehouse]`.
 //!
 //! Order of a commit (see DESIGN.md): stage files under `_staging/<source>/` (durable), record
-//! them in ONE SQLite transaction with the cursor, then publish by renaming into the Hive
-//! partitions. Recovery, under the source's lock, finishes publishes whose commit happened and
-//! deletes staged files no commit names.
+//! them in ONE SQLite transaction with the cursor, then publish (into the Hive partitions; with
+//! Delta, then one table commit). Recovery, under the source's lock, finishes or undoes what
+//! an interrupted run left, reading the lake (never guessing from an error) to know which.
 
 pub mod compact;
 pub mod delta;
+mod durable;
+pub mod layer;
 pub mod marker;
 pub mod object;
+pub mod plain;
+mod recover;
 pub mod repair;
 pub mod stats;
 pub mod storage;
+pub mod table;
+mod verify;
 pub mod writer;
 
-use std::collections::HashSet;
+use std::path::Path;
+use std::sync::Arc;
 
-use tracing::{info, warn};
+use tracing::info;
 
+use crate::config::{LakeFormat, LakeLocation, WarehouseConfig};
 use crate::state::{ManifestRow, State, StateError};
+pub use layer::StoreLayer;
 use storage::Storage;
+use table::{CursorRule, Finding, Recovered, SourceCx, Table};
 
 /// A lake operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,6 +46,8 @@ pub enum LakeError {
     State(#[from] StateError),
     #[error(transparent)]
     Delta(#[from] delta::DeltaError),
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// An I/O error, saying in plain words when the disk is full.
@@ -55,157 +69,194 @@ fn describe(e: &dyn std::fmt::Display) -> String {
     }
 }
 
-/// The lake-relative path of a call's recording: the call id when it is a safe file name
-/// (`[A-Za-z0-9_-]{1,128}`), otherwise a hash of it; `ext` is reduced to `[a-z0-9]{1,8}`.
-pub fn recording_path(source: &str, started_at_us: i64, call_id: &str, ext: &str) -> String {
-    let safe = (1..=128).contains(&call_id.len())
-        && call_id
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    let name = if safe {
-        call_id.to_string()
-    } else {
-        // FNV-1a, 64 bit: stable across versions and platforms, unlike std's hasher.
-        let h = call_id.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-            (h ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3)
-        });
-        format!("id-{h:016x}")
-    };
-    let ext: String = ext
-        .chars()
-        .filter(|c| c.is_ascii_alphanumeric())
-        .map(|c| c.to_ascii_lowercase())
-        .take(8)
-        .collect();
-    let ext = if ext.is_empty() {
-        "bin".to_string()
-    } else {
-        ext
-    };
-    format!(
-        "recordings/source={source}/date={}/{name}.{ext}",
-        crate::record::utc_day(started_at_us)
-    )
+/// A lake: its storage and its table format.
+pub struct Lake {
+    storage: Box<dyn Storage>,
+    table: Box<dyn Table>,
+    /// The lake's location, for messages.
+    display: String,
 }
 
-/// Publishes committed files (rename staged → final; with Delta tables, then one table
-/// commit per callsync commit) and marks them published.
-pub fn publish(
-    storage: &dyn Storage,
-    state: &State,
-    source: &str,
-    rows: &[ManifestRow],
-) -> Result<(), LakeError> {
-    for row in rows {
-        storage.publish(&row.staged, &row.final_path)?;
+impl Lake {
+    /// Opens the lake of `[warehouse]`: a local directory, or an object store whose staged
+    /// files spool beside the state (`<state path>.spool/`). `rt` drives an object store's
+    /// requests.
+    pub fn open(
+        cfg: &WarehouseConfig,
+        state_path: &Path,
+        rt: &tokio::runtime::Handle,
+    ) -> Result<Lake, LakeError> {
+        Lake::open_with(cfg, state_path, rt, None)
     }
-    if let Some(delta) = storage.delta() {
-        delta.append(source, rows, true)?;
-    }
-    let names: Vec<&str> = rows.iter().map(|r| r.staged.as_str()).collect();
-    state.mark_published(&names)?;
-    Ok(())
-}
 
-/// What recovery did for one source.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct Recovered {
-    /// Committed files whose publish was finished now.
-    pub rolled_forward: usize,
-    /// Staged files of commits that never happened, deleted.
-    pub deleted: usize,
-}
-
-/// Recovery for one source; the caller holds the source's lock.
-pub fn recover(
-    storage: &dyn Storage,
-    state: &State,
-    source_id: i64,
-    source: &str,
-) -> Result<Recovered, LakeError> {
-    let mut rec = Recovered::default();
-    let pending = state.unpublished(source_id)?;
-    let mut done = Vec::new();
-    let mut present = Vec::new();
-    for row in &pending {
-        if storage.exists(&row.final_path)? {
-            // Published before the crash, not yet marked. On object storage a publish is a
-            // copy then a delete: a staged copy left behind goes now.
-            storage.delete(&row.staged)?;
-            done.push(row.staged.as_str());
-            present.push(row.clone());
-        } else if storage.exists(&row.staged)? {
-            storage.publish(&row.staged, &row.final_path)?;
-            done.push(row.staged.as_str());
-            present.push(row.clone());
-            rec.rolled_forward += 1;
-        } else {
-            warn!(
-                source = %source,
-                staged = %row.staged,
-                final_path = %row.final_path,
-                "Committed file is missing from both staging and the lake; it was removed by hand."
-            );
-            done.push(row.staged.as_str());
-        }
-    }
-    if let Some(delta) = storage.delta() {
-        // A commit the table lacks is added now (one it holds is skipped by its app
-        // transaction); the next commit numbers above anything the table holds, also when
-        // the state was rebuilt.
-        delta.append(source, &present, false)?;
-        rec.deleted += compact::recover_compactions(storage, state, source_id, source)?;
-        compact::reconcile(storage, state, source_id, source)?;
-        for ds in [
-            crate::schema::Dataset::Calls,
-            crate::schema::Dataset::MonitorLegs,
-        ] {
-            if delta.exists(ds)?
-                && let Some(v) = delta.txn_version(ds, &format!("callsync/{source}"))?
-            {
-                state.raise_commit_seq(source_id, v)?;
+    /// `open`, with every store the lake uses wrapped by `layer` (tests inject faults so).
+    pub fn open_with(
+        cfg: &WarehouseConfig,
+        state_path: &Path,
+        rt: &tokio::runtime::Handle,
+        layer: Option<&dyn StoreLayer>,
+    ) -> Result<Lake, LakeError> {
+        let wrap = |s: Arc<dyn object_store::ObjectStore>| match layer {
+            Some(l) => l.object_store(s),
+            None => s,
+        };
+        let (storage, store, url): (Box<dyn Storage>, _, url::Url) = match cfg.location() {
+            LakeLocation::Local(root) => {
+                let local = storage::LocalStorage::new(&root)?;
+                let abs = std::fs::canonicalize(&root)?;
+                let url = url::Url::from_directory_path(&abs).map_err(|()| {
+                    std::io::Error::other(format!("{} is not an absolute path", abs.display()))
+                })?;
+                let storage: Box<dyn Storage> = match layer {
+                    Some(l) => l.storage(Box::new(local)),
+                    None => Box::new(local),
+                };
+                // The local Delta log is fsynced (object_store's local store does not).
+                let store = wrap(Arc::new(durable::SyncedLocal::new()));
+                (storage, store, url)
             }
+            LakeLocation::Object {
+                url,
+                scheme,
+                bucket,
+                prefix,
+            } => {
+                let options = cfg
+                    .resolved_storage_options()
+                    .map_err(|e| LakeError::Io(std::io::Error::other(e)))?;
+                let store = object::build_store(&scheme, &bucket, &options)
+                    .map_err(|e| LakeError::Io(std::io::Error::other(e)))?;
+                let store = wrap(store);
+                let mut spool = state_path.as_os_str().to_owned();
+                spool.push(".spool");
+                let lake =
+                    object::ObjectStorage::new(store.clone(), &prefix, Path::new(&spool), rt.clone(), &url)?;
+                let base = url::Url::parse(&url).map_err(std::io::Error::other)?;
+                (Box::new(lake) as Box<dyn Storage>, store, base)
+            }
+        };
+        let table: Box<dyn Table> = match cfg.format {
+            LakeFormat::Parquet => {
+                refuse_delta_as_plain(storage.as_ref(), &cfg.display())?;
+                Box::new(plain::Plain)
+            }
+            LakeFormat::Delta => Box::new(delta::Delta {
+                tables: delta::DeltaTables::new(
+                    store,
+                    url,
+                    rt.clone(),
+                    cfg.checkpoint_interval,
+                    cfg.log_retention_days,
+                ),
+            }),
+        };
+        Ok(Lake {
+            storage,
+            table,
+            display: cfg.display(),
+        })
+    }
+
+    /// Where the lake's bytes live.
+    pub fn storage(&self) -> &dyn Storage {
+        self.storage.as_ref()
+    }
+
+    /// The table format.
+    pub fn table(&self) -> &dyn Table {
+        self.table.as_ref()
+    }
+
+    /// The lake's location, for messages.
+    pub fn display(&self) -> &str {
+        &self.display
+    }
+
+    /// One source of the lake, for the table's steps.
+    pub fn source<'a>(
+        &'a self,
+        state: &'a State,
+        source_id: i64,
+        source: &'a str,
+        rewind: &'a CursorRule<'a>,
+    ) -> SourceCx<'a> {
+        SourceCx {
+            storage: self.storage.as_ref(),
+            state,
+            source_id,
+            source,
+            rewind,
         }
     }
-    state.mark_published(&done)?;
-    let named: HashSet<String> = pending.into_iter().map(|r| r.staged).collect();
-    let dir = format!("_staging/{source}");
-    for name in storage.list(&dir)? {
-        let rel = format!("{dir}/{name}");
-        if !named.contains(&rel) {
-            storage.delete(&rel)?;
-            rec.deleted += 1;
+
+    /// Publishes committed files (step 3) and marks them published.
+    pub fn publish(
+        &self,
+        state: &State,
+        source_id: i64,
+        source: &str,
+        rows: &[ManifestRow],
+    ) -> Result<(), LakeError> {
+        let keep = table::keep_cursor;
+        self.table
+            .publish(&self.source(state, source_id, source, &keep), rows)
+    }
+
+    /// Recovery for one source; the caller holds the source's lock.
+    pub fn recover(
+        &self,
+        state: &State,
+        source_id: i64,
+        source: &str,
+        rewind: &CursorRule<'_>,
+    ) -> Result<Recovered, LakeError> {
+        let rec = self
+            .table
+            .recover(&self.source(state, source_id, source, rewind))?;
+        if rec != Recovered::default() {
+            info!(
+                source = %source,
+                rolled_forward = rec.rolled_forward,
+                deleted = rec.deleted,
+                readded = rec.readded,
+                adopted = rec.adopted,
+                replaced = rec.replaced,
+                forgotten = rec.forgotten,
+                unexported = rec.unexported,
+                compactions = rec.compactions,
+                "Recovered from an interrupted run."
+            );
         }
+        Ok(rec)
     }
-    rec.deleted += storage.clear_spool(source)?;
-    if rec != Recovered::default() {
-        info!(
-            source = %source,
-            rolled_forward = rec.rolled_forward,
-            deleted = rec.deleted,
-            "Recovered from an interrupted run."
-        );
+
+    /// Holds the lake against the state for one source (`source_id` is `None` when the
+    /// state does not know it). `idle`: the caller holds the source's lock.
+    pub fn verify(
+        &self,
+        state: &State,
+        source_id: Option<i64>,
+        source: &str,
+        idle: bool,
+    ) -> Result<Vec<Finding>, LakeError> {
+        verify::verify(self, state, source_id, source, idle)
     }
-    Ok(rec)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn recording_names_are_the_call_id_only_when_safe() {
-        assert_eq!(
-            recording_path("vc", 0, "vc_abc-123", "WAV"),
-            "recordings/source=vc/date=1970-01-01/vc_abc-123.wav"
-        );
-        let p = recording_path("vc", 0, "../../etc/passwd", "mp3?x");
-        assert!(
-            p.starts_with("recordings/source=vc/date=1970-01-01/id-"),
-            "{p}"
-        );
-        assert!(p.ends_with(".mp3x") && !p.contains(".."), "{p}");
-        assert_ne!(p, recording_path("vc", 0, "../../etc/passwe", "mp3"));
-        assert!(recording_path("vc", 0, "a", "").ends_with("/a.bin"));
+/// Refuses to open a lake holding Delta tables as a plain one: its folders also hold files
+/// the tables removed (compaction's inputs until `vacuum`), which a plain reader would count
+/// twice, and plain writes would never reach the tables.
+fn refuse_delta_as_plain(storage: &dyn Storage, lake: &str) -> Result<(), LakeError> {
+    for ds in delta::DATASETS {
+        if storage
+            .first_file(&format!("{}/_delta_log", ds.dir()), ".json")?
+            .is_some()
+        {
+            return Err(LakeError::Refused(format!(
+                "the lake {lake} holds Delta tables ({}/_delta_log/) but [warehouse] format is \"plain\": read as plain Parquet, its folders also hold files the table removed (a compaction's inputs until vacuum), which readers would count twice, and plain commits would never reach the table. callsync does not turn a Delta lake back into a plain one; keep format = \"delta\"",
+                ds.dir()
+            )));
+        }
     }
+    Ok(())
 }

@@ -50,8 +50,6 @@ pub struct ObjectStorage {
     rt: Handle,
     /// The lake's URL, for messages.
     url: String,
-    /// The lake's Delta tables (`format = "delta"`).
-    delta: Option<super::delta::DeltaTables>,
 }
 
 /// An `object_store` error as an I/O error (NotFound kept), naming the lake but no secret.
@@ -78,19 +76,7 @@ impl ObjectStorage {
             spool: spool.to_path_buf(),
             rt,
             url: url.to_string(),
-            delta: None,
         })
-    }
-
-    /// The store, from the bucket's root.
-    pub fn store(&self) -> Arc<dyn ObjectStore> {
-        self.store.clone()
-    }
-
-    /// The lake with Delta tables.
-    pub fn with_delta(mut self, delta: super::delta::DeltaTables) -> Self {
-        self.delta = Some(delta);
-        self
     }
 
     fn key(&self, rel: &str) -> Key {
@@ -177,10 +163,6 @@ impl ObjectStorage {
 }
 
 impl Storage for ObjectStorage {
-    fn delta(&self) -> Option<&super::delta::DeltaTables> {
-        self.delta.as_ref()
-    }
-
     fn create_staged(&self, rel: &str) -> io::Result<File> {
         let p = self.spooled(rel);
         if let Some(parent) = p.parent() {

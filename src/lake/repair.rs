@@ -1,6 +1,6 @@
 //! `repair`: rebuilds one source's state from the files in its lake (manifest, exported keys,
-//! totals, a safe cursor) and writes the marker; `verify`: holds the lake and the state
-//! against each other and names every file that is wrong. Both run under the source's lock.
+//! totals, a safe cursor) and writes the marker, under the source's lock; and the reading of a
+//! data file's keys that recovery shares.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -13,7 +13,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use super::LakeError;
 use super::marker;
 use super::storage::Storage;
-use crate::sources::{Cursor, LakeFacts};
+use crate::shared::{Cursor, LakeFacts};
 use crate::state::{State, StateError};
 
 /// Keys inserted per statement batch while reading a file.
@@ -53,7 +53,7 @@ fn io(path: &str, e: impl std::fmt::Display) -> LakeError {
 
 /// Reads the key column (and `started_at`) of a data file in batches: `on_keys` gets the keys
 /// of each batch; returns (rows, latest started_at).
-fn scan_keys(
+pub(super) fn scan_keys(
     storage: &dyn Storage,
     path: &str,
     mut on_keys: impl FnMut(&StringArray) -> Result<(), StateError>,
@@ -98,12 +98,13 @@ fn scan_keys(
 /// Rebuilds the state of `source` from its lake. `cursor_of` is the source kind's rule for a
 /// safe cursor. The caller holds the source's lock.
 pub fn rebuild(
-    storage: &dyn Storage,
+    lake: &super::Lake,
     state: &mut State,
     source_id: i64,
     source: &str,
     cursor_of: impl Fn(&LakeFacts, Option<&Cursor>) -> Option<Cursor>,
 ) -> Result<Repaired, LakeError> {
+    let storage = lake.storage();
     // A marker that cannot be read is replaced; its cursor is then not used.
     let marker_cursor = marker::read(storage, source)
         .ok()
@@ -123,17 +124,25 @@ pub fn rebuild(
     // Per commit: (rows, rejects).
     let mut commits: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut latest: Option<i64> = None;
-    let data = data_files(storage, source)?;
+    // With Delta tables the files of their latest versions (files a compaction replaced, or a
+    // crash left behind, are no data), otherwise every file in its partition folders.
+    let data: Vec<(String, u64)> = lake
+        .table()
+        .active_files(storage, source)?
+        .into_iter()
+        .map(|f| (f.path, f.size))
+        .collect();
     let rebuild = state.rebuild(source_id)?;
     {
         for (path, bytes) in data {
             if !path.ends_with(".parquet") {
                 continue;
             }
+            let day = super::recover::date_of(&path).and_then(super::recover::day_number);
             let (rows, last) = scan_keys(storage, &path, |keys| {
                 let ids: Vec<&str> = keys.iter().flatten().collect();
                 ids.iter().for_each(|id| note_id(id));
-                rebuild.add_keys(&ids)
+                rebuild.add_keys(&ids, day)
             })?;
             if let Some(l) = last {
                 latest = Some(latest.map_or(l, |x| x.max(l)));
@@ -194,34 +203,6 @@ pub fn rebuild(
     Ok(out)
 }
 
-/// A source's data files: with Delta tables the files of their latest versions (files a
-/// compaction replaced, or a crash left behind, are no data), otherwise every file in its
-/// partition folders.
-fn data_files(storage: &dyn Storage, source: &str) -> Result<Vec<(String, u64)>, LakeError> {
-    let mut out = Vec::new();
-    match storage.delta() {
-        Some(delta) => {
-            for ds in [
-                crate::schema::Dataset::Calls,
-                crate::schema::Dataset::MonitorLegs,
-            ] {
-                out.extend(
-                    delta
-                        .active_files(ds, Some(source))?
-                        .into_iter()
-                        .map(|f| (f.path, f.size)),
-                );
-            }
-        }
-        None => {
-            for dataset in marker::DATASETS {
-                out.extend(storage.walk(&format!("{dataset}/source={source}"))?);
-            }
-        }
-    }
-    Ok(out)
-}
-
 /// Source names that have a directory in the lake (`<dataset>/source=<name>`).
 pub fn lake_sources(storage: &dyn Storage) -> Result<BTreeSet<String>, LakeError> {
     let mut out = BTreeSet::new();
@@ -229,153 +210,6 @@ pub fn lake_sources(storage: &dyn Storage) -> Result<BTreeSet<String>, LakeError
         for d in storage.list_dirs(dataset)? {
             if let Some(name) = d.strip_prefix("source=") {
                 out.insert(name.to_string());
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// One thing `verify` found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    /// A problem (exit 1) rather than a note.
-    pub problem: bool,
-    /// The lake-relative file it is about, when it is about one.
-    pub file: Option<String>,
-    pub text: String,
-}
-
-impl Finding {
-    fn problem(file: &str, text: String) -> Finding {
-        Finding {
-            problem: true,
-            file: Some(file.to_string()),
-            text,
-        }
-    }
-}
-
-/// Holds the lake against the state for one source (`source_id` is `None` when the state
-/// does not know it: every file is then foreign). The lake is listed before the state is read,
-/// so a run publishing meanwhile never shows up as a false problem. `idle` says the caller
-/// holds the source's lock, so staging can be judged too.
-pub fn verify(
-    storage: &dyn Storage,
-    state: &State,
-    source_id: Option<i64>,
-    source: &str,
-    idle: bool,
-) -> Result<Vec<Finding>, LakeError> {
-    let mut lake: Vec<(String, u64)> = data_files(storage, source)?;
-    lake.extend(storage.walk(&format!("recordings/source={source}"))?);
-    let in_tables: Option<BTreeSet<String>> = storage
-        .delta()
-        .map(|_| lake.iter().map(|(p, _)| p.clone()).collect());
-    let staged_now = storage.list(&format!("_staging/{source}"))?;
-    let mut out = Vec::new();
-    let manifest = match source_id {
-        Some(id) => state.manifest(id)?,
-        None => Vec::new(),
-    };
-    if let Some(id) = source_id
-        && let Some(reason) = marker::disagreement(storage, state, id, source)?
-    {
-        out.push(Finding::problem(
-            &marker::path(source),
-            format!("{reason}; run `callsync repair --source {source}`"),
-        ));
-    }
-    // An interrupted compaction (recorded, its commit maybe landed): its old and new files
-    // are what the next run of the source settles, no problem.
-    let mut compacting: BTreeSet<String> = BTreeSet::new();
-    if let Some(id) = source_id {
-        for c in state.pending_compactions(id)? {
-            compacting.extend(c.removed);
-            compacting.extend(c.added.into_iter().flatten().map(|f| f.path));
-        }
-    }
-    let named: BTreeSet<&str> = manifest.iter().map(|m| m.final_path.as_str()).collect();
-    let mut pending_staged = BTreeSet::new();
-    for m in &manifest {
-        if m.published {
-            match storage.size(&m.final_path)? {
-                None => out.push(Finding::problem(
-                    &m.final_path,
-                    format!(
-                        "missing: {} (committed in {}, {} bytes)",
-                        m.final_path, m.commit_id, m.bytes
-                    ),
-                )),
-                Some(n) if n != m.bytes => out.push(Finding::problem(
-                    &m.final_path,
-                    format!(
-                        "wrong size: {} is {n} bytes, its commit {} recorded {}",
-                        m.final_path, m.commit_id, m.bytes
-                    ),
-                )),
-                Some(_) => {
-                    if let Some(active) = &in_tables
-                        && super::delta::dataset_of(&m.final_path).is_some()
-                        && !active.contains(&m.final_path)
-                        && !compacting.contains(&m.final_path)
-                    {
-                        out.push(Finding::problem(
-                            &m.final_path,
-                            format!(
-                                "not in the Delta table: {} (committed in {}); the next run of {source} adds it",
-                                m.final_path, m.commit_id
-                            ),
-                        ));
-                    }
-                }
-            }
-        } else if storage.exists(&m.final_path)? || storage.exists(&m.staged)? {
-            pending_staged.insert(m.staged.clone());
-            out.push(Finding {
-                problem: false,
-                file: Some(m.final_path.clone()),
-                text: format!(
-                    "not yet published: {} (committed; the next run of {source} publishes it)",
-                    m.final_path
-                ),
-            });
-        } else {
-            out.push(Finding::problem(
-                &m.final_path,
-                format!(
-                    "lost: {} was committed in {} but is neither staged ({}) nor in the lake",
-                    m.final_path, m.commit_id, m.staged
-                ),
-            ));
-        }
-    }
-    for (path, _) in &lake {
-        if compacting.contains(path) {
-            out.push(Finding {
-                problem: false,
-                file: Some(path.clone()),
-                text: format!(
-                    "written by an interrupted compaction: {path} (the next run of {source} settles it)"
-                ),
-            });
-        } else if !named.contains(path.as_str()) {
-            out.push(Finding::problem(
-                path,
-                format!("foreign: {path} is in the lake but no commit of {source} names it"),
-            ));
-        }
-    }
-    if idle {
-        for name in staged_now {
-            let rel = format!("_staging/{source}/{name}");
-            if !pending_staged.contains(&rel) {
-                out.push(Finding {
-                    problem: false,
-                    file: Some(rel.clone()),
-                    text: format!(
-                        "left by an interrupted run: {rel} (no commit names it; the next run of {source} deletes it)"
-                    ),
-                });
             }
         }
     }

@@ -1,5 +1,6 @@
 //! The storage seam under the lake: stage a file durably, publish it, list, delete.
 //! `LocalStorage` is a directory (with fsyncs); `object::ObjectStorage` is object storage.
+//! `super::Lake::open` picks one from `[warehouse]`.
 
 use std::fs::{self, File};
 use std::io;
@@ -50,76 +51,11 @@ pub trait Storage: Send + Sync {
     fn clear_spool(&self, _source: &str) -> io::Result<usize> {
         Ok(0)
     }
-    /// The lake's Delta tables, when `format = "delta"`.
-    fn delta(&self) -> Option<&super::delta::DeltaTables> {
-        None
-    }
-}
-
-/// Opens the lake of `[warehouse]`: a local directory, or an object store whose staged files
-/// spool beside the state (`<state path>.spool/`). `rt` drives an object store's requests.
-pub fn open(
-    cfg: &crate::config::WarehouseConfig,
-    state_path: &Path,
-    rt: &tokio::runtime::Handle,
-) -> io::Result<Box<dyn Storage>> {
-    use crate::config::{LakeFormat, LakeLocation};
-    let delta = |store: std::sync::Arc<dyn object_store::ObjectStore>, url: url::Url| {
-        (cfg.format == LakeFormat::Delta).then(|| {
-            super::delta::DeltaTables::new(
-                store,
-                url,
-                rt.clone(),
-                cfg.checkpoint_interval,
-                cfg.log_retention_days,
-            )
-        })
-    };
-    match cfg.location() {
-        LakeLocation::Local(root) => {
-            let mut local = LocalStorage::new(&root)?;
-            let abs = fs::canonicalize(&root)?;
-            let url = url::Url::from_directory_path(&abs).map_err(|()| {
-                io::Error::other(format!("{} is not an absolute path", abs.display()))
-            })?;
-            local.delta = delta(
-                std::sync::Arc::new(object_store::local::LocalFileSystem::new()),
-                url,
-            );
-            Ok(Box::new(local))
-        }
-        LakeLocation::Object {
-            url,
-            scheme,
-            bucket,
-            prefix,
-        } => {
-            let options = cfg.resolved_storage_options().map_err(io::Error::other)?;
-            let store =
-                super::object::build_store(&scheme, &bucket, &options).map_err(io::Error::other)?;
-            let mut spool = state_path.as_os_str().to_owned();
-            spool.push(".spool");
-            let mut lake = super::object::ObjectStorage::new(
-                store,
-                &prefix,
-                Path::new(&spool),
-                rt.clone(),
-                &url,
-            )?;
-            let base = url::Url::parse(&url).map_err(io::Error::other)?;
-            if let Some(d) = delta(lake.store(), base) {
-                lake = lake.with_delta(d);
-            }
-            Ok(Box::new(lake))
-        }
-    }
 }
 
 /// A warehouse in a local directory. Rename within one filesystem is atomic.
 pub struct LocalStorage {
     root: PathBuf,
-    /// The lake's Delta tables (`format = "delta"`).
-    delta: Option<super::delta::DeltaTables>,
 }
 
 impl LocalStorage {
@@ -128,7 +64,6 @@ impl LocalStorage {
         fs::create_dir_all(root)?;
         Ok(LocalStorage {
             root: root.to_path_buf(),
-            delta: None,
         })
     }
 
@@ -173,10 +108,6 @@ impl LocalStorage {
 }
 
 impl Storage for LocalStorage {
-    fn delta(&self) -> Option<&super::delta::DeltaTables> {
-        self.delta.as_ref()
-    }
-
     fn create_staged(&self, rel: &str) -> io::Result<File> {
         let p = self.path(rel);
         if let Some(parent) = p.parent() {

@@ -19,6 +19,7 @@ use super::LakeError;
 use super::storage::Storage;
 use crate::record::{Reject, utc_day};
 use crate::schema::{Dataset, SCHEMA_VERSION_KEY};
+pub use crate::state::StagedFile;
 
 /// Rows per Parquet row group.
 const ROW_GROUP_ROWS: usize = 65_536;
@@ -28,21 +29,6 @@ const ROW_GROUP_MAX_BYTES: usize = 4 << 20;
 /// commit) when another day arrives. Calls mostly come in time order, so this is rarely hit.
 const MAX_OPEN_PARTITIONS: usize = 2;
 const MICROS_PER_DAY: i64 = 86_400_000_000;
-
-/// A staged file and where it goes when its commit is published.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StagedFile {
-    /// Lake-relative staged path (`_staging/<source>/<commit>-<n>.tmp`).
-    pub staged: String,
-    /// Lake-relative final path.
-    pub final_path: String,
-    /// Rows (calls or rejects) in the file.
-    pub rows: u64,
-    /// Size in bytes.
-    pub bytes: u64,
-    /// A data file's Delta statistics (JSON), from its Parquet footer.
-    pub stats: Option<String>,
-}
 
 /// Parquet writer settings for the calls table: zstd, no dictionary or min/max statistics on
 /// near-unique long text, bounded row groups, the schema version in the metadata.
@@ -91,6 +77,30 @@ pub fn writer_properties(dataset: Dataset) -> WriterProperties {
         "text".into(),
     ]);
     b.set_column_dictionary_enabled(text, false).build()
+}
+
+/// The partition day of each row of a batch of `dataset` (UTC days since the epoch): the day
+/// of its partition column, or, for a row without that time (an analysis result carries
+/// none), of the day it was extracted.
+pub fn partition_days(dataset: Dataset, batch: &RecordBatch) -> Result<Vec<i32>, LakeError> {
+    let column = dataset.partition_column();
+    let started = batch
+        .column_by_name(column)
+        .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
+        .ok_or_else(|| std::io::Error::other(format!("batch has no {column} timestamp column")))?;
+    let fallback = batch
+        .column_by_name(dataset.fallback_partition_column())
+        .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>());
+    Ok((0..batch.num_rows())
+        .map(|i| {
+            let t = if started.is_valid(i) {
+                started.value(i)
+            } else {
+                fallback.filter(|f| f.is_valid(i)).map_or(0, |f| f.value(i))
+            };
+            t.div_euclid(MICROS_PER_DAY) as i32
+        })
+        .collect())
 }
 
 /// One Parquet data file being written through the storage seam, with bounded memory.
@@ -237,35 +247,16 @@ impl<'a> CommitWriter<'a> {
     /// Adds a batch of `dataset`'s schema, each row to the partition of the UTC day of its
     /// partition column.
     pub fn add_rows(&mut self, dataset: Dataset, batch: &RecordBatch) -> Result<(), LakeError> {
-        let column = dataset.partition_column();
-        let started = batch
-            .column_by_name(column)
-            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>())
-            .ok_or_else(|| {
-                std::io::Error::other(format!("batch has no {column} timestamp column"))
-            })?;
-        // A row without that time (an analysis result carries none) lands in the partition
-        // of the day it was extracted.
-        let fallback = batch
-            .column_by_name(dataset.fallback_partition_column())
-            .and_then(|c| c.as_primitive_opt::<TimestampMicrosecondType>());
-        let day_of = |i: usize| {
-            let t = if started.is_valid(i) {
-                started.value(i)
-            } else {
-                fallback.filter(|f| f.is_valid(i)).map_or(0, |f| f.value(i))
-            };
-            t.div_euclid(MICROS_PER_DAY)
-        };
+        let days = partition_days(dataset, batch)?;
         let n = batch.num_rows();
         let mut start = 0;
         while start < n {
-            let day = day_of(start);
+            let day = days[start];
             let mut end = start + 1;
-            while end < n && day_of(end) == day {
+            while end < n && days[end] == day {
                 end += 1;
             }
-            self.write_run((dataset, day), &batch.slice(start, end - start))?;
+            self.write_run((dataset, day as i64), &batch.slice(start, end - start))?;
             start = end;
         }
         Ok(())

@@ -11,9 +11,9 @@ use tokio::runtime::Handle;
 use tracing::{debug, info};
 
 use super::{OnPage, PipelineError, RunSummary, StopFlag};
-use crate::lake::storage::Storage;
-use crate::lake::writer::{CommitWriter, StagedFile};
-use crate::lake::{self, LakeError, marker};
+use crate::failpoint;
+use crate::lake::writer::{CommitWriter, StagedFile, partition_days};
+use crate::lake::{Lake, LakeError, marker};
 use crate::record::Reject;
 use crate::sources::{Cursor, Page, SourceError};
 use crate::state::keys::CommitKeys;
@@ -21,17 +21,6 @@ use crate::state::{Commit, KeySet, ManifestRow, State};
 
 /// A batch is committed at least this often, so a long run keeps its progress.
 const COMMIT_INTERVAL: Duration = Duration::from_secs(60);
-
-/// Test hook: `CALLSYNC_FAILPOINT=after_stage|after_commit|compact_before_commit|compact_after_commit` aborts the process at that point
-/// of the commit protocol, the way a crash or kill -9 would.
-pub(crate) fn failpoint(name: &str) {
-    static POINT: std::sync::LazyLock<Option<String>> =
-        std::sync::LazyLock::new(|| std::env::var("CALLSYNC_FAILPOINT").ok());
-    if POINT.as_deref() == Some(name) {
-        eprintln!("callsync: failpoint {name} reached, aborting");
-        std::process::abort();
-    }
-}
 
 /// Test hook: `CALLSYNC_SLOW_COMMIT_MS=N` sleeps that long before each commit (a slow disk),
 /// so a drain can be caught in the middle.
@@ -58,7 +47,7 @@ struct Batch<'a> {
 
 /// One run's export: what it writes through, where it stands, and what it counted.
 pub(super) struct Exporter<'a> {
-    pub(super) storage: &'a dyn Storage,
+    pub(super) lake: &'a Lake,
     pub(super) state: &'a mut State,
     pub(super) source: &'a str,
     pub(super) source_id: i64,
@@ -78,8 +67,8 @@ impl<'a> Exporter<'a> {
     fn new_batch(&self) -> Batch<'a> {
         let commit_id = uuid::Uuid::now_v7().simple().to_string();
         Batch {
-            writer: CommitWriter::new(
-                self.storage,
+            writer: self.lake.table().stage(
+                self.lake.storage(),
                 self.source,
                 &commit_id,
                 chrono::Utc::now().timestamp_micros(),
@@ -163,7 +152,8 @@ impl<'a> Exporter<'a> {
                 .state
                 .exported_among(self.source_id, ids.iter().flatten())?;
             // Skip calls already exported, and repeats inside this commit.
-            let keep = batch.keys.add_page(ids, |id| !exported.contains(id));
+            let days = partition_days(page.dataset, &calls)?;
+            let keep = batch.keys.add_page(ids, days, |id| !exported.contains(id));
             if !page.files.is_empty() {
                 written.extend(
                     keep.iter()
@@ -187,7 +177,8 @@ impl<'a> Exporter<'a> {
         for f in page.files {
             if written.contains(&f.call_id) {
                 let bytes = self
-                    .storage
+                    .lake
+                    .storage()
                     .adopt_spooled(&f.staged)
                     .map_err(LakeError::from)?;
                 batch.writer.add_file(StagedFile {
@@ -198,7 +189,10 @@ impl<'a> Exporter<'a> {
                     stats: None,
                 });
             } else {
-                self.storage.delete(&f.staged).map_err(LakeError::from)?;
+                self.lake
+                    .storage()
+                    .delete(&f.staged)
+                    .map_err(LakeError::from)?;
             }
         }
         if !page.rejects.is_empty() {
@@ -237,9 +231,9 @@ impl<'a> Exporter<'a> {
         }
         let commit_id = batch.writer.commit_id().to_string();
         let files = batch.writer.finish()?;
-        failpoint("after_stage");
+        failpoint::hit("after_stage");
         slow_commit();
-        let keys: Vec<&str> = batch.keys.iter().collect();
+        let keys: Vec<(&str, i32)> = batch.keys.iter().collect();
         let rejected: Vec<(String, i64)> = batch.rejected.into_iter().collect();
         let commit = Commit {
             commit_id: &commit_id,
@@ -253,22 +247,16 @@ impl<'a> Exporter<'a> {
             rejects,
             rejected: &rejected,
         };
-        let seq = match self.state.commit(&commit) {
-            Ok(seq) => seq,
-            Err(e) => {
-                for f in &files {
-                    let _ = self.storage.delete(&f.staged);
-                }
-                return Err(e.into());
-            }
-        };
+        // An error here does not prove the transaction did not commit: the staged files stay
+        // for recovery, which deletes them only if no manifest row names them.
+        let seq = self.lake.table().commit(self.state, &commit)?;
         if batch.cursor.is_some() {
             self.stored = batch.cursor.clone();
             if self.backfill_id.is_none() {
                 self.incremental = batch.cursor.clone();
             }
         }
-        failpoint("after_commit");
+        failpoint::hit("after_commit");
         let manifest: Vec<ManifestRow> = files
             .iter()
             .map(|f| ManifestRow {
@@ -279,9 +267,10 @@ impl<'a> Exporter<'a> {
                 stats: f.stats.clone(),
             })
             .collect();
-        lake::publish(self.storage, self.state, self.source, &manifest)?;
+        self.lake
+            .publish(self.state, self.source_id, self.source, &manifest)?;
         marker::write(
-            self.storage,
+            self.lake.storage(),
             self.source,
             &commit_id,
             self.incremental.as_ref(),

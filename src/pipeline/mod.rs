@@ -2,7 +2,6 @@
 //! The only place that ties sources to the lake and the state.
 
 mod exporter;
-pub(crate) use exporter::failpoint;
 mod source_state;
 use exporter::Exporter;
 pub use source_state::SourceState;
@@ -17,19 +16,30 @@ use tokio::runtime::Handle;
 use tracing::{info, warn};
 
 use crate::config::WarehouseConfig;
-use crate::lake::storage::Storage;
-use crate::lake::{self, LakeError, marker};
+use crate::lake::{Lake, LakeError, StoreLayer, marker};
 use crate::sources::{Cursor, OpenContext, Page, SourceConfig, SourceError};
 use crate::state::lock::{LockError, SourceLock};
 use crate::state::{State, StateError};
 
 /// Where runs write: the warehouse and the state database.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct RunContext {
     pub warehouse: WarehouseConfig,
     pub state_path: PathBuf,
     /// Run records older than this many days are deleted after each run.
     pub runs_retention_days: u64,
+    /// Wraps the lake's stores (tests inject faults so); `None` in production.
+    pub layer: Option<Arc<dyn StoreLayer>>,
+}
+
+impl std::fmt::Debug for RunContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunContext")
+            .field("warehouse", &self.warehouse)
+            .field("state_path", &self.state_path)
+            .field("layer", &self.layer.is_some())
+            .finish()
+    }
 }
 
 impl RunContext {
@@ -39,7 +49,13 @@ impl RunContext {
             warehouse: cfg.warehouse.clone(),
             state_path: cfg.state.path.clone(),
             runs_retention_days: cfg.state.runs_retention_days,
+            layer: None,
         }
+    }
+
+    /// Opens the lake these runs write.
+    pub fn open_lake(&self, rt: &Handle) -> Result<Lake, LakeError> {
+        Lake::open_with(&self.warehouse, &self.state_path, rt, self.layer.as_deref())
     }
 }
 
@@ -202,9 +218,8 @@ fn run_inner(
     // One connection of its own for what the source asks (it runs on the async runtime, the
     // exporter on its thread): exported keys, its inbox, its jobs.
     let asked = Arc::new(SourceState::open(&ctx.state_path, row.id)?);
-    let storage =
-        crate::lake::storage::open(&ctx.warehouse, &ctx.state_path, rt).map_err(LakeError::from)?;
-    let storage = storage.as_ref();
+    let lake = ctx.open_lake(rt)?;
+    let storage = lake.storage();
     // A source that hands calls to another for analysis records them in that one's jobs.
     let analysis_jobs = match cfg.analysis_target() {
         Some((target, kind)) => {
@@ -229,7 +244,7 @@ fn run_inner(
     }
     let started = Instant::now();
     let run_id = state.start_run(row.id, mode.name())?;
-    if let Err(e) = prepare(ctx, storage, &state, row.id, name) {
+    if let Err(e) = prepare(ctx, &lake, &state, row.id, name, cfg) {
         state.finish_run(run_id, "failed", Some(&e.to_string()))?;
         warn!(source = %name, mode = mode.name(), error = %e, "Run refused.");
         return Err(e);
@@ -255,7 +270,7 @@ fn run_inner(
     let result = match opened {
         Ok(source) => {
             let mut exporter = Exporter {
-                storage,
+                lake: &lake,
                 state: &mut state,
                 source: name,
                 source_id: row.id,
@@ -347,11 +362,13 @@ fn run_inner(
 /// touched then), recovers an interrupted run, and brings the lake marker up to date.
 fn prepare(
     ctx: &RunContext,
-    storage: &dyn Storage,
+    lake: &Lake,
     state: &State,
     source_id: i64,
     name: &str,
+    cfg: &SourceConfig,
 ) -> Result<(), PipelineError> {
+    let storage = lake.storage();
     // One read of the marker, whatever the lake's size.
     let current = marker::read(storage, name)?;
     if let Some(reason) =
@@ -364,7 +381,9 @@ fn prepare(
             reason,
         });
     }
-    lake::recover(storage, state, source_id, name)?;
+    lake.recover(state, source_id, name, &|facts, cursor| {
+        cfg.repair_cursor(facts, cursor)
+    })?;
     marker::refresh(
         current.as_ref(),
         storage,

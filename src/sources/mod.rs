@@ -35,8 +35,7 @@ use arrow_array::RecordBatch;
 use crate::record::{KeySet, Reject};
 use crate::secret::{Secret, SecretError, SecretRef};
 
-/// A source's position, stored opaquely by the state (each source has its own serde type).
-pub type Cursor = serde_json::Value;
+pub use crate::shared::{Cursor, LakeFacts};
 
 /// A boxed future, so `Source` can be used as a trait object.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -96,16 +95,6 @@ pub struct OpenContext {
 pub trait KnownKeys: Send + Sync {
     /// The ids among `ids` that are already exported; the `Err` says why it cannot tell.
     fn exported_among(&self, ids: &[&str]) -> Result<KeySet, String>;
-}
-
-/// What a source's lake says about what was exported, for `repair` to rebuild a cursor
-/// from (the lake reads the files; each kind decides what position is safe).
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct LakeFacts {
-    /// The greatest call id that is a non-negative integer, in the data files and rejects.
-    pub max_numeric_id: Option<u64>,
-    /// The latest `started_at` in the data files, µs since the epoch.
-    pub max_started_at: Option<i64>,
 }
 
 /// Knows no exported key: every id is new (tests, benchmarks).

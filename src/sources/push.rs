@@ -4,22 +4,10 @@
 //! reject of an unusable delivery.
 
 use super::{Cursor, OpenContext, SourceError, decode_cursor};
+pub use crate::shared::{Delivery, Job, JobResult};
 use crate::config::Problems;
 use crate::record::Reject;
 use crate::secret::SecretRef;
-
-/// One webhook delivery as the inbox holds it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Delivery {
-    /// Its place in the inbox: a push source's cursor.
-    pub seq: i64,
-    pub key: String,
-    pub received_at_us: i64,
-    pub content_type: Option<String>,
-    pub body: Vec<u8>,
-    /// Why it could not be parsed when it arrived (it goes to the rejects area).
-    pub invalid: Option<String>,
-}
 
 /// What a push source reads its pages from: the webhook inbox (SQLite, behind the pipeline).
 pub trait Inbox: Send + Sync {
@@ -64,24 +52,6 @@ impl FlushPolicy {
     }
 }
 
-/// An analysis job submitted to a vendor (Exotel ExoVoiceAnalyze), one per call.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct Job {
-    pub call_sid: String,
-    pub task_id: String,
-    pub job_id: Option<String>,
-    /// `waiting` (recorded, held back by a daily cap, never submitted), `submitting`
-    /// (recorded, the vendor's answer not yet), `queued`, `done`, `failed` (the vendor's
-    /// result or its refusal said so) or `timed_out`.
-    pub status: String,
-    pub submissions: i64,
-    pub submitted_at_us: i64,
-    pub reason: Option<String>,
-    /// The result was exported, but the call-details API did not return its call (the row
-    /// has no call time).
-    pub no_call_details: bool,
-}
-
 /// A source's analysis jobs, kept by the state (behind the pipeline).
 pub trait Jobs: Send + Sync {
     /// A call is about to be submitted (again) with `task_id`: recorded first, so a result
@@ -102,17 +72,6 @@ pub trait Jobs: Send + Sync {
     fn waiting(&self, limit: usize) -> Result<Vec<String>, String>;
     /// How many calls were first submitted at or after `since_us`.
     fn first_submitted_since(&self, since_us: i64) -> Result<u64, String>;
-}
-
-/// The result of an analysis job a delivery carries, found by whichever of its ids the job
-/// already knows (our task id, the vendor's job id, the call sid).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct JobResult {
-    pub job_id: String,
-    pub task_id: Option<String>,
-    pub call_sid: Option<String>,
-    pub succeeded: bool,
-    pub reason: Option<String>,
 }
 
 /// The stored cursor of a push source: the last inbox sequence number exported.

@@ -29,6 +29,8 @@ pub struct PendingCompaction {
     pub removed: Vec<String>,
     /// Its new files, once all are written (`None`: it was still writing them).
     pub added: Option<Vec<NewFile>>,
+    /// The table's version when it began: its commit, if it landed, is a later one.
+    pub base_version: Option<u64>,
 }
 
 fn json_err(e: serde_json::Error) -> StateError {
@@ -44,11 +46,12 @@ impl State {
         dataset: &str,
         date: &str,
         removed: &[String],
+        base_version: u64,
     ) -> Result<(), StateError> {
         let removed = serde_json::to_string(removed).map_err(json_err)?;
         self.conn.execute(
-            "INSERT INTO compactions (id, source_id, dataset, date, removed, started_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-            params![id, source_id, dataset, date, removed, now()],
+            "INSERT INTO compactions (id, source_id, dataset, date, removed, started_at, base_version) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            params![id, source_id, dataset, date, removed, now(), base_version as i64],
         )?;
         Ok(())
     }
@@ -76,7 +79,7 @@ impl State {
         source_id: i64,
     ) -> Result<Vec<PendingCompaction>, StateError> {
         let mut stmt = self.conn.prepare_cached(
-            "SELECT id, dataset, date, removed, added FROM compactions WHERE source_id = ?1 ORDER BY id",
+            "SELECT id, dataset, date, removed, added, base_version FROM compactions WHERE source_id = ?1 ORDER BY id",
         )?;
         let rows = stmt
             .query_map([source_id], |r| {
@@ -86,11 +89,12 @@ impl State {
                     r.get::<_, String>(2)?,
                     r.get::<_, String>(3)?,
                     r.get::<_, Option<String>>(4)?,
+                    r.get::<_, Option<i64>>(5)?,
                 ))
             })?
             .collect::<Result<Vec<_>, _>>()?;
         rows.into_iter()
-            .map(|(id, dataset, date, removed, added)| {
+            .map(|(id, dataset, date, removed, added, base)| {
                 Ok(PendingCompaction {
                     id,
                     dataset,
@@ -100,6 +104,7 @@ impl State {
                         .map(|a| serde_json::from_str(&a))
                         .transpose()
                         .map_err(json_err)?,
+                    base_version: base.map(|v| v as u64),
                 })
             })
             .collect()

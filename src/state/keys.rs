@@ -1,5 +1,6 @@
-//! The call ids of one commit being staged: kept in the pages' own `call_id` arrays and found
-//! through a hash table of (page, row) positions, with no string copied per call.
+//! The call ids of one commit being staged, each with its partition day: kept in the pages'
+//! own `call_id` arrays and found through a hash table of (page, row) positions, with no
+//! string copied per call.
 
 use arrow_array::{Array, StringArray};
 use std::hash::BuildHasher;
@@ -11,6 +12,8 @@ use hashbrown::hash_table::Entry;
 #[derive(Default)]
 pub struct CommitKeys {
     pages: Vec<StringArray>,
+    /// Per page, each row's partition day (UTC days since the epoch).
+    days: Vec<Vec<i32>>,
     table: HashTable<(u32, u32)>,
     hasher: foldhash::fast::RandomState,
 }
@@ -30,15 +33,23 @@ impl CommitKeys {
         self.pages[page as usize].value(row as usize)
     }
 
-    /// Adds the non-null ids of `ids` for which `keep(id)` holds and that are not held yet
-    /// (repeats inside `ids` included); returns, per row, whether it was added.
-    pub fn add_page(&mut self, ids: &StringArray, mut keep: impl FnMut(&str) -> bool) -> Vec<bool> {
+    /// Adds the non-null ids of `ids` (whose partition days are `days`) for which `keep(id)`
+    /// holds and that are not held yet (repeats inside `ids` included); returns, per row,
+    /// whether it was added.
+    pub fn add_page(
+        &mut self,
+        ids: &StringArray,
+        days: Vec<i32>,
+        mut keep: impl FnMut(&str) -> bool,
+    ) -> Vec<bool> {
         let page = self.pages.len() as u32;
         self.pages.push(ids.clone());
+        self.days.push(days);
         let Self {
             pages,
             table,
             hasher,
+            ..
         } = self;
         let at = |&(p, r): &(u32, u32)| pages[p as usize].value(r as usize);
         let rehash = |p: &(u32, u32)| hasher.hash_one(at(p));
@@ -63,9 +74,11 @@ impl CommitKeys {
             .collect()
     }
 
-    /// Every id held, in no particular order.
-    pub fn iter(&self) -> impl Iterator<Item = &str> {
-        self.table.iter().map(|&p| self.id(p))
+    /// Every id held with its partition day, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, i32)> {
+        self.table
+            .iter()
+            .map(|&(page, row)| (self.id((page, row)), self.days[page as usize][row as usize]))
     }
 }
 
@@ -78,14 +91,14 @@ mod tests {
         let mut keys = CommitKeys::default();
         let a = StringArray::from(vec![Some("1"), Some("2"), None, Some("2"), Some("3")]);
         assert_eq!(
-            keys.add_page(&a, |id| id != "3"),
+            keys.add_page(&a, vec![7; 5], |id| id != "3"),
             [true, true, false, false, false]
         );
         let b = StringArray::from(vec!["3", "1", "4"]);
-        assert_eq!(keys.add_page(&b, |_| true), [true, false, true]);
-        let mut all: Vec<&str> = keys.iter().collect();
+        assert_eq!(keys.add_page(&b, vec![8, 8, 9], |_| true), [true, false, true]);
+        let mut all: Vec<(&str, i32)> = keys.iter().collect();
         all.sort_unstable();
-        assert_eq!(all, ["1", "2", "3", "4"]);
+        assert_eq!(all, [("1", 7), ("2", 7), ("3", 8), ("4", 9)]);
         assert_eq!(keys.len(), 4);
     }
 }

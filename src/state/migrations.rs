@@ -149,4 +149,13 @@ pub const MIGRATIONS: &[&str] = &[
     CREATE INDEX jobs_by_status ON jobs (source_id, status, submitted_at);
     CREATE INDEX jobs_by_first ON jobs (source_id, first_submitted_at);
     "#,
+    // 9: each exported key's partition day (UTC days since the epoch), so the calls of a
+    // committed file that is gone can be un-exported and fetched again; the table version a
+    // compaction started from (recovery reads the log from there to learn whether its commit
+    // landed); the manifest found by path (the state and the table held against each other).
+    r#"
+    ALTER TABLE exported ADD COLUMN day INTEGER;
+    ALTER TABLE compactions ADD COLUMN base_version INTEGER;
+    CREATE INDEX manifest_by_path ON manifest (source_id, final_path);
+    "#,
 ];

@@ -5,12 +5,14 @@
 pub mod compaction;
 pub mod keys;
 pub mod lock;
+mod manifest;
 mod migrations;
 mod push;
 mod rebuild;
 mod runs;
 mod status;
 
+pub use manifest::{Adopted, Forget};
 pub use push::NewDelivery;
 pub use rebuild::Rebuild;
 pub use status::{BackfillInfo, InboxStatus, RunInfo, SourceStatus};
@@ -20,8 +22,7 @@ use std::path::Path;
 
 use rusqlite::{Connection, OptionalExtension, params};
 
-use crate::lake::writer::StagedFile;
-use crate::sources::Cursor;
+use crate::shared::Cursor;
 
 /// A state operation that failed.
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +54,21 @@ pub struct SourceRow {
     pub cursor: Option<Cursor>,
 }
 
+/// A staged file and where it goes when its commit is published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedFile {
+    /// Lake-relative staged path (`_staging/<source>/<commit>-<n>.tmp`).
+    pub staged: String,
+    /// Lake-relative final path.
+    pub final_path: String,
+    /// Rows (calls or rejects) in the file.
+    pub rows: u64,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// A data file's Delta statistics (JSON), from its Parquet footer.
+    pub stats: Option<String>,
+}
+
 /// One manifest row: a staged file, its final path, and what a Delta table's add action
 /// needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +83,7 @@ pub struct ManifestRow {
     pub stats: Option<String>,
 }
 
-pub use crate::sources::Job;
+pub use crate::shared::Job;
 
 /// A manifest row with what `verify` compares.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,8 +91,11 @@ pub struct ManifestEntry {
     pub staged: String,
     pub final_path: String,
     pub commit_id: String,
+    pub rows: u64,
     pub bytes: u64,
     pub published: bool,
+    /// Delta statistics JSON of a data file, when recorded.
+    pub stats: Option<String>,
 }
 
 /// Everything one commit records, in one transaction.
@@ -86,7 +105,8 @@ pub struct Commit<'a> {
     pub source_id: i64,
     pub run_id: i64,
     pub files: &'a [StagedFile],
-    pub keys: &'a [&'a str],
+    /// The exported keys, each with its partition day (UTC days since the epoch).
+    pub keys: &'a [(&'a str, i32)],
     /// The cursor to store; `None` keeps the current one.
     pub cursor: Option<&'a Cursor>,
     /// The backfill this commit belongs to: its cursor is stored there, and the source's
@@ -125,13 +145,47 @@ fn key_args<'a>(
     )
 }
 
-/// A multi-row `INSERT OR IGNORE` of `n` ids (`?1` is the source id).
+/// A multi-row `INSERT OR IGNORE` of `n` (id, day) pairs (`?1` is the source id).
 fn insert_sql(n: usize) -> String {
-    let rows: Vec<String> = (2..n + 2).map(|i| format!("(?1,?{i})")).collect();
+    let rows: Vec<String> = (0..n)
+        .map(|i| format!("(?1,?{},?{})", 2 + 2 * i, 3 + 2 * i))
+        .collect();
     format!(
-        "INSERT OR IGNORE INTO exported (source_id, call_id) VALUES {}",
+        "INSERT OR IGNORE INTO exported (source_id, call_id, day) VALUES {}",
         rows.join(",")
     )
+}
+
+/// `?1` = the source id, then (id, day) pairs, the ids bound without copying them.
+fn pair_args<'a>(
+    source_id: i64,
+    keys: &'a [(&'a str, Option<i32>)],
+) -> impl Iterator<Item = rusqlite::types::ToSqlOutput<'a>> + 'a {
+    use rusqlite::types::{ToSqlOutput, Value, ValueRef};
+    std::iter::once(ToSqlOutput::Owned(Value::Integer(source_id))).chain(keys.iter().flat_map(
+        |(id, day)| {
+            [
+                ToSqlOutput::Borrowed(ValueRef::Text(id.as_bytes())),
+                match day {
+                    Some(d) => ToSqlOutput::Owned(Value::Integer(*d as i64)),
+                    None => ToSqlOutput::Owned(Value::Null),
+                },
+            ]
+        },
+    ))
+}
+
+/// Inserts exported keys with their partition days, in statements of `KEY_CHUNK`.
+fn insert_keys(
+    tx: &rusqlite::Connection,
+    source_id: i64,
+    keys: &[(&str, Option<i32>)],
+) -> Result<(), StateError> {
+    for chunk in keys.chunks(KEY_CHUNK) {
+        let mut k = tx.prepare_cached(&insert_sql(chunk.len()))?;
+        k.execute(rusqlite::params_from_iter(pair_args(source_id, chunk)))?;
+    }
+    Ok(())
 }
 
 /// An open state database.
@@ -364,12 +418,10 @@ impl State {
                 ])?;
             }
             // In key order, the B-tree grows at its edge instead of splitting pages all over.
-            let mut keys: Vec<&str> = c.keys.to_vec();
+            let mut keys: Vec<(&str, Option<i32>)> =
+                c.keys.iter().map(|(k, d)| (*k, Some(*d))).collect();
             keys.sort_unstable();
-            for chunk in keys.chunks(KEY_CHUNK) {
-                let mut k = tx.prepare_cached(&insert_sql(chunk.len()))?;
-                k.execute(rusqlite::params_from_iter(key_args(c.source_id, chunk)))?;
-            }
+            insert_keys(&tx, c.source_id, &keys)?;
         }
         {
             let mut r = tx.prepare_cached(
@@ -479,62 +531,6 @@ impl State {
         Ok(names)
     }
 
-    /// Every manifest row of a source: (staged, final path, commit, bytes, published).
-    pub fn manifest(&self, source_id: i64) -> Result<Vec<ManifestEntry>, StateError> {
-        let mut stmt = self.conn.prepare(
-            "SELECT staged, final_path, commit_id, bytes, published FROM manifest WHERE source_id = ?1 ORDER BY final_path",
-        )?;
-        let rows = stmt
-            .query_map([source_id], |r| {
-                Ok(ManifestEntry {
-                    staged: r.get(0)?,
-                    final_path: r.get(1)?,
-                    commit_id: r.get(2)?,
-                    bytes: r.get::<_, i64>(3)? as u64,
-                    published: r.get::<_, i64>(4)? != 0,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
-    }
-
-    /// Manifest rows of a source whose publish is not recorded yet.
-    pub fn unpublished(&self, source_id: i64) -> Result<Vec<ManifestRow>, StateError> {
-        let mut stmt = self.conn.prepare_cached(
-            "SELECT m.staged, m.final_path, COALESCE(c.seq, 0), m.bytes, m.stats FROM manifest m
-             LEFT JOIN commits c ON c.id = m.commit_id
-             WHERE m.source_id = ?1 AND m.published = 0 ORDER BY m.staged",
-        )?;
-        let rows = stmt
-            .query_map([source_id], |r| {
-                Ok(ManifestRow {
-                    staged: r.get(0)?,
-                    final_path: r.get(1)?,
-                    seq: r.get(2)?,
-                    bytes: r.get::<_, i64>(3)? as u64,
-                    stats: r.get(4)?,
-                })
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(rows)
-    }
-
-    /// Marks files as published.
-    pub fn mark_published(&self, staged: &[&str]) -> Result<(), StateError> {
-        if staged.is_empty() {
-            return Ok(());
-        }
-        let tx = self.conn.unchecked_transaction()?;
-        {
-            let mut stmt =
-                tx.prepare_cached("UPDATE manifest SET published = 1 WHERE staged = ?1")?;
-            for s in staged {
-                stmt.execute([s])?;
-            }
-        }
-        tx.commit()?;
-        Ok(())
-    }
 }
 
 #[cfg(test)]
@@ -553,13 +549,14 @@ mod tests {
             .map(|i| format!("c{i}"))
             .collect();
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
+        let pairs: Vec<(&str, i32)> = keys.iter().map(|k| (*k, 20_000)).collect();
         let cursor = serde_json::json!({"after_call_id": 7});
         s.commit(&Commit {
             commit_id: "c1",
             source_id: src,
             run_id: run,
             files: &[],
-            keys: &keys,
+            keys: &pairs,
             cursor: Some(&cursor),
             backfill_id: None,
             rows: keys.len() as u64,

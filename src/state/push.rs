@@ -19,7 +19,7 @@ pub struct NewDelivery {
     /// Why the body cannot be used (it becomes a reject), if so.
     pub invalid: Option<String>,
     /// The result of an analysis job this delivery carries.
-    pub job: Option<crate::sources::JobResult>,
+    pub job: Option<crate::shared::JobResult>,
 }
 
 impl State {
@@ -227,13 +227,13 @@ impl State {
         source_id: i64,
         seq: i64,
         limit: usize,
-    ) -> Result<Vec<crate::sources::Delivery>, StateError> {
+    ) -> Result<Vec<crate::shared::Delivery>, StateError> {
         let mut stmt = self.conn.prepare_cached(
             "SELECT seq, delivery_key, received_at, content_type, body, invalid FROM inbox WHERE source_id = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
         )?;
         let rows = stmt
             .query_map(params![source_id, seq, limit as i64], |r| {
-                Ok(crate::sources::Delivery {
+                Ok(crate::shared::Delivery {
                     seq: r.get(0)?,
                     key: r.get(1)?,
                     received_at_us: r.get(2)?,

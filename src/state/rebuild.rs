@@ -3,8 +3,8 @@
 
 use rusqlite::params;
 
-use super::{KEY_CHUNK, State, StateError, insert_sql, key_args, now};
-use crate::sources::Cursor;
+use super::{State, StateError, insert_keys, now};
+use crate::shared::Cursor;
 
 impl State {
     /// Starts rebuilding a source's state from its lake (`repair`): one transaction that
@@ -62,13 +62,10 @@ impl Rebuild<'_> {
         Ok(())
     }
 
-    /// Records exported keys.
-    pub fn add_keys(&self, keys: &[&str]) -> Result<(), StateError> {
-        for chunk in keys.chunks(KEY_CHUNK) {
-            let mut k = self.tx.prepare_cached(&insert_sql(chunk.len()))?;
-            k.execute(rusqlite::params_from_iter(key_args(self.source_id, chunk)))?;
-        }
-        Ok(())
+    /// Records exported keys, all of the partition day `day` (UTC days since the epoch).
+    pub fn add_keys(&self, keys: &[&str], day: Option<i32>) -> Result<(), StateError> {
+        let pairs: Vec<(&str, Option<i32>)> = keys.iter().map(|k| (*k, day)).collect();
+        insert_keys(&self.tx, self.source_id, &pairs)
     }
 
     /// Records a reject found in the lake (`Reject::identity`), so it is not written again.

@@ -4,7 +4,7 @@
 use rusqlite::params;
 
 use super::{State, StateError, now};
-use crate::sources::Cursor;
+use crate::shared::Cursor;
 
 impl State {
     /// Starts a run record (`sync` or `backfill`).

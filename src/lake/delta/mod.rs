@@ -5,27 +5,41 @@
 //! their partition folder); publishing then adds them to the table in ONE Delta commit that
 //! carries the app transaction `callsync/<source>` at the commit's sequence number. Readers
 //! see nothing before that commit, and recovery asks the table whether sequence N landed.
-//! Several processes may append at once: a commit that loses the race for the next log
-//! version is retried against the new version, after a backoff with jitter.
+//!
+//! Every commit callsync makes (`commit.rs`) is written at an explicit log version, carries a
+//! unique id in its `commitInfo`, and is checked against the table's protocol first
+//! (`protocol.rs`). An error from the store does not mean the commit did not land: the
+//! version is read back, and only the table says whether it is ours, another writer's, or
+//! not there (then it is put again). Several processes may append at once: a lost race is
+//! retried against the new version, after a backoff with jitter.
 
-use std::collections::{BTreeMap, HashMap};
+mod commit;
+mod format;
+pub mod protocol;
+mod recover;
+mod rewrite;
+mod table;
+
+pub use commit::Outcome;
+pub use format::Delta;
+pub use recover::{Settled, settle_compaction};
+pub use rewrite::Rewrite;
+
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
 use deltalake::DeltaTable;
-use deltalake::kernel::transaction::{CommitData, TransactionError};
-use deltalake::kernel::{Action, Add, Transaction};
-use deltalake::logstore::{CommitOrBytes, LogStoreRef, StorageConfig, default_logstore};
-use deltalake::protocol::{DeltaOperation, SaveMode};
+use deltalake::logstore::{LogStoreRef, StorageConfig, default_logstore};
 use futures_util::TryStreamExt;
 use object_store::ObjectStore;
 use tokio::runtime::Handle;
 use tracing::{info, warn};
 use url::Url;
 
+use super::table::ActiveFile;
 use crate::schema::Dataset;
-use crate::state::ManifestRow;
 
 /// Attempts of one Delta commit before it fails (each after a backoff with jitter).
 const MAX_ATTEMPTS: u32 = 40;
@@ -39,36 +53,25 @@ pub static COMMIT_RETRIES: AtomicU64 = AtomicU64::new(0);
 /// The partition columns, in the tables' order.
 pub const PARTITION_COLUMNS: [&str; 2] = ["source", "date"];
 
+/// Both tables, in index order.
+pub const DATASETS: [Dataset; 2] = [Dataset::Calls, Dataset::MonitorLegs];
+
 /// A Delta operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum DeltaError {
     #[error("Delta table {table}: {message}")]
     Table { table: String, message: String },
+    #[error("Delta table {table}: {reason}")]
+    Unsupported { table: String, reason: String },
     #[error(
-        "Delta table {table}: another compaction of source={source_name}, date={date} committed first; nothing was changed"
+        "Delta table {table}: the outcome of the commit at version {version} is unknown ({message}); nothing it may reference was deleted, and the next run reads the table to settle it"
     )]
-    CompactionLost {
+    Unknown {
         table: String,
-        source_name: String,
-        date: String,
+        version: u64,
+        message: String,
     },
 }
-
-/// A file of a table: its lake-relative path, size and partition.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ActiveFile {
-    /// Lake-relative path (`calls/source=…/date=…/part-….parquet`).
-    pub path: String,
-    pub size: u64,
-    pub source: String,
-    pub date: String,
-    /// Rows, from the file's statistics.
-    pub rows: Option<u64>,
-}
-
-mod rewrite;
-mod table;
-pub use rewrite::Rewrite;
 
 /// The Delta tables of one lake.
 pub struct DeltaTables {
@@ -79,8 +82,6 @@ pub struct DeltaTables {
     checkpoint_interval: u64,
     log_retention_days: u64,
     tables: [tokio::sync::Mutex<Option<DeltaTable>>; 2],
-    /// The newest log version this process knows of, per table (where listing starts).
-    known: [AtomicU64; 2],
 }
 
 fn index(ds: Dataset) -> usize {
@@ -95,9 +96,14 @@ pub fn dataset_of(rel: &str) -> Option<Dataset> {
     if !rel.ends_with(".parquet") {
         return None;
     }
-    [Dataset::Calls, Dataset::MonitorLegs]
+    DATASETS
         .into_iter()
         .find(|d| rel.starts_with(&format!("{}/", d.dir())))
+}
+
+/// The dataset whose folder is `dir`.
+pub fn dataset_named(dir: &str) -> Option<Dataset> {
+    DATASETS.into_iter().find(|d| d.dir() == dir)
 }
 
 /// `source` and `date` of a table-relative path `source=…/date=…/name`.
@@ -143,7 +149,6 @@ impl DeltaTables {
             checkpoint_interval: checkpoint_interval.max(1),
             log_retention_days,
             tables: [tokio::sync::Mutex::new(None), tokio::sync::Mutex::new(None)],
-            known: [AtomicU64::new(0), AtomicU64::new(0)],
         }
     }
 
@@ -192,158 +197,34 @@ impl DeltaTables {
                 .map_err(|e| self.err(ds, e))?,
             None => *guard = Some(self.open_or_create(ds).await?),
         }
-        if let Some(v) = guard.as_ref().and_then(DeltaTable::version) {
-            self.known[index(ds)].fetch_max(v, Ordering::Relaxed);
-        }
         Ok(guard)
     }
 
-    /// The table's log store, the table opened (or created) once; its state is not read.
-    async fn log_store_of(&self, ds: Dataset) -> Result<LogStoreRef, DeltaError> {
-        let mut guard = self.tables[index(ds)].lock().await;
-        if guard.is_none() {
-            let t = self.open_or_create(ds).await?;
-            if let Some(v) = t.version() {
-                self.known[index(ds)].fetch_max(v, Ordering::Relaxed);
-            }
-            *guard = Some(t);
-        }
-        Ok(guard.as_ref().expect("opened above").log_store())
-    }
-
-    /// Appends a commit's files straight to the log: delta-rs' own commit JSON (commitInfo,
-    /// the adds, the app transaction) put at the next version with `If-None-Match`. No list
-    /// of the table's files is held or rebuilt, so a commit costs one listing of the newest
-    /// log entries and one conditional put, whatever the table's size. (Appends with their
-    /// own app ids cannot conflict with one another; a schema change is made only by a
-    /// callsync that writes the new columns, before its first append.) A lost race is
-    /// retried after a backoff; then, and in recovery, the table is first asked whether it
-    /// holds the commit already.
-    async fn append_direct(
-        &self,
-        ds: Dataset,
-        app: &str,
-        seq: i64,
-        adds: &[Add],
-        fresh: bool,
-    ) -> Result<Option<u64>, DeltaError> {
-        let log_store = self.log_store_of(ds).await?;
-        let operation = DeltaOperation::Write {
-            mode: SaveMode::Append,
-            partition_by: Some(PARTITION_COLUMNS.iter().map(|c| c.to_string()).collect()),
-            predicate: None,
-        };
-        let mut attempt = 0u32;
-        loop {
-            if !(fresh && attempt == 0) {
-                let guard = self.latest(ds).await?;
-                let t = guard.as_ref().expect("loaded");
-                let snap = t.snapshot().map_err(|e| self.err(ds, e))?;
-                let held = snap
-                    .transaction_version(log_store.as_ref(), app)
-                    .await
-                    .map_err(|e| self.err(ds, e))?;
-                if held.is_some_and(|v| v >= seq) {
-                    return Ok(None);
-                }
-            }
-            let known = self.known[index(ds)].load(Ordering::Relaxed);
-            let latest = match log_store.get_latest_version(known).await {
-                Ok(v) => v,
-                // The version this process knew was cleaned from the log meanwhile.
-                Err(_) => {
-                    let guard = self.latest(ds).await?;
-                    guard
-                        .as_ref()
-                        .and_then(DeltaTable::version)
-                        .unwrap_or(known)
-                }
-            };
-            let version = latest + 1;
-            let data = CommitData::new(
-                adds.iter().cloned().map(Action::Add).collect(),
-                operation.clone(),
-                HashMap::from([(
-                    "clientVersion".to_string(),
-                    serde_json::Value::from(concat!("callsync-", env!("CARGO_PKG_VERSION"))),
-                )]),
-                vec![Transaction::new(app, seq)],
-            );
-            let bytes = data.get_bytes().map_err(|e| self.err(ds, e))?;
-            match log_store
-                .write_commit_entry(
-                    version,
-                    CommitOrBytes::LogBytes(bytes),
-                    uuid::Uuid::new_v4(),
-                )
-                .await
-            {
-                Ok(()) => {
-                    self.known[index(ds)].fetch_max(version, Ordering::Relaxed);
-                    if (version + 1).is_multiple_of(self.checkpoint_interval) {
-                        let mut guard = self.tables[index(ds)].lock().await;
-                        if let Some(t) = guard.as_mut() {
-                            match t.update_incremental(Some(version)).await {
-                                Ok(()) => self.after_commit(ds, t, version).await,
-                                Err(e) => {
-                                    warn!(table = %self.table_url(ds), version, error = %e, "Checkpoint skipped; the next one will cover it.")
-                                }
-                            }
-                        }
-                    }
-                    return Ok(Some(version));
-                }
-                Err(TransactionError::VersionAlreadyExists(_)) if attempt + 1 < MAX_ATTEMPTS => {
-                    attempt += 1;
-                    COMMIT_RETRIES.fetch_add(1, Ordering::Relaxed);
-                    self.known[index(ds)].fetch_max(version, Ordering::Relaxed);
-                    let wait = backoff(attempt);
-                    warn!(table = %self.table_url(ds), attempt, wait_ms = wait.as_millis() as u64, "Another writer committed first; retrying the Delta commit.");
-                    tokio::time::sleep(wait).await;
-                }
-                Err(e) => return Err(self.err(ds, e)),
-            }
+    /// Refuses a table whose protocol or schema callsync does not fully honour.
+    fn check(&self, ds: Dataset, t: &DeltaTable) -> Result<(), DeltaError> {
+        let snap = t.snapshot().map_err(|e| self.err(ds, e))?;
+        match protocol::unsupported(snap.protocol(), snap.schema().as_ref()) {
+            None => Ok(()),
+            Some(reason) => Err(DeltaError::Unsupported {
+                table: self.table_url(ds).to_string(),
+                reason,
+            }),
         }
     }
 
-    /// Adds committed data files to their tables, one Delta commit per (table, callsync
-    /// commit), each with the app transaction `callsync/<source>` = the commit's sequence
-    /// number; a commit the table already holds is skipped. Returns the highest sequence
-    /// number each table holds for the source afterwards. `fresh`: the rows' commit was
-    /// never added before (publish right after the state commit, not recovery).
-    pub fn append(
-        &self,
-        source: &str,
-        rows: &[ManifestRow],
-        fresh: bool,
-    ) -> Result<(), DeltaError> {
-        let mut by_table: BTreeMap<(usize, i64), Vec<Add>> = BTreeMap::new();
-        let now = chrono::Utc::now().timestamp_millis();
-        for r in rows {
-            let Some(ds) = dataset_of(&r.final_path) else {
-                continue;
-            };
-            let rel = r.final_path[ds.dir().len() + 1..].to_string();
-            by_table.entry((index(ds), r.seq)).or_default().push(Add {
-                partition_values: partition_of(&rel),
-                path: rel,
-                size: r.bytes as i64,
-                modification_time: now,
-                data_change: true,
-                stats: r.stats.clone(),
-                ..Default::default()
-            });
-        }
-        for ((i, seq), adds) in by_table {
-            let ds = [Dataset::Calls, Dataset::MonitorLegs][i];
-            let app = format!("callsync/{source}");
-            self.block(self.append_direct(ds, &app, seq, &adds, fresh))?;
-        }
-        Ok(())
+    /// Refuses the table (its latest version) when callsync does not honour its protocol.
+    pub fn check_latest(&self, ds: Dataset) -> Result<(), DeltaError> {
+        self.block(async {
+            let guard = self.latest(ds).await?;
+            self.check(ds, guard.as_ref().expect("loaded"))
+        })
     }
 
     /// The app transaction version of `app` in a table (`None`: never committed).
     pub fn txn_version(&self, ds: Dataset, app: &str) -> Result<Option<i64>, DeltaError> {
+        if !self.exists(ds)? {
+            return Ok(None);
+        }
         self.block(async {
             let guard = self.latest(ds).await?;
             let t = guard.as_ref().expect("loaded");
@@ -351,6 +232,17 @@ impl DeltaTables {
             snap.transaction_version(t.log_store().as_ref(), app)
                 .await
                 .map_err(|e| self.err(ds, e))
+        })
+    }
+
+    /// The table's latest version (`None`: no table yet).
+    pub fn version(&self, ds: Dataset) -> Result<Option<u64>, DeltaError> {
+        if !self.exists(ds)? {
+            return Ok(None);
+        }
+        self.block(async {
+            let guard = self.latest(ds).await?;
+            Ok(guard.as_ref().and_then(DeltaTable::version))
         })
     }
 
@@ -399,6 +291,29 @@ impl DeltaTables {
             out.sort_by(|a, b| a.path.cmp(&b.path));
             Ok(out)
         })
+    }
+
+    /// The bytes of the log entry at `version` (`None`: there is none), a failed read tried
+    /// again a few times.
+    async fn read_commit(&self, ds: Dataset, version: u64) -> Result<Option<Vec<u8>>, DeltaError> {
+        let log_store = self.log_store(ds)?;
+        let mut last = None;
+        for attempt in 0..4u32 {
+            if attempt > 0 {
+                tokio::time::sleep(backoff(attempt)).await;
+            }
+            match log_store.read_commit_entry(version).await {
+                Ok(b) => return Ok(b.map(|b| b.to_vec())),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(self.err(
+            ds,
+            format!(
+                "reading log version {version}: {}",
+                last.map(|e| e.to_string()).unwrap_or_default()
+            ),
+        ))
     }
 
     /// The checkpoint due at `version` (every `checkpoint_interval` versions), and log files

@@ -1,22 +1,21 @@
-//! Compaction's side of the Delta tables: the OPTIMIZE commit that swaps a partition's
-//! small files for merged ones (checked against the table before each attempt, so a second
-//! compaction of the same files cannot also commit), and `vacuum`.
+//! Compaction's side of the Delta tables: the OPTIMIZE commit that swaps a partition's small
+//! files for merged ones (made through `commit.rs`, so an error never hides that it landed,
+//! and a second compaction of the same files cannot also commit), the question whether a
+//! compaction recorded in the state landed, and `vacuum`.
 
-use std::collections::HashSet;
-use std::sync::atomic::Ordering;
-
-use deltalake::DeltaTableError;
-use deltalake::kernel::transaction::{CommitBuilder, CommitProperties, TransactionError};
-use deltalake::kernel::{Action, Add, Remove, Transaction};
+use deltalake::kernel::{Add, Transaction};
+use deltalake::operations::vacuum::VacuumMode;
 use deltalake::protocol::DeltaOperation;
-use futures_util::TryStreamExt;
-use tracing::warn;
 
-use super::{COMMIT_RETRIES, DeltaError, DeltaTables, MAX_ATTEMPTS, backoff, partition_of};
+use super::commit::{Guard, Outcome, added_paths, commit_id_of};
+use super::{DeltaError, DeltaTables, partition_of};
 use crate::schema::Dataset;
 
 /// What one compaction commit does.
 pub struct Rewrite {
+    /// The compaction's id (its new files are `part-<id>-<n>.parquet`; its log entry carries
+    /// it as the callsync commit id).
+    pub id: String,
     pub source: String,
     pub date: String,
     /// Lake-relative paths of the files replaced.
@@ -26,40 +25,17 @@ pub struct Rewrite {
     pub target_size: i64,
 }
 
-/// Whether an error is a lost race for the next log version (worth retrying).
-fn is_conflict(e: &DeltaTableError) -> bool {
-    matches!(
-        e,
-        DeltaTableError::Transaction {
-            source: TransactionError::VersionAlreadyExists(_)
-                | TransactionError::MaxCommitAttempts(_)
-                | TransactionError::CommitConflict(_)
-        } | DeltaTableError::VersionAlreadyExists(_)
-    )
-}
-
-/// A compaction commit being made (table-relative paths).
-struct Compaction {
-    app: String,
-    version: i64,
-    removes: Vec<String>,
-    adds: Vec<Add>,
-    target_size: i64,
-    source: String,
-    date: String,
-}
-
 impl DeltaTables {
     /// Commits a compaction of one partition: the removed files and the new ones, all with
     /// `dataChange = false`, operation OPTIMIZE, and the app transaction
-    /// `compact/<source>/<date>`. Fails with `CompactionLost` when any removed file is no
-    /// longer in the table (another compaction won).
-    pub fn commit_rewrite(&self, ds: Dataset, rw: Rewrite) -> Result<u64, DeltaError> {
+    /// `compact/<source>/<date>`. `Lost` when a file it replaces is no longer in the table
+    /// (another compaction won); `Landed` (or `Held`) when it is the table's.
+    pub fn commit_rewrite(&self, ds: Dataset, rw: &Rewrite) -> Result<Outcome, DeltaError> {
         let now = chrono::Utc::now().timestamp_millis();
         let app = format!("compact/{}/{}", rw.source, rw.date);
         let version = self.txn_version(ds, &app)?.unwrap_or(0) + 1;
         let strip = |p: &str| p[ds.dir().len() + 1..].to_string();
-        let adds = rw
+        let adds: Vec<Add> = rw
             .added
             .iter()
             .map(|(path, size, stats)| {
@@ -75,21 +51,64 @@ impl DeltaTables {
                 }
             })
             .collect();
-        let c = Compaction {
-            app,
-            version,
-            removes: rw.removed.iter().map(|p| strip(p)).collect(),
-            adds,
+        let removes: Vec<String> = rw.removed.iter().map(|p| strip(p)).collect();
+        let operation = DeltaOperation::Optimize {
+            predicate: Some(format!("source = '{}' AND date = '{}'", rw.source, rw.date)),
             target_size: rw.target_size,
-            source: rw.source,
-            date: rw.date,
         };
-        self.block(self.commit_compaction(ds, c))
+        self.block(self.commit(
+            ds,
+            Guard::Replace { removes: &removes },
+            &adds,
+            &operation,
+            Transaction::new(&app, version),
+            &rw.id,
+        ))
+    }
+
+    /// Whether the compaction `id`, whose first new file is `first_added` (lake-relative),
+    /// landed in the table: its file is active, or a log entry after `base` (the version it
+    /// began from) carries its id. `None` when that cannot be read any more (log entries
+    /// since `base` were cleaned, or `base` is unknown) and its file is not active.
+    pub fn compaction_landed(
+        &self,
+        ds: Dataset,
+        id: &str,
+        first_added: &str,
+        base: Option<u64>,
+    ) -> Result<Option<bool>, DeltaError> {
+        if self
+            .active_files(ds, None)?
+            .iter()
+            .any(|f| f.path == first_added)
+        {
+            return Ok(Some(true));
+        }
+        let (Some(base), Some(latest)) = (base, self.version(ds)?) else {
+            return Ok(None);
+        };
+        let rel = &first_added[ds.dir().len() + 1..];
+        self.block(async {
+            for v in base + 1..=latest {
+                match self.read_commit(ds, v).await? {
+                    Some(entry) => {
+                        if commit_id_of(&entry).as_deref() == Some(id)
+                            || added_paths(&entry).iter().any(|p| p == rel)
+                        {
+                            return Ok(Some(true));
+                        }
+                    }
+                    None => return Ok(None),
+                }
+            }
+            Ok(Some(false))
+        })
     }
 
     /// Deletes the files removed from a table more than `retain_hours` ago (compaction's
-    /// replaced files); only files the log removed, never one a writer has yet to commit.
-    /// Returns the files deleted (or that would be, with `dry_run`).
+    /// replaced files): only files the log removed (delta-rs' "lite" mode), never one a writer
+    /// has yet to commit, and only from a table whose protocol callsync honours. Returns the
+    /// files deleted (or that would be, with `dry_run`).
     pub fn vacuum(
         &self,
         ds: Dataset,
@@ -101,9 +120,11 @@ impl DeltaTables {
         }
         self.block(async {
             let mut guard = self.latest(ds).await?;
+            self.check(ds, guard.as_ref().expect("loaded"))?;
             let table = guard.take().expect("loaded");
             let result = table
                 .vacuum()
+                .with_mode(VacuumMode::Lite)
                 .with_retention_period(chrono::Duration::hours(retain_hours as i64))
                 .with_enforce_retention_duration(false)
                 .with_dry_run(dry_run)
@@ -120,89 +141,5 @@ impl DeltaTables {
                 Err(e) => Err(self.err(ds, e)),
             }
         })
-    }
-
-    /// Makes a compaction's commit, retrying a lost race with backoff and jitter, its files
-    /// checked against the table before each attempt.
-    async fn commit_compaction(&self, ds: Dataset, c: Compaction) -> Result<u64, DeltaError> {
-        let Compaction {
-            app,
-            version,
-            removes,
-            adds,
-            target_size,
-            source,
-            date,
-        } = &c;
-        let mut attempt = 0u32;
-        loop {
-            let mut guard = self.latest(ds).await?;
-            let t = guard.as_mut().expect("loaded");
-            let log_store = t.log_store();
-            let snap = t.snapshot().map_err(|e| self.err(ds, e))?;
-            let lost = || DeltaError::CompactionLost {
-                table: self.table_url(ds).to_string(),
-                source_name: source.clone(),
-                date: date.clone(),
-            };
-            let held = snap
-                .transaction_version(log_store.as_ref(), app)
-                .await
-                .map_err(|e| self.err(ds, e))?;
-            if held.is_some_and(|v| v >= *version) {
-                return Err(lost());
-            }
-            let wanted: HashSet<&str> = removes.iter().map(String::as_str).collect();
-            let views: Vec<_> = snap
-                .snapshot()
-                .file_views(log_store.as_ref(), None)
-                .try_collect()
-                .await
-                .map_err(|e| self.err(ds, e))?;
-            let found: Vec<Remove> = views
-                .iter()
-                .filter(|v| wanted.contains(v.path().as_ref()))
-                .map(|v| v.remove_action(false))
-                .collect();
-            if found.len() != wanted.len() {
-                return Err(lost());
-            }
-            let mut actions: Vec<Action> = found.into_iter().map(Action::Remove).collect();
-            actions.extend(adds.iter().cloned().map(Action::Add));
-            let operation = DeltaOperation::Optimize {
-                predicate: Some(format!("source = '{source}' AND date = '{date}'")),
-                target_size: *target_size,
-            };
-            let txn = Transaction::new(app, *version);
-            let props = CommitProperties::default()
-                .with_application_transaction(txn)
-                .with_max_retries(0)
-                .with_create_checkpoint(false)
-                .with_cleanup_expired_logs(Some(false));
-            let result = CommitBuilder::from(props)
-                .with_actions(actions)
-                .build(Some(snap), log_store.clone(), operation)
-                .await;
-            match result {
-                Ok(done) => {
-                    let version = done.version;
-                    // The commit's own snapshot is the table at this version: no re-read.
-                    t.state = Some(done.snapshot);
-                    if (version + 1).is_multiple_of(self.checkpoint_interval) {
-                        self.after_commit(ds, t, version).await;
-                    }
-                    return Ok(version);
-                }
-                Err(e) if is_conflict(&e) && attempt + 1 < MAX_ATTEMPTS => {
-                    attempt += 1;
-                    COMMIT_RETRIES.fetch_add(1, Ordering::Relaxed);
-                    drop(guard);
-                    let wait = backoff(attempt);
-                    warn!(table = %self.table_url(ds), attempt, wait_ms = wait.as_millis() as u64, "Another writer committed first; retrying the Delta commit.");
-                    tokio::time::sleep(wait).await;
-                }
-                Err(e) => return Err(self.err(ds, e)),
-            }
-        }
     }
 }

@@ -103,6 +103,8 @@ impl DeltaTables {
         if missing.is_empty() {
             return Ok(());
         }
+        self.check(ds, t)?;
+        let snap = t.snapshot().map_err(|e| self.err(ds, e))?;
         let mut fields: Vec<StructField> = have.fields().cloned().collect();
         fields.extend(missing.iter().cloned());
         let schema = StructType::try_new(fields).map_err(|e| self.err(ds, e))?;
