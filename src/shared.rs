@@ -56,4 +56,3 @@ pub struct JobResult {
     pub succeeded: bool,
     pub reason: Option<String>,
 }
-

@@ -76,7 +76,11 @@ fn repair_one(
                 format!(
                     "{} committed file{} gone from the lake forgotten: {} call{} un-exported, the next run fetches them again",
                     gone.forgotten,
-                    if gone.forgotten == 1 { " was" } else { "s were" },
+                    if gone.forgotten == 1 {
+                        " was"
+                    } else {
+                        "s were"
+                    },
                     gone.unexported,
                     if gone.unexported == 1 { " is" } else { "s are" },
                 )
@@ -87,7 +91,7 @@ fn repair_one(
             });
         }
     }
-    let r = repair::rebuild(&lake, &mut state, row.id, name, &rewind)?;
+    let r = repair::rebuild(&lake, &mut state, row.id, name, rewind)?;
     tracing::info!(source = %name, rows = r.rows, rejects = r.rejects, files = r.data_files, "State rebuilt from the lake.");
     Ok(format!(
         "rebuilt from the lake: {} data files, {} calls, {} rejects, {} other files; cursor {}; {} staged files deleted",

@@ -16,34 +16,10 @@ use tracing::{info, warn};
 use super::LakeError;
 use super::delta::{DATASETS, DeltaTables, Outcome, Rewrite, settle_compaction};
 use super::table::{ActiveFile, SourceCx};
+pub use super::table::{CompactOptions, Compacted};
 use super::writer::DataFile;
 use crate::schema::Dataset;
 use crate::state::compaction::{NewFile, PendingCompaction};
-
-/// What to compact.
-#[derive(Debug, Clone)]
-pub struct CompactOptions {
-    /// Size the new files aim at.
-    pub target_bytes: u64,
-    /// A partition is compacted when it holds at least this many small files.
-    pub min_files: usize,
-    /// Only partitions whose date lies in this inclusive range (`YYYY-MM-DD`).
-    pub dates: Option<(String, String)>,
-}
-
-/// What a compaction of one source did.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct Compacted {
-    /// Partitions rewritten.
-    pub partitions: usize,
-    /// Files replaced, and files written in their place.
-    pub files_before: usize,
-    pub files_after: usize,
-    /// Rows copied.
-    pub rows: u64,
-    /// Partitions another compaction committed first (left as that one made them).
-    pub lost: usize,
-}
 
 /// Files below this share of the target are small (worth merging).
 fn is_small(f: &ActiveFile, target: u64) -> bool {
@@ -100,7 +76,11 @@ pub(super) fn compact_source(
 
 /// What rewriting one partition came to.
 enum Rewritten {
-    Done { before: usize, after: usize, rows: u64 },
+    Done {
+        before: usize,
+        after: usize,
+        rows: u64,
+    },
     Lost,
     Skipped,
 }

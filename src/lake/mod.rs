@@ -10,6 +10,7 @@
 pub mod compact;
 pub mod delta;
 mod durable;
+mod files;
 pub mod layer;
 pub mod marker;
 pub mod object;
@@ -129,8 +130,13 @@ impl Lake {
                 let store = wrap(store);
                 let mut spool = state_path.as_os_str().to_owned();
                 spool.push(".spool");
-                let lake =
-                    object::ObjectStorage::new(store.clone(), &prefix, Path::new(&spool), rt.clone(), &url)?;
+                let lake = object::ObjectStorage::new(
+                    store.clone(),
+                    &prefix,
+                    Path::new(&spool),
+                    rt.clone(),
+                    &url,
+                )?;
                 let base = url::Url::parse(&url).map_err(std::io::Error::other)?;
                 (Box::new(lake) as Box<dyn Storage>, store, base)
             }
@@ -253,7 +259,7 @@ fn refuse_delta_as_plain(storage: &dyn Storage, lake: &str) -> Result<(), LakeEr
             .is_some()
         {
             return Err(LakeError::Refused(format!(
-                "the lake {lake} holds Delta tables ({}/_delta_log/) but [warehouse] format is \"plain\": read as plain Parquet, its folders also hold files the table removed (a compaction's inputs until vacuum), which readers would count twice, and plain commits would never reach the table. callsync does not turn a Delta lake back into a plain one; keep format = \"delta\"",
+                "the lake {lake} holds Delta tables ({}/_delta_log/) but [warehouse] format is \"parquet\" (the plain layout): read as plain Parquet, its folders also hold files the table removed (a compaction's inputs until vacuum), which readers would count twice, and plain commits would never reach the table. callsync does not turn a Delta lake back into a plain one; keep format = \"delta\"",
                 ds.dir()
             )));
         }

@@ -90,7 +90,7 @@ impl Table for Plain {
                 if !path.ends_with(".parquet") {
                     continue;
                 }
-                let date = super::recover::date_of(&path).unwrap_or_default().to_string();
+                let date = super::files::date_of(&path).unwrap_or_default().to_string();
                 out.push(ActiveFile {
                     path,
                     size,
@@ -114,23 +114,10 @@ impl Table for Plain {
             .iter()
             .filter(|m| m.published && dataset_of(&m.final_path).is_some())
         {
-            match cx.storage.size(&m.final_path)? {
-                None => out.push(Finding::problem(
-                    &m.final_path,
-                    format!(
-                        "missing: {} (committed in {}, {} bytes); `callsync repair --source {source}` un-exports its calls so the next run fetches them again",
-                        m.final_path, m.commit_id, m.bytes
-                    ),
-                )),
-                Some(n) if n != m.bytes => out.push(Finding::problem(
-                    &m.final_path,
-                    format!(
-                        "wrong size: {} is {n} bytes, its commit {} recorded {}",
-                        m.final_path, m.commit_id, m.bytes
-                    ),
-                )),
-                Some(_) => {}
-            }
+            let hint = format!(
+                "; `callsync repair --source {source}` un-exports its calls so the next run fetches them again"
+            );
+            out.extend(super::verify::size_finding(cx.storage, m, &hint)?);
         }
         let named: std::collections::BTreeSet<&str> =
             manifest.iter().map(|m| m.final_path.as_str()).collect();

@@ -12,7 +12,7 @@ use tracing::warn;
 
 use super::LakeError;
 use super::delta::dataset_of;
-use super::repair::scan_keys;
+use super::files::{date_of, day_number, scan_keys};
 use super::table::SourceCx;
 use crate::schema::Dataset;
 use crate::shared::LakeFacts;
@@ -32,7 +32,10 @@ pub(super) struct Moves {
 /// Finishes the move of each committed file not recorded as published: a file in place with
 /// its recorded size is done (a staged copy left by a publish cut between copy and delete
 /// goes); a staged one is moved (again); one that is neither is lost.
-pub(super) fn finish_moves(cx: &SourceCx<'_>, pending: Vec<ManifestRow>) -> Result<Moves, LakeError> {
+pub(super) fn finish_moves(
+    cx: &SourceCx<'_>,
+    pending: Vec<ManifestRow>,
+) -> Result<Moves, LakeError> {
     let s = cx.storage;
     let mut out = Moves::default();
     for row in pending {
@@ -56,17 +59,8 @@ pub(super) fn finish_moves(cx: &SourceCx<'_>, pending: Vec<ManifestRow>) -> Resu
     Ok(out)
 }
 
-/// The `date=` value of a lake-relative partition path.
-pub(super) fn date_of(path: &str) -> Option<&str> {
-    path.split('/').find_map(|seg| seg.strip_prefix("date="))
-}
-
-/// UTC days since the epoch of a `YYYY-MM-DD` date.
-pub(super) fn day_number(date: &str) -> Option<i32> {
-    let d = chrono::NaiveDate::parse_from_str(date, "%Y-%m-%d").ok()?;
-    let epoch = chrono::NaiveDate::from_ymd_opt(1970, 1, 1)?;
-    Some((d - epoch).num_days() as i32)
-}
+/// Lists the data files of a partition (dataset, date) that are still there.
+pub(super) type Present<'a> = dyn Fn(Dataset, &str) -> Result<Vec<String>, LakeError> + 'a;
 
 /// Forgets committed data files that are gone, one transaction each: the calls of the file's
 /// partition day that no file still there holds (`present(dataset, date)` lists those files)
@@ -80,7 +74,7 @@ pub(super) fn forget(
     cx: &SourceCx<'_>,
     gone: &[String],
     replaced: bool,
-    present: &dyn Fn(Dataset, &str) -> Result<Vec<String>, LakeError>,
+    present: &Present<'_>,
 ) -> Result<(usize, usize), LakeError> {
     let (mut files, mut calls) = (0, 0);
     for path in gone {
@@ -91,7 +85,11 @@ pub(super) fn forget(
         let Some(day) = day_number(date) else {
             continue;
         };
-        let mut keys: HashSet<String> = cx.state.keys_of_day(cx.source_id, day)?.into_iter().collect();
+        let mut keys: HashSet<String> = cx
+            .state
+            .keys_of_day(cx.source_id, day)?
+            .into_iter()
+            .collect();
         if !keys.is_empty() {
             for f in present(ds, date)? {
                 if f != *path {
@@ -109,7 +107,10 @@ pub(super) fn forget(
         let cursor = if keys.is_empty() {
             None
         } else {
-            let least = keys.iter().filter_map(|k| k.trim().parse::<u64>().ok()).min();
+            let least = keys
+                .iter()
+                .filter_map(|k| k.trim().parse::<u64>().ok())
+                .min();
             let facts = LakeFacts {
                 max_numeric_id: least.map(|m| m.saturating_sub(1)),
                 max_started_at: Some(day as i64 * 86_400_000_000),

@@ -4,20 +4,12 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use arrow_array::StringArray;
-use arrow_array::cast::AsArray;
-use arrow_array::types::TimestampMicrosecondType;
-use parquet::arrow::ProjectionMask;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-
 use super::LakeError;
+use super::files::scan_keys;
 use super::marker;
 use super::storage::Storage;
 use crate::shared::{Cursor, LakeFacts};
-use crate::state::{State, StateError};
-
-/// Keys inserted per statement batch while reading a file.
-const KEY_BATCH: usize = 8192;
+use crate::state::State;
 
 /// What a repair found and recorded.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -45,54 +37,6 @@ fn commit_of(path: &str) -> Option<&str> {
     let stem = &stem[..stem.find('.')?];
     let (commit, n) = stem.rsplit_once('-')?;
     (!commit.is_empty() && n.bytes().all(|b| b.is_ascii_digit())).then_some(commit)
-}
-
-fn io(path: &str, e: impl std::fmt::Display) -> LakeError {
-    LakeError::Io(std::io::Error::other(format!("{path}: {e}")))
-}
-
-/// Reads the key column (and `started_at`) of a data file in batches: `on_keys` gets the keys
-/// of each batch; returns (rows, latest started_at).
-pub(super) fn scan_keys(
-    storage: &dyn Storage,
-    path: &str,
-    mut on_keys: impl FnMut(&StringArray) -> Result<(), StateError>,
-) -> Result<(u64, Option<i64>), LakeError> {
-    let file = storage.open(path)?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| io(path, e))?;
-    let arrow = builder.schema().clone();
-    let key_col = ["call_id", "delivery_key"]
-        .iter()
-        .find_map(|n| arrow.index_of(n).ok())
-        .ok_or_else(|| io(path, "has no call_id column"))?;
-    let mut cols = vec![key_col];
-    let started = arrow.index_of("started_at").ok();
-    cols.extend(started);
-    let mask = ProjectionMask::roots(builder.parquet_schema(), cols);
-    let reader = builder
-        .with_projection(mask)
-        .with_batch_size(KEY_BATCH)
-        .build()
-        .map_err(|e| io(path, e))?;
-    let (mut rows, mut latest) = (0u64, None::<i64>);
-    for batch in reader {
-        let batch = batch.map_err(|e| io(path, e))?;
-        let keys = batch
-            .column(0)
-            .as_string_opt::<i32>()
-            .ok_or_else(|| io(path, "its key column is not text"))?;
-        rows += batch.num_rows() as u64;
-        on_keys(keys)?;
-        if started.is_some()
-            && let Some(t) = batch
-                .column(1)
-                .as_primitive_opt::<TimestampMicrosecondType>()
-            && let Some(m) = t.iter().flatten().max()
-        {
-            latest = Some(latest.map_or(m, |l| l.max(m)));
-        }
-    }
-    Ok((rows, latest))
 }
 
 /// Rebuilds the state of `source` from its lake. `cursor_of` is the source kind's rule for a
@@ -138,7 +82,7 @@ pub fn rebuild(
             if !path.ends_with(".parquet") {
                 continue;
             }
-            let day = super::recover::date_of(&path).and_then(super::recover::day_number);
+            let day = super::files::date_of(&path).and_then(super::files::day_number);
             let (rows, last) = scan_keys(storage, &path, |keys| {
                 let ids: Vec<&str> = keys.iter().flatten().collect();
                 ids.iter().for_each(|id| note_id(id));

@@ -11,9 +11,33 @@ use crate::shared::{Cursor, LakeFacts};
 use crate::state::{Commit, ManifestRow, State};
 
 use super::LakeError;
-use super::compact::{CompactOptions, Compacted};
 use super::storage::Storage;
 use super::writer::CommitWriter;
+
+/// What to compact.
+#[derive(Debug, Clone)]
+pub struct CompactOptions {
+    /// Size the new files aim at.
+    pub target_bytes: u64,
+    /// A partition is compacted when it holds at least this many small files.
+    pub min_files: usize,
+    /// Only partitions whose date lies in this inclusive range (`YYYY-MM-DD`).
+    pub dates: Option<(String, String)>,
+}
+
+/// What a compaction of one source did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Compacted {
+    /// Partitions rewritten.
+    pub partitions: usize,
+    /// Files replaced, and files written in their place.
+    pub files_before: usize,
+    pub files_after: usize,
+    /// Rows copied.
+    pub rows: u64,
+    /// Partitions another compaction committed first (left as that one made them).
+    pub lost: usize,
+}
 
 /// A data file readers see: its lake-relative path, size and partition.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,9 +6,36 @@
 use std::collections::BTreeSet;
 
 use super::delta::dataset_of;
+use super::storage::Storage;
 use super::table::{Finding, keep_cursor};
 use super::{Lake, LakeError, marker};
-use crate::state::State;
+use crate::state::{ManifestEntry, State};
+
+/// A committed file that is missing from the storage or of another size than its commit
+/// recorded, or `None`; `hint` follows the text of a missing one.
+pub(super) fn size_finding(
+    storage: &dyn Storage,
+    m: &ManifestEntry,
+    hint: &str,
+) -> Result<Option<Finding>, LakeError> {
+    Ok(match storage.size(&m.final_path)? {
+        None => Some(Finding::problem(
+            &m.final_path,
+            format!(
+                "missing: {} (committed in {}, {} bytes){hint}",
+                m.final_path, m.commit_id, m.bytes
+            ),
+        )),
+        Some(n) if n != m.bytes => Some(Finding::problem(
+            &m.final_path,
+            format!(
+                "wrong size: {} is {n} bytes, its commit {} recorded {}",
+                m.final_path, m.commit_id, m.bytes
+            ),
+        )),
+        Some(_) => None,
+    })
+}
 
 /// Holds the lake against the state for one source (`source_id` is `None` when the state
 /// does not know it: every file is then foreign). `idle`: the caller holds the source's lock,
@@ -30,7 +57,10 @@ pub(super) fn verify(
         for f in lake.table().active_files(storage, source)? {
             out.push(Finding::problem(
                 &f.path,
-                format!("foreign: {} is in the lake but no commit of {source} names it", f.path),
+                format!(
+                    "foreign: {} is in the lake but no commit of {source} names it",
+                    f.path
+                ),
             ));
         }
         for (path, _) in recordings {
@@ -83,23 +113,7 @@ pub(super) fn verify(
             }
         } else if !data {
             // Rejects and recordings: plain files beside the tables, whatever the format.
-            match storage.size(&m.final_path)? {
-                None => out.push(Finding::problem(
-                    &m.final_path,
-                    format!(
-                        "missing: {} (committed in {}, {} bytes)",
-                        m.final_path, m.commit_id, m.bytes
-                    ),
-                )),
-                Some(n) if n != m.bytes => out.push(Finding::problem(
-                    &m.final_path,
-                    format!(
-                        "wrong size: {} is {n} bytes, its commit {} recorded {}",
-                        m.final_path, m.commit_id, m.bytes
-                    ),
-                )),
-                Some(_) => {}
-            }
+            out.extend(size_finding(storage, m, "")?);
         }
     }
     let named: BTreeSet<&str> = manifest.iter().map(|m| m.final_path.as_str()).collect();

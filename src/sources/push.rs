@@ -4,10 +4,10 @@
 //! reject of an unusable delivery.
 
 use super::{Cursor, OpenContext, SourceError, decode_cursor};
-pub use crate::shared::{Delivery, Job, JobResult};
 use crate::config::Problems;
 use crate::record::Reject;
 use crate::secret::SecretRef;
+pub use crate::shared::{Delivery, Job, JobResult};
 
 /// What a push source reads its pages from: the webhook inbox (SQLite, behind the pipeline).
 pub trait Inbox: Send + Sync {

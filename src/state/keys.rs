@@ -95,7 +95,10 @@ mod tests {
             [true, true, false, false, false]
         );
         let b = StringArray::from(vec!["3", "1", "4"]);
-        assert_eq!(keys.add_page(&b, vec![8, 8, 9], |_| true), [true, false, true]);
+        assert_eq!(
+            keys.add_page(&b, vec![8, 8, 9], |_| true),
+            [true, false, true]
+        );
         let mut all: Vec<(&str, i32)> = keys.iter().collect();
         all.sort_unstable();
         assert_eq!(all, [("1", 7), ("2", 7), ("3", 8), ("4", 9)]);

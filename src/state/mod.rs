@@ -530,7 +530,6 @@ impl State {
             .collect::<Result<Vec<String>, _>>()?;
         Ok(names)
     }
-
 }
 
 #[cfg(test)]

@@ -57,10 +57,12 @@ impl DeltaTables {
                 continue;
             };
             let i = DATASETS.iter().position(|d| *d == ds).unwrap_or(0);
-            by_table
-                .entry((i, r.seq))
-                .or_default()
-                .push(add_of(ds, &r.final_path, r.bytes, r.stats.clone()));
+            by_table.entry((i, r.seq)).or_default().push(add_of(
+                ds,
+                &r.final_path,
+                r.bytes,
+                r.stats.clone(),
+            ));
         }
         let app = format!("callsync/{source}");
         for ((i, seq), adds) in by_table {
@@ -80,12 +82,19 @@ impl DeltaTables {
     /// Adds committed files the table lacks again (one commit per table, with a new sequence
     /// number of the source); statistics come from the state, or from the file's footer.
     /// Returns the files added.
-    pub(super) fn readd(&self, cx: &SourceCx<'_>, files: &[ManifestEntry]) -> Result<usize, LakeError> {
+    pub(super) fn readd(
+        &self,
+        cx: &SourceCx<'_>,
+        files: &[ManifestEntry],
+    ) -> Result<usize, LakeError> {
         let app = format!("callsync/{}", cx.source);
         let mut added = 0;
         for ds in DATASETS {
             let mut adds = Vec::new();
-            for m in files.iter().filter(|m| dataset_of(&m.final_path) == Some(ds)) {
+            for m in files
+                .iter()
+                .filter(|m| dataset_of(&m.final_path) == Some(ds))
+            {
                 let stats = match &m.stats {
                     Some(s) => Some(s.clone()),
                     None => Some(footer_stats(cx.storage, &m.final_path)?),
@@ -179,7 +188,7 @@ impl Table for Delta {
             ));
         }
         let mut p = plan(&self.tables, cx, &compacting)?;
-        if !idle && !(p.readd.is_empty() && p.gone.is_empty()) {
+        if !(idle || p.readd.is_empty() && p.gone.is_empty()) {
             // A run publishing meanwhile: what it added since is in the table now.
             p = plan(&self.tables, cx, &compacting)?;
         }
@@ -192,32 +201,28 @@ impl Table for Delta {
                 ),
             ));
         }
-        for m in &p.readd {
-            out.push(Finding::problem(
-                &m.final_path,
-                format!(
-                    "not in the Delta table: {} (committed in {}); the next run of {source} adds it again",
-                    m.final_path, m.commit_id
-                ),
-            ));
-        }
-        for m in &p.replaced {
-            out.push(Finding::problem(
-                &m.final_path,
-                format!(
-                    "replaced in the Delta table by another process's compaction: {} (committed in {}); the next run of {source} follows the table",
-                    m.final_path, m.commit_id
-                ),
-            ));
-        }
-        for m in &p.gone {
-            out.push(Finding::problem(
-                &m.final_path,
-                format!(
-                    "missing: {} (committed in {}, {} bytes) is in neither the Delta table nor the lake; the next run of {source} fetches its calls again",
-                    m.final_path, m.commit_id, m.bytes
-                ),
-            ));
+        for (list, what, next) in [
+            (&p.readd, "not in the Delta table", "adds it again"),
+            (
+                &p.replaced,
+                "replaced in the Delta table by another process's compaction",
+                "follows the table",
+            ),
+            (
+                &p.gone,
+                "missing, in neither the Delta table nor the lake",
+                "fetches its calls again",
+            ),
+        ] {
+            for m in list {
+                out.push(Finding::problem(
+                    &m.final_path,
+                    format!(
+                        "{what}: {} (committed in {}, {} bytes); the next run of {source} {next}",
+                        m.final_path, m.commit_id, m.bytes
+                    ),
+                ));
+            }
         }
         for f in &p.active {
             match cx.storage.size(&f.path)? {
@@ -269,14 +274,8 @@ impl Table for Delta {
                 &id,
             ))?;
             info!(source = %cx.source, table = ds.dir(), files = missing.len(), "Removed files that are gone from the lake from the Delta table.");
-            let tables = &self.tables;
             let (files, calls) = forget(cx, &missing, false, &|ds, date| {
-                Ok(tables
-                    .active_files(ds, Some(cx.source))?
-                    .into_iter()
-                    .filter(|f| f.date == date)
-                    .map(|f| f.path)
-                    .collect())
+                Ok(self.tables.partition_files(ds, cx.source, date)?)
             })?;
             rec.forgotten += files;
             rec.unexported += calls;

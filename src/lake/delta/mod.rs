@@ -293,6 +293,21 @@ impl DeltaTables {
         })
     }
 
+    /// The active files of one partition (`source`, `date`) of a table.
+    pub fn partition_files(
+        &self,
+        ds: Dataset,
+        source: &str,
+        date: &str,
+    ) -> Result<Vec<String>, DeltaError> {
+        Ok(self
+            .active_files(ds, Some(source))?
+            .into_iter()
+            .filter(|f| f.date == date)
+            .map(|f| f.path)
+            .collect())
+    }
+
     /// The bytes of the log entry at `version` (`None`: there is none), a failed read tried
     /// again a few times.
     async fn read_commit(&self, ds: Dataset, version: u64) -> Result<Option<Vec<u8>>, DeltaError> {

@@ -72,8 +72,14 @@ fn has_invariants(schema: &StructType) -> bool {
 /// may: the features it does not honour, by name, and the protocol versions.
 pub fn unsupported(protocol: &Protocol, schema: &StructType) -> Option<String> {
     let v = serde_json::to_value(protocol).unwrap_or(Value::Null);
-    let reader = v.get("minReaderVersion").and_then(Value::as_i64).unwrap_or(1);
-    let writer = v.get("minWriterVersion").and_then(Value::as_i64).unwrap_or(1);
+    let reader = v
+        .get("minReaderVersion")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    let writer = v
+        .get("minWriterVersion")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
     let mut refused: Vec<String> = Vec::new();
     match reader {
         0 | 1 => {}
@@ -122,7 +128,10 @@ mod tests {
         assert_eq!(unsupported(&ok, &schema), None);
         let checks = protocol(serde_json::json!({"minReaderVersion": 1, "minWriterVersion": 3}));
         let why = unsupported(&checks, &schema).unwrap();
-        assert!(why.contains("checkConstraints") && why.contains("(1, 3)"), "{why}");
+        assert!(
+            why.contains("checkConstraints") && why.contains("(1, 3)"),
+            "{why}"
+        );
         let features = protocol(serde_json::json!({
             "minReaderVersion": 3, "minWriterVersion": 7,
             "readerFeatures": ["deletionVectors"],

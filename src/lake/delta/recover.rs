@@ -7,8 +7,8 @@ use tracing::{info, warn};
 
 use super::{DATASETS, DeltaTables, dataset_named, dataset_of};
 use crate::lake::LakeError;
-use crate::lake::recover::{clear_staging, date_of, day_number, finish_moves, forget, mark_done};
-use crate::lake::repair::scan_keys;
+use crate::lake::files::{date_of, day_number, scan_keys};
+use crate::lake::recover::{clear_staging, finish_moves, forget, mark_done};
 use crate::lake::table::{ActiveFile, Recovered, SourceCx};
 use crate::state::ManifestEntry;
 use crate::state::compaction::PendingCompaction;
@@ -45,12 +45,19 @@ pub(super) fn plan(
     let manifest = cx.state.manifest(cx.source_id)?;
     let named: HashSet<&str> = manifest.iter().map(|m| m.final_path.as_str()).collect();
     let in_table: HashSet<&str> = active.iter().map(|f| f.path.as_str()).collect();
+    // A file the table references that is gone from the lake is no file to adopt: `verify`
+    // names it, and `repair` removes it from the table and fetches its calls again.
+    let mut adopt = Vec::new();
+    for f in &active {
+        if !named.contains(f.path.as_str())
+            && !skip.contains(&f.path)
+            && cx.storage.size(&f.path)? == Some(f.size)
+        {
+            adopt.push(f.clone());
+        }
+    }
     let mut plan = Plan {
-        adopt: active
-            .iter()
-            .filter(|f| !named.contains(f.path.as_str()) && !skip.contains(&f.path))
-            .cloned()
-            .collect(),
+        adopt,
         ..Plan::default()
     };
     // Per partition, the keys of the files to adopt (read only where a question needs them).
@@ -200,12 +207,7 @@ pub(super) fn recover(tables: &DeltaTables, cx: &SourceCx<'_>) -> Result<Recover
         warn!(source = %cx.source, files = rec.readded, "Committed files the table lacked were added to it again.");
     }
     let present = |ds: crate::schema::Dataset, date: &str| -> Result<Vec<String>, LakeError> {
-        Ok(tables
-            .active_files(ds, Some(cx.source))?
-            .into_iter()
-            .filter(|f| f.date == date)
-            .map(|f| f.path)
-            .collect())
+        Ok(tables.partition_files(ds, cx.source, date)?)
     };
     if !plan.replaced.is_empty() {
         let paths: Vec<String> = plan.replaced.iter().map(|m| m.final_path.clone()).collect();

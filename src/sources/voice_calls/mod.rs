@@ -423,7 +423,12 @@ impl Recorder {
                     return Ok(Some(Attachment {
                         call_id: id.to_string(),
                         staged,
-                        final_path: crate::record::recording_path(&self.source, started_at, id, ext),
+                        final_path: crate::record::recording_path(
+                            &self.source,
+                            started_at,
+                            id,
+                            ext,
+                        ),
                         bytes,
                     }));
                 }
