@@ -32,12 +32,24 @@ pub fn repair(
     }
     State::open(&cfg.state.path)
         .with_context(|| format!("opening state {}", cfg.state.path.display()))?;
+    let lake = open_lake(cfg, rt)?;
+    repair_lake(cfg, &lake, only, force, out)
+}
+
+/// `repair` of an opened lake (tests open it with a store layer).
+pub fn repair_lake(
+    cfg: &Config,
+    lake: &Lake,
+    only: &[String],
+    force: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<i32> {
     let mut code = EXIT_OK;
     for (name, scfg) in &cfg.sources {
         if !only.is_empty() && !only.contains(name) {
             continue;
         }
-        match repair_one(cfg, name, scfg, force, rt) {
+        match repair_one(cfg, lake, name, scfg, force) {
             Ok(line) => writeln!(out, "{name}: {line}")?,
             Err(e) => {
                 code = EXIT_FAILED;
@@ -50,20 +62,19 @@ pub fn repair(
 
 fn repair_one(
     cfg: &Config,
+    lake: &Lake,
     name: &str,
     scfg: &crate::sources::SourceConfig,
     force: bool,
-    rt: &Runtime,
 ) -> anyhow::Result<String> {
     use crate::lake::{marker, repair};
     let _lock = crate::state::lock::SourceLock::try_acquire(&cfg.state.path, name)?;
     let mut state = State::open(&cfg.state.path)?;
     let row = state.source(name, scfg.kind())?;
-    let lake = open_lake(cfg, rt)?;
     let rewind = |facts: &crate::shared::LakeFacts, c: Option<&crate::shared::Cursor>| {
         scfg.repair_cursor(facts, c)
     };
-    let disagreement = marker::disagreement(lake.storage(), &state, row.id, name)?;
+    let disagreement = marker::disagreement(lake, &state, row.id, name)?;
     if disagreement.is_none() {
         // The state is right: finish its interrupted publishes, then forget committed files
         // that are gone (their calls are fetched again).
@@ -91,7 +102,7 @@ fn repair_one(
             });
         }
     }
-    let r = repair::rebuild(&lake, &mut state, row.id, name, rewind)?;
+    let r = repair::rebuild(lake, &mut state, row.id, name, rewind)?;
     tracing::info!(source = %name, rows = r.rows, rejects = r.rejects, files = r.data_files, "State rebuilt from the lake.");
     Ok(format!(
         "rebuilt from the lake: {} data files, {} calls, {} rejects, {} other files; cursor {}; {} staged files deleted",

@@ -20,7 +20,7 @@ mod ops;
 
 pub use compact::{CompactRequest, compact, compact_one, vacuum};
 pub use demo::demo;
-pub use lake::{repair, verify, verify_lake};
+pub use lake::{repair, repair_lake, verify, verify_lake};
 pub use ops::{Resubmit, check, exotel_analyze, health};
 
 /// Exit code: every source succeeded.

@@ -69,14 +69,14 @@ pub const DATASETS: &[&str] = &["calls", "monitor_legs"];
 /// names a commit the state does not know, or the lake holds data files of a source the state
 /// has no commit of. One read of the marker, and a listing only when the state knows no commit.
 pub fn disagreement(
-    storage: &dyn Storage,
+    lake: &super::Lake,
     state: &State,
     source_id: i64,
     source: &str,
 ) -> Result<Option<String>, LakeError> {
     disagreement_with(
-        read(storage, source)?.as_ref(),
-        storage,
+        read(lake.storage(), source)?.as_ref(),
+        lake,
         state,
         source_id,
         source,
@@ -86,7 +86,7 @@ pub fn disagreement(
 /// `disagreement`, with the marker already read.
 pub fn disagreement_with(
     marker: Option<&Marker>,
-    storage: &dyn Storage,
+    lake: &super::Lake,
     state: &State,
     source_id: i64,
     source: &str,
@@ -101,16 +101,12 @@ pub fn disagreement_with(
         }
         return Ok(None);
     }
-    if state.last_commit(source_id)?.is_none() {
-        for dataset in DATASETS {
-            if let Some(f) =
-                storage.first_file(&format!("{dataset}/source={source}"), ".parquet")?
-            {
-                return Ok(Some(format!(
-                    "the lake holds files of this source ({f}) but the state has no commit of it (the state is missing or new)"
-                )));
-            }
-        }
+    if state.last_commit(source_id)?.is_none()
+        && let Some(f) = lake.table().first_file(lake.storage(), source)?
+    {
+        return Ok(Some(format!(
+            "the lake holds files of this source ({f}) but the state has no commit of it (the state is missing or new)"
+        )));
     }
     Ok(None)
 }

@@ -103,6 +103,18 @@ impl Table for Plain {
         Ok(out)
     }
 
+    fn first_file(&self, storage: &dyn Storage, source: &str) -> Result<Option<String>, LakeError> {
+        // Every file in the folders is data: the first one found will do.
+        for dataset in DATASETS {
+            if let Some(f) =
+                storage.first_file(&format!("{dataset}/source={source}"), ".parquet")?
+            {
+                return Ok(Some(f));
+            }
+        }
+        Ok(None)
+    }
+
     fn verify(&self, cx: &SourceCx<'_>, _idle: bool) -> Result<Vec<Finding>, LakeError> {
         // The folders are listed before the state is read: a run publishing meanwhile shows
         // up as committed-but-unpublished, never as foreign.

@@ -50,10 +50,8 @@ pub fn rebuild(
 ) -> Result<Repaired, LakeError> {
     let storage = lake.storage();
     // A marker that cannot be read is replaced; its cursor is then not used.
-    let marker_cursor = marker::read(storage, source)
-        .ok()
-        .flatten()
-        .and_then(|m| m.cursor);
+    let old_marker = marker::read(storage, source).ok().flatten();
+    let marker_cursor = old_marker.as_ref().and_then(|m| m.cursor.clone());
     let commit_id = uuid::Uuid::now_v7().simple().to_string();
     let mut facts = LakeFacts::default();
     let mut note_id = |id: &str| {
@@ -69,10 +67,11 @@ pub fn rebuild(
     let mut commits: BTreeMap<String, (u64, u64)> = BTreeMap::new();
     let mut latest: Option<i64> = None;
     // With Delta tables the files of their latest versions (files a compaction replaced, or a
-    // crash left behind, are no data), otherwise every file in its partition folders.
+    // crash left behind, are no data; a source's files from before the lake was switched to
+    // Delta are), otherwise every file in its partition folders.
     let data: Vec<(String, u64)> = lake
         .table()
-        .active_files(storage, source)?
+        .data_files(storage, source)?
         .into_iter()
         .map(|f| (f.path, f.size))
         .collect();
@@ -126,6 +125,14 @@ pub fn rebuild(
     }
     facts.max_started_at = latest;
     let cursor = cursor_of(&facts, marker_cursor.as_ref());
+    // The commit the lake's marker names is known to the rebuilt state (which holds what the
+    // lake holds): if writing the new marker fails, the old one still agrees with the state
+    // and runs are not refused.
+    if let Some(m) = &old_marker
+        && !commits.contains_key(&m.commit_id)
+    {
+        rebuild.add_commit(&m.commit_id, 0, 0, None)?;
+    }
     for (commit, (rows, rejects)) in &commits {
         if *commit != commit_id {
             rebuild.add_commit(commit, *rows, *rejects, None)?;

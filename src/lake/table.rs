@@ -161,6 +161,26 @@ pub trait Table: Send + Sync {
         source: &str,
     ) -> Result<Vec<ActiveFile>, LakeError>;
 
+    /// The data files that hold the source's exported calls, for `repair` to rebuild the
+    /// state from: what readers see (a format may add files it has yet to adopt).
+    fn data_files(
+        &self,
+        storage: &dyn Storage,
+        source: &str,
+    ) -> Result<Vec<ActiveFile>, LakeError> {
+        self.active_files(storage, source)
+    }
+
+    /// Some file of `data_files`, found without listing everything when one is near (the
+    /// question "does the lake hold files of this source?").
+    fn first_file(&self, storage: &dyn Storage, source: &str) -> Result<Option<String>, LakeError> {
+        Ok(self
+            .data_files(storage, source)?
+            .into_iter()
+            .next()
+            .map(|f| f.path))
+    }
+
     /// The format's checks of `verify`: the state's published data files against what
     /// readers see, and that against the storage. `idle`: no run of the source is in flight.
     fn verify(&self, cx: &SourceCx<'_>, idle: bool) -> Result<Vec<Finding>, LakeError>;

@@ -74,7 +74,7 @@ pub(super) fn verify(
     let keep = keep_cursor;
     let cx = lake.source(state, id, source, &keep);
     let mut out = Vec::new();
-    if let Some(reason) = marker::disagreement(storage, state, id, source)? {
+    if let Some(reason) = marker::disagreement(lake, state, id, source)? {
         out.push(Finding::problem(
             &marker::path(source),
             format!("{reason}; run `callsync repair --source {source}`"),

@@ -371,8 +371,7 @@ fn prepare(
     let storage = lake.storage();
     // One read of the marker, whatever the lake's size.
     let current = marker::read(storage, name)?;
-    if let Some(reason) =
-        marker::disagreement_with(current.as_ref(), storage, state, source_id, name)?
+    if let Some(reason) = marker::disagreement_with(current.as_ref(), lake, state, source_id, name)?
     {
         return Err(PipelineError::Disagree {
             source_name: name.to_string(),

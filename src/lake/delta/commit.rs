@@ -29,8 +29,10 @@ pub(super) const COMMIT_ID_KEY: &str = "callsyncCommit";
 /// When a commit is still wanted.
 pub(super) enum Guard<'a> {
     /// An append of a source's commit `seq`: held once the table's `app` transaction is at
-    /// `seq` or beyond.
-    Txn { app: &'a str, seq: i64 },
+    /// `seq` or beyond. `fresh`: the commit was never tried before this call (publish right
+    /// after the state commit), so the table cannot hold it: every earlier attempt of this
+    /// call was settled as not ours, and the question costs a read of the log.
+    Txn { app: &'a str, seq: i64, fresh: bool },
     /// Files added again: held once every one is active; only the missing ones are added.
     Missing,
     /// A compaction replacing `removes` (table-relative): held once its first new file is
@@ -111,7 +113,8 @@ impl DeltaTables {
             let snap = t.snapshot().map_err(|e| self.err(ds, e))?;
             let version = snap.version() + 1;
             let actions: Vec<Action> = match &guard {
-                Guard::Txn { app, seq } => {
+                Guard::Txn { fresh: true, .. } => adds.iter().cloned().map(Action::Add).collect(),
+                Guard::Txn { app, seq, .. } => {
                     let held = snap
                         .transaction_version(log_store.as_ref(), *app)
                         .await

@@ -49,8 +49,14 @@ fn add_of(ds: crate::schema::Dataset, path: &str, size: u64, stats: Option<Strin
 impl DeltaTables {
     /// Adds committed data files to their tables, one Delta commit per (table, callsync
     /// commit), each with the app transaction `callsync/<source>` = the commit's sequence
-    /// number; a commit the table already holds is skipped.
-    pub fn append(&self, source: &str, rows: &[ManifestRow]) -> Result<(), DeltaError> {
+    /// number; a commit the table already holds is skipped. `fresh`: right after the state
+    /// commit (the table cannot hold it yet), not recovery.
+    pub fn append(
+        &self,
+        source: &str,
+        rows: &[ManifestRow],
+        fresh: bool,
+    ) -> Result<(), DeltaError> {
         let mut by_table: BTreeMap<(usize, i64), Vec<Add>> = BTreeMap::new();
         for r in rows {
             let Some(ds) = dataset_of(&r.final_path) else {
@@ -69,7 +75,11 @@ impl DeltaTables {
             let id = uuid::Uuid::now_v7().simple().to_string();
             self.block(self.commit(
                 DATASETS[i],
-                Guard::Txn { app: &app, seq },
+                Guard::Txn {
+                    app: &app,
+                    seq,
+                    fresh,
+                },
                 &adds,
                 &write_operation(),
                 Transaction::new(&app, seq),
@@ -140,7 +150,7 @@ impl Table for Delta {
             cx.storage.publish(&row.staged, &row.final_path)?;
         }
         crate::failpoint::hit("after_publish");
-        self.tables.append(cx.source, rows)?;
+        self.tables.append(cx.source, rows, true)?;
         let names: Vec<&str> = rows.iter().map(|r| r.staged.as_str()).collect();
         cx.state.mark_published(&names)?;
         Ok(())
@@ -160,6 +170,28 @@ impl Table for Delta {
             out.extend(self.tables.active_files(ds, Some(source))?);
         }
         Ok(out)
+    }
+
+    /// A source that never wrote a Delta commit (no app transaction `callsync/<source>` in
+    /// either table) holds its calls in the files of its plain days, published before the
+    /// lake was switched to Delta and not adopted yet: those are its data. Any other source's
+    /// data is what the tables hold (other files in its folders are files the tables removed,
+    /// or never committed).
+    fn data_files(
+        &self,
+        storage: &dyn Storage,
+        source: &str,
+    ) -> Result<Vec<ActiveFile>, LakeError> {
+        let app = format!("callsync/{source}");
+        let mut wrote = false;
+        for ds in DATASETS {
+            wrote |= self.tables.txn_version(ds, &app)?.is_some();
+        }
+        if wrote {
+            self.active_files(storage, source)
+        } else {
+            crate::lake::plain::Plain.active_files(storage, source)
+        }
     }
 
     fn verify(&self, cx: &SourceCx<'_>, idle: bool) -> Result<Vec<Finding>, LakeError> {

@@ -187,7 +187,7 @@ pub(super) fn recover(tables: &DeltaTables, cx: &SourceCx<'_>) -> Result<Recover
     let mut rec = Recovered::default();
     let moves = finish_moves(cx, cx.state.unpublished(cx.source_id)?)?;
     rec.rolled_forward = moves.rolled_forward;
-    tables.append(cx.source, &moves.done)?;
+    tables.append(cx.source, &moves.done, false)?;
     let mut gone = mark_done(cx, &moves)?;
     for c in cx.state.pending_compactions(cx.source_id)? {
         rec.compactions += 1;

@@ -3,8 +3,10 @@
 //! answer an error, reads that fail for a moment, and a process that dies at any named point
 //! of the commit protocol. Seeded schedules of syncs, compactions, vacuums and a second
 //! writer run in-process against a fault-injecting store (`store.rs`), and the invariants of
-//! `driver.rs` are checked after every step, in six worlds: a plain and a Delta lake on
-//! local disk, in memory, and on S3 (the moto server). Every tenth seed ends with the readers
+//! `driver.rs` are checked after every step, in seven worlds: a plain and a Delta lake on
+//! local disk, in memory, and on S3 (the moto server), and a local plain lake switched to Delta
+//! at a step the seed picks. Schedules also lose a writer's state (then `repair` it) and run
+//! `repair`, forced or not. Every tenth seed ends with the readers
 //! users run (the `deltalake` package, Polars, DuckDB) holding exactly the writers' calls.
 //!
 //! CI runs at least `MIN_SEEDS` seeds per world; `CALLSYNC_FAULT_SEEDS=N` runs up to N per
@@ -115,6 +117,11 @@ fn every_seed_keeps_an_in_memory_plain_lake_exact() {
 #[test]
 fn every_seed_keeps_an_in_memory_delta_lake_exact() {
     seeds(Mode::DeltaMemory, 50);
+}
+
+#[test]
+fn every_seed_keeps_a_plain_lake_switched_to_delta_exact() {
+    seeds(Mode::PlainToDelta, 40);
 }
 
 #[test]
@@ -269,4 +276,26 @@ fn a_publish_copy_stored_then_answered_500_is_finished_by_the_next_run() {
     let r = w.run(&Step::Sync(0), None, false);
     assert!(r.starts_with("ok"), "{r}");
     w.check(true).unwrap();
+}
+
+#[test]
+fn a_repair_whose_marker_write_fails_leaves_a_state_that_runs() {
+    for mode in [Mode::DeltaMemory, Mode::PlainLocal] {
+        let mut w = World::quiet(mode, 11);
+        small_files(&mut w);
+        // A first repair leaves the marker naming its own commit, which has no file.
+        let r = w.run(&Step::Repair(0, true), None, false);
+        assert!(r.starts_with("ok"), "{}: {r}", mode.name());
+        // The next rebuilt state commits; the new marker is then refused before it is written.
+        w.plan
+            .rule(Rule::new("put", "_callsync/vg.json", "", 1, Fault::Before));
+        let r = w.run(&Step::Repair(0, true), None, true);
+        assert!(r.starts_with("failed"), "{}: {r}", mode.name());
+        // The old marker still names a commit the rebuilt state knows: runs go on.
+        w.check(false).unwrap();
+        w.run(&Step::AddCalls(30), None, false);
+        let r = w.run(&Step::Sync(0), None, false);
+        assert!(r.starts_with("ok"), "{}: {r}", mode.name());
+        w.check(true).unwrap();
+    }
 }
