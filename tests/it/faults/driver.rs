@@ -761,7 +761,7 @@ impl World {
             self.log.push(format!("final sync of {name}: {what}"));
         }
         self.check(true).map_err(|e| self.report(&e))?;
-        if self.seed % 10 == 0 {
+        if self.seed.is_multiple_of(10) {
             let read = std::panic::catch_unwind(AssertUnwindSafe(|| self.third_party()));
             match read {
                 Ok(Ok(())) => self.log.push("third-party readers: exact".into()),
