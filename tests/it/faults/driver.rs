@@ -749,11 +749,10 @@ impl World {
         }
         // A clean end: the operator repairs a lost state, then both writers sync without
         // faults, and each holds exactly the vendor's calls.
-        for w in 0..WRITERS.len() {
+        for (w, name) in WRITERS.iter().enumerate() {
             if self.lost_state[w] {
                 let what = self.run(&Step::Repair(w, false), None, false);
-                self.log
-                    .push(format!("final repair of {}: {what}", WRITERS[w]));
+                self.log.push(format!("final repair of {name}: {what}"));
             }
         }
         for (w, name) in WRITERS.iter().enumerate() {
