@@ -41,6 +41,32 @@ pub struct WebhookLabels {
     pub outcome: String,
 }
 
+/// `{task, outcome}` of the lake's upkeep: compaction, vacuum or checkpoint; ok or failed.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpkeepLabels {
+    pub task: String,
+    pub outcome: String,
+}
+
+/// `{task}` of the lake's upkeep.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TaskLabels {
+    pub task: String,
+}
+
+/// `{table}`: a Delta table's folder (`calls`, `monitor_legs`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TableLabels {
+    pub table: String,
+}
+
+/// The lake's upkeep tasks, every one present from start-up.
+pub const UPKEEP_TASKS: &[&str] = &["compaction", "vacuum", "checkpoint"];
+/// Outcomes of an upkeep task.
+const UPKEEP_OUTCOMES: &[&str] = &["ok", "failed"];
+/// The Delta tables, every one present from start-up.
+const TABLES: &[&str] = &["calls", "monitor_legs"];
+
 /// Webhook outcomes, every one present from start-up for push sources.
 pub const WEBHOOK_OUTCOMES: &[&str] = &[
     "accepted",
@@ -83,6 +109,11 @@ pub struct Metrics {
     inbox_oldest: Family<SourceLabels, FloatGauge>,
     inbox_flush_interval: Family<SourceLabels, FloatGauge>,
     resubmit_failures: Family<SourceLabels, Counter>,
+    upkeep: Family<UpkeepLabels, Counter>,
+    upkeep_last_success: Family<TaskLabels, FloatGauge>,
+    commit_retries: Family<TableLabels, Counter>,
+    compaction_conflicts: Family<SourceLabels, Counter>,
+    partition_files: Family<SourceLabels, Gauge>,
     /// Where each source's cursor stands in time (µs), for the lag computed at each scrape.
     cursor_at: Mutex<HashMap<String, i64>>,
 }
@@ -113,8 +144,29 @@ impl Metrics {
             inbox_oldest: Family::default(),
             inbox_flush_interval: Family::default(),
             resubmit_failures: Family::default(),
+            upkeep: Family::default(),
+            upkeep_last_success: Family::default(),
+            commit_retries: Family::default(),
+            compaction_conflicts: Family::default(),
+            partition_files: Family::default(),
             cursor_at: Mutex::new(HashMap::new()),
         };
+        for task in UPKEEP_TASKS {
+            for outcome in UPKEEP_OUTCOMES {
+                let _ = m.upkeep.get_or_create(&UpkeepLabels {
+                    task: task.to_string(),
+                    outcome: outcome.to_string(),
+                });
+            }
+            let _ = m.upkeep_last_success.get_or_create(&TaskLabels {
+                task: task.to_string(),
+            });
+        }
+        for table in TABLES {
+            let _ = m.commit_retries.get_or_create(&TableLabels {
+                table: table.to_string(),
+            });
+        }
         registry.register(
             "callsync_rows_exported",
             "Calls committed to the lake (equals what the lake gained)",
@@ -186,6 +238,31 @@ impl Metrics {
             m.resubmit_failures.clone(),
         );
         registry.register(
+            "callsync_upkeep_runs",
+            "The lake's upkeep by task (compaction, vacuum, checkpoint) and outcome (ok, failed)",
+            m.upkeep.clone(),
+        );
+        registry.register(
+            "callsync_upkeep_last_success_timestamp_seconds",
+            "When an upkeep task last succeeded (Unix time, 0 before its first success in this process); alert on time() - this",
+            m.upkeep_last_success.clone(),
+        );
+        registry.register(
+            "callsync_delta_commit_retries",
+            "Delta commits tried again because another writer took the log version first",
+            m.commit_retries.clone(),
+        );
+        registry.register(
+            "callsync_compaction_conflicts",
+            "Compactions of a partition that lost to another compaction and changed nothing",
+            m.compaction_conflicts.clone(),
+        );
+        registry.register(
+            "callsync_partition_files_max",
+            "The most files one past day's partition of the source holds (readers pay for each), as of the last compaction",
+            m.partition_files.clone(),
+        );
+        registry.register(
             "callsync_build",
             "This build of callsync",
             Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]),
@@ -201,6 +278,8 @@ impl Metrics {
         let _ = self.http_retries.get_or_create(&s);
         let _ = self.last_success.get_or_create(&s);
         let _ = self.run_duration.get_or_create(&s);
+        let _ = self.compaction_conflicts.get_or_create(&s);
+        let _ = self.partition_files.get_or_create(&s);
         for o in OUTCOMES {
             let _ = self.runs.get_or_create(&RunLabels {
                 source: name.to_string(),
@@ -229,6 +308,8 @@ impl Metrics {
         self.inbox_oldest.remove(&s);
         self.inbox_flush_interval.remove(&s);
         self.resubmit_failures.remove(&s);
+        self.compaction_conflicts.remove(&s);
+        self.partition_files.remove(&s);
         lock(&self.cursor_at).remove(name);
         for o in OUTCOMES {
             self.runs.remove(&RunLabels {
@@ -383,6 +464,54 @@ pub fn committed(source_name: &str, rows: u64, rejects: u64) {
     }
 }
 
+/// An upkeep task (`compaction`, `vacuum`, `checkpoint`) ended.
+pub fn upkeep(task: &str, ok: bool) {
+    if let Some(m) = get() {
+        m.upkeep
+            .get_or_create(&UpkeepLabels {
+                task: task.to_string(),
+                outcome: if ok { "ok" } else { "failed" }.to_string(),
+            })
+            .inc();
+        if ok {
+            m.upkeep_last_success
+                .get_or_create(&TaskLabels {
+                    task: task.to_string(),
+                })
+                .set(chrono::Utc::now().timestamp_micros() as f64 / 1e6);
+        }
+    }
+}
+
+/// A Delta commit to `table` is tried again: another writer took the version first.
+pub fn delta_commit_retry(table: &str) {
+    if let Some(m) = get() {
+        m.commit_retries
+            .get_or_create(&TableLabels {
+                table: table.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// A compaction of `source` lost to another one.
+pub fn compaction_conflict(source_name: &str) {
+    if let Some(m) = get() {
+        m.compaction_conflicts
+            .get_or_create(&source(source_name))
+            .inc();
+    }
+}
+
+/// The most files one past partition of `source` holds.
+pub fn partition_files_max(source_name: &str, files: u64) {
+    if let Some(m) = get() {
+        m.partition_files
+            .get_or_create(&source(source_name))
+            .set(files as i64);
+    }
+}
+
 /// A vendor answered `status` (`None`: no answer: timeout, refused or dropped connection).
 pub fn http_response(source_name: &str, status: Option<u16>) {
     if let Some(m) = get() {
@@ -467,6 +596,11 @@ mod tests {
             "callsync_source_last_success_timestamp_seconds{source=\"vg\"} 0",
             "callsync_run_duration_seconds_count{source=\"vg\"} 0",
             "callsync_build_info{version=",
+            "callsync_upkeep_runs_total{task=\"compaction\",outcome=\"failed\"} 0",
+            "callsync_upkeep_last_success_timestamp_seconds{task=\"checkpoint\"} 0",
+            "callsync_delta_commit_retries_total{table=\"calls\"} 0",
+            "callsync_compaction_conflicts_total{source=\"vg\"} 0",
+            "callsync_partition_files_max{source=\"vg\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -8,7 +8,7 @@ use chrono::NaiveDate;
 use tokio::runtime::Runtime;
 
 use super::{EXIT_FAILED, EXIT_OK, EXIT_USAGE, unknown_source};
-use crate::config::{Config, LakeFormat};
+use crate::config::{Config, LakeFormat, MIN_RETAIN_HOURS, SAFE_RETAIN_HOURS};
 use crate::lake::Lake;
 use crate::lake::compact::{CompactOptions, Compacted};
 use crate::lake::plain::NO_COMPACTION;
@@ -129,8 +129,21 @@ pub fn vacuum(
     if let Some(code) = refuse_plain_lake(cfg, out)? {
         return Ok(code);
     }
-    let lake = super::lake::open_lake(cfg, rt)?;
     let hours = retain_hours.unwrap_or(cfg.compaction.retain_hours);
+    if hours < MIN_RETAIN_HOURS {
+        writeln!(
+            out,
+            "error: --retain-hours must be at least {MIN_RETAIN_HOURS}: files a compaction removed moments ago are the ones queries in flight are reading"
+        )?;
+        return Ok(EXIT_USAGE);
+    }
+    if hours < SAFE_RETAIN_HOURS {
+        tracing::warn!(
+            retain_hours = hours,
+            "Vacuum keeps removed files less than a day: a reader holding an older snapshot of the table (a long query, a BI extract) fails on the files deleted under it."
+        );
+    }
+    let lake = super::lake::open_lake(cfg, rt)?;
     for (table, files) in lake.table().vacuum(hours, dry_run)? {
         writeln!(
             out,

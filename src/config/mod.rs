@@ -10,7 +10,10 @@ use serde::Deserialize;
 use crate::sources::SourceConfig;
 
 mod warehouse;
-pub use warehouse::{CompactionConfig, LakeFormat, LakeLocation, WarehouseConfig};
+pub use warehouse::{
+    CompactionConfig, DEFAULT_COMPACTION_SCHEDULE, LakeFormat, LakeLocation, MIN_RETAIN_HOURS,
+    SAFE_RETAIN_HOURS, WarehouseConfig,
+};
 
 /// The default config file, relative to the working directory.
 pub const DEFAULT_CONFIG_PATH: &str = "config/callsync.toml";

@@ -50,8 +50,12 @@ pub struct WarehouseConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CompactionConfig {
+    /// Whether the daemon compacts a Delta lake on `schedule` (`false` turns it off; `compact`
+    /// and `vacuum` by hand still work). A plain lake is never compacted.
+    #[serde(default = "default_enabled")]
+    pub enabled: bool,
     /// Cron schedule (6 fields, seconds first, UTC) on which the daemon compacts every
-    /// source's partitions and then vacuums; unset: the daemon never compacts.
+    /// source's partitions and then vacuums; unset: daily at 03:30 UTC (`DEFAULT_SCHEDULE`).
     #[serde(default)]
     pub schedule: Option<String>,
     /// The daemon compacts a partition once it holds at least this many small files.
@@ -61,11 +65,24 @@ pub struct CompactionConfig {
     #[serde(default = "default_target_file_mb")]
     pub target_file_mb: u64,
     /// `vacuum` deletes a replaced file once it was removed from the table this many hours
-    /// ago (a reader still on an older version keeps its files until then).
+    /// ago (a reader still on an older version keeps its files until then); at least 1, and
+    /// below 24 a reader holding a day-old snapshot fails.
     #[serde(default = "default_retain_hours")]
     pub retain_hours: u64,
 }
 
+/// The daemon's compaction schedule of a Delta lake when `[compaction] schedule` is unset:
+/// daily at a quiet hour.
+pub const DEFAULT_COMPACTION_SCHEDULE: &str = "0 30 3 * * *";
+
+/// The least `retain_hours` `vacuum` accepts.
+pub const MIN_RETAIN_HOURS: u64 = 1;
+/// Below this, `vacuum` warns that readers holding an older snapshot will fail.
+pub const SAFE_RETAIN_HOURS: u64 = 24;
+
+fn default_enabled() -> bool {
+    true
+}
 fn default_min_files() -> usize {
     10
 }
@@ -79,6 +96,7 @@ fn default_retain_hours() -> u64 {
 impl Default for CompactionConfig {
     fn default() -> Self {
         CompactionConfig {
+            enabled: default_enabled(),
             schedule: None,
             min_files: default_min_files(),
             target_file_mb: default_target_file_mb(),
@@ -88,6 +106,15 @@ impl Default for CompactionConfig {
 }
 
 impl CompactionConfig {
+    /// The schedule the daemon compacts on, if it does: a Delta lake's, unless turned off.
+    pub fn effective_schedule(&self, format: LakeFormat) -> Option<&str> {
+        (self.enabled && format == LakeFormat::Delta).then(|| {
+            self.schedule
+                .as_deref()
+                .unwrap_or(DEFAULT_COMPACTION_SCHEDULE)
+        })
+    }
+
     /// Reports every problem of `[compaction]` (the lake's format decides whether it applies).
     pub(super) fn validate(&self, format: LakeFormat, problems: &mut Problems) {
         if let Some(s) = &self.schedule {
@@ -105,6 +132,13 @@ impl CompactionConfig {
         }
         if self.target_file_mb == 0 {
             problems.push("compaction", Some("target_file_mb"), "must be at least 1");
+        }
+        if self.retain_hours < MIN_RETAIN_HOURS {
+            problems.push(
+                "compaction",
+                Some("retain_hours"),
+                "must be at least 1: a vacuum right after a compaction deletes the files queries in flight are reading",
+            );
         }
     }
 }

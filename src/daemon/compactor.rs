@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use super::schedule::Schedule;
 use super::{Done, RunReport};
-use crate::config::{Config, LakeFormat};
+use crate::config::Config;
 use crate::lake::compact::CompactOptions;
 
 /// Where the daemon's compaction stands.
@@ -28,10 +28,10 @@ pub(super) struct Compactor {
 impl Compactor {
     /// The compactor of a config, when it schedules compaction of a Delta lake.
     pub(super) fn of(cfg: &Config, now: DateTime<Utc>) -> Option<Compactor> {
-        let expr = cfg.compaction.schedule.clone()?;
-        if cfg.warehouse.format != LakeFormat::Delta {
-            return None;
-        }
+        let expr = cfg
+            .compaction
+            .effective_schedule(cfg.warehouse.format)?
+            .to_string();
         let schedule = Schedule::parse(&expr).ok()?;
         Some(Compactor {
             next: schedule.next_after(now),
@@ -124,6 +124,7 @@ pub(super) fn run_job(cfg: &Config, name: &str, last: bool, rt: &tokio::runtime:
     let lake = match crate::lake::Lake::open(&cfg.warehouse, &cfg.state.path, rt) {
         Ok(l) => l,
         Err(e) => {
+            crate::telemetry::upkeep("compaction", false);
             warn!(source = %name, error = %e, "Compaction skipped: the lake did not open.");
             return;
         }
@@ -134,17 +135,33 @@ pub(super) fn run_job(cfg: &Config, name: &str, last: bool, rt: &tokio::runtime:
         dates: None,
     };
     match crate::app::compact_one(cfg, name, &lake, &opts) {
-        Ok(c) if c.partitions > 0 => {
-            info!(source = %name, partitions = c.partitions, files_before = c.files_before, files_after = c.files_after, rows = c.rows, "Compaction done.")
+        Ok(c) => {
+            crate::telemetry::upkeep("compaction", true);
+            if c.partitions > 0 {
+                info!(source = %name, partitions = c.partitions, files_before = c.files_before, files_after = c.files_after, rows = c.rows, "Compaction done.")
+            }
         }
-        Ok(_) => {}
         Err(e) => {
+            crate::telemetry::upkeep("compaction", false);
             warn!(source = %name, error = format!("{e:#}"), "Compaction failed; trying again at its next tick.")
         }
     }
+    match most_files_in_a_past_partition(&lake, name) {
+        Ok(n) => crate::telemetry::partition_files_max(name, n),
+        Err(e) => warn!(source = %name, error = %e, "Could not count the files of its partitions."),
+    }
     if last {
+        // `retain_hours` is at least 1 (the config refuses less): a file is deleted only once
+        // it was removed that long ago, never right after the compaction that removed it.
+        if cfg.compaction.retain_hours < crate::config::SAFE_RETAIN_HOURS {
+            warn!(
+                retain_hours = cfg.compaction.retain_hours,
+                "Vacuum keeps removed files less than a day: a reader holding an older snapshot fails on the files deleted under it."
+            );
+        }
         match lake.table().vacuum(cfg.compaction.retain_hours, false) {
             Ok(tables) => {
+                crate::telemetry::upkeep("vacuum", true);
                 for (table, files) in tables {
                     if !files.is_empty() {
                         info!(
@@ -156,8 +173,53 @@ pub(super) fn run_job(cfg: &Config, name: &str, last: bool, rt: &tokio::runtime:
                 }
             }
             Err(e) => {
+                crate::telemetry::upkeep("vacuum", false);
                 warn!(error = %e, "Vacuum failed; trying again after the next compaction.")
             }
         }
+    }
+}
+
+/// The most files one partition of `source` holds among the days before today (UTC): after
+/// a compaction, one or two; more means compaction is off, failing or not keeping up.
+fn most_files_in_a_past_partition(
+    lake: &crate::lake::Lake,
+    source: &str,
+) -> Result<u64, crate::lake::LakeError> {
+    let today = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let mut per_day: std::collections::HashMap<String, u64> = std::collections::HashMap::new();
+    for f in lake.table().active_files(lake.storage(), source)? {
+        if f.date < today {
+            *per_day.entry(f.date).or_default() += 1;
+        }
+    }
+    Ok(per_day.into_values().max().unwrap_or(0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> Config {
+        Config::parse(std::path::Path::new("t.toml"), text).unwrap()
+    }
+
+    #[test]
+    fn a_delta_lake_is_compacted_daily_unless_turned_off_and_a_plain_one_never() {
+        let delta = config("[warehouse]\nroot = \"/tmp/x\"\nformat = \"delta\"\n");
+        let now = chrono::Utc::now();
+        let c = Compactor::of(&delta, now).expect("on by default");
+        assert_eq!(c.expr, crate::config::DEFAULT_COMPACTION_SCHEDULE);
+        assert!(c.next > now && c.next - now <= chrono::Duration::days(1));
+        let off = config(
+            "[warehouse]\nroot = \"/tmp/x\"\nformat = \"delta\"\n[compaction]\nenabled = false\n",
+        );
+        assert!(Compactor::of(&off, now).is_none());
+        let plain = config("[warehouse]\nroot = \"/tmp/x\"\n");
+        assert!(Compactor::of(&plain, now).is_none());
+        let hourly = config(
+            "[warehouse]\nroot = \"/tmp/x\"\nformat = \"delta\"\n[compaction]\nschedule = \"0 0 * * * *\"\n",
+        );
+        assert_eq!(Compactor::of(&hourly, now).unwrap().expr, "0 0 * * * *");
     }
 }

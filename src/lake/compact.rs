@@ -65,6 +65,7 @@ pub(super) fn compact_source(
                 }
                 Rewritten::Lost => {
                     warn!(source = %cx.source, date = %date, "Another compaction of this partition committed first; this one changed nothing.");
+                    crate::telemetry::compaction_conflict(cx.source);
                     out.lost += 1;
                 }
                 Rewritten::Skipped => {}

@@ -132,7 +132,16 @@ fn compaction_cuts_files_and_keeps_every_row_across_kills_and_a_concurrent_compa
     };
     let parquet_on_disk = || data_files().len();
     assert!(parquet_on_disk() as u64 > total_after);
-    let out = env.run(&["vacuum", "--retain-hours", "0"]);
+    // Files removed less than an hour ago stay (queries in flight read them)...
+    let out = env.run(&["vacuum", "--retain-hours", "1"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(parquet_on_disk() as u64 > total_after, "{}", text(&out));
+    // ...and go once they were removed that long ago (the clock run two hours ahead).
+    let out = env
+        .command(&["vacuum", "--retain-hours", "1"])
+        .env("CALLSYNC_TEST_CLOCK_AHEAD_HOURS", "2")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(
         parquet_on_disk() as u64,
@@ -182,10 +191,16 @@ fn the_daemon_compacts_on_its_schedule_between_runs_and_keeps_every_row() {
     };
     let env = Env::new(VoicegainSim::new(503, 0).with_ratios(0.0, 0.0), 25);
     env.sim.voicegain().add_calls(50);
-    let sources = crate::daemon::config(&env, "* * * * * *", 25, false, "");
+    let sources = crate::daemon::config(
+        &env,
+        "* * * * * *",
+        25,
+        false,
+        "[server]\nlisten = \"127.0.0.1:0\"\n",
+    );
     env.write_config(
         &format!(
-            "{sources}[compaction]\nschedule = \"*/3 * * * * *\"\nmin_files = 4\nretain_hours = 0\n"
+            "{sources}[compaction]\nschedule = \"*/3 * * * * *\"\nmin_files = 4\nretain_hours = 1\n"
         ),
         25,
     );
@@ -196,7 +211,7 @@ fn the_daemon_compacts_on_its_schedule_between_runs_and_keeps_every_row() {
             env.warehouse().display()
         ),
     );
-    let mut d = Daemon::start(&env, &[], false);
+    let mut d = Daemon::start(&env, &[], true);
     for _ in 0..30 {
         env.sim.voicegain().add_calls(30);
         std::thread::sleep(std::time::Duration::from_millis(300));
@@ -210,6 +225,34 @@ fn the_daemon_compacts_on_its_schedule_between_runs_and_keeps_every_row() {
         }),
         "{}",
         d.log_text()
+    );
+    // The upkeep is in /metrics: compactions, vacuums and checkpoints that succeeded, and the
+    // most files one past partition holds.
+    let metric = |text: &str, series: &str| -> Option<f64> {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    };
+    let (_, scraped) = crate::daemon::get(&env, &d.url("/metrics"));
+    let metrics = scraped.as_str();
+    for task in ["compaction", "vacuum", "checkpoint"] {
+        let ok = metric(
+            metrics,
+            &format!("callsync_upkeep_runs_total{{task=\"{task}\",outcome=\"ok\"}}"),
+        );
+        assert!(ok.is_some_and(|n| n >= 1.0), "{task}: {ok:?}\n{metrics}");
+        let last = metric(
+            metrics,
+            &format!("callsync_upkeep_last_success_timestamp_seconds{{task=\"{task}\"}}"),
+        );
+        assert!(last.is_some_and(|t| t > 1.7e9), "{task}: {last:?}");
+    }
+    let files = metric(metrics, "callsync_partition_files_max{source=\"vg\"}");
+    assert!(files.is_some_and(|n| n >= 1.0), "{files:?}\n{metrics}");
+    assert!(
+        metrics.contains("callsync_delta_commit_retries_total{table=\"calls\"}"),
+        "{metrics}"
     );
     d.signal(libc::SIGTERM);
     let (code, _) = d.wait_exit(30);
@@ -236,4 +279,43 @@ fn the_daemon_compacts_on_its_schedule_between_runs_and_keeps_every_row() {
     let v = env.run(&["verify"]);
     assert_eq!(v.status.code(), Some(0), "{}", text(&v));
     eprintln!("daemon compaction: {writes} commits, {optimizes} compactions, {files} files left");
+}
+
+#[test]
+fn vacuum_refuses_to_keep_removed_files_less_than_an_hour_and_warns_below_a_day() {
+    let env = Env::new(VoicegainSim::new(504, 0), 50);
+    env.sim.voicegain().add_calls(50);
+    use_delta(
+        &env,
+        &format!("[warehouse]\nroot = \"{}\"\n", env.warehouse().display()),
+    );
+    env.sync_ok();
+    let out = env.run(&["vacuum", "--retain-hours", "0"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("--retain-hours must be at least 1"),
+        "{}",
+        text(&out)
+    );
+    let out = env.run(&["vacuum", "--retain-hours", "6"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains("a reader holding an older snapshot of the table"),
+        "{}",
+        text(&out)
+    );
+    // The config refuses it too, naming the key.
+    let cfg = std::fs::read_to_string(&env.config).unwrap();
+    std::fs::write(
+        &env.config,
+        format!("{cfg}[compaction]\nretain_hours = 0\n"),
+    )
+    .unwrap();
+    let out = env.run(&["sync"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        text(&out).contains("[compaction] key `retain_hours`: must be at least 1"),
+        "{}",
+        text(&out)
+    );
 }

@@ -242,6 +242,7 @@ impl DeltaTables {
                     }
                     if matches!(put, Put::Taken) {
                         COMMIT_RETRIES.fetch_add(1, Ordering::Relaxed);
+                        crate::telemetry::delta_commit_retry(ds.dir());
                     }
                     drop(table);
                     let wait = backoff(attempt);

@@ -336,9 +336,11 @@ impl DeltaTables {
     /// the commit stands.
     async fn after_commit(&self, ds: Dataset, t: &DeltaTable, version: u64) {
         if let Err(e) = deltalake::checkpoints::create_checkpoint(t, None).await {
+            crate::telemetry::upkeep("checkpoint", false);
             warn!(table = %self.table_url(ds), version, error = %e, "Checkpoint failed; the next one will cover it.");
             return;
         }
+        crate::telemetry::upkeep("checkpoint", true);
         let cutoff =
             chrono::Utc::now().timestamp_millis() - (self.log_retention_days as i64) * 86_400_000;
         match deltalake::checkpoints::cleanup_expired_logs_for(

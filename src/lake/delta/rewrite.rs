@@ -4,12 +4,33 @@
 //! compaction recorded in the state landed, and `vacuum`.
 
 use deltalake::kernel::{Add, Transaction};
-use deltalake::operations::vacuum::VacuumMode;
+use deltalake::operations::vacuum::{Clock, VacuumMode};
 use deltalake::protocol::DeltaOperation;
 
 use super::commit::{Guard, Outcome, added_paths, commit_id_of};
 use super::{DeltaError, DeltaTables, partition_of};
 use crate::schema::Dataset;
+
+/// Test hook: `CALLSYNC_TEST_CLOCK_AHEAD_HOURS=N` runs vacuum's clock N hours ahead, so a
+/// test sees files removed "hours ago" deleted without waiting hours.
+#[derive(Debug)]
+struct AheadClock(i64);
+
+impl AheadClock {
+    fn from_env() -> Option<AheadClock> {
+        let hours: i64 = std::env::var("CALLSYNC_TEST_CLOCK_AHEAD_HOURS")
+            .ok()?
+            .parse()
+            .ok()?;
+        Some(AheadClock(hours * 3_600_000))
+    }
+}
+
+impl Clock for AheadClock {
+    fn current_timestamp_millis(&self) -> i64 {
+        chrono::Utc::now().timestamp_millis() + self.0
+    }
+}
 
 /// What one compaction commit does.
 pub struct Rewrite {
@@ -122,8 +143,11 @@ impl DeltaTables {
             let mut guard = self.latest(ds).await?;
             self.check(ds, guard.as_ref().expect("loaded"))?;
             let table = guard.take().expect("loaded");
-            let result = table
-                .vacuum()
+            let mut builder = table.vacuum();
+            if let Some(clock) = AheadClock::from_env() {
+                builder = builder.with_clock(std::sync::Arc::new(clock));
+            }
+            let result = builder
                 .with_mode(VacuumMode::Lite)
                 .with_retention_period(chrono::Duration::hours(retain_hours as i64))
                 .with_enforce_retention_duration(false)
