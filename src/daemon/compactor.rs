@@ -98,10 +98,11 @@ impl super::Scheduler {
         if let Some(slot) = self.slots.get_mut(&name) {
             slot.running = true;
         }
+        let lake = self.shared_lake();
         let (cfg, handle, tx) = (self.cfg.clone(), self.handle.clone(), self.done_tx.clone());
         self.handle.spawn_blocking(move || {
             let (started_at, t0) = (Utc::now(), Instant::now());
-            run_job(&cfg, &name, last, &handle);
+            run_job(&cfg, &name, last, &handle, lake);
             let _ = tx.send(Done {
                 report: RunReport {
                     source: name.clone(),
@@ -120,8 +121,21 @@ impl super::Scheduler {
 }
 
 /// One compaction job (blocking): the source's partitions, then `vacuum` after the last.
-pub(super) fn run_job(cfg: &Config, name: &str, last: bool, rt: &tokio::runtime::Handle) {
-    let lake = match crate::lake::Lake::open(&cfg.warehouse, &cfg.state.path, rt) {
+/// `lake`: the daemon's (one is opened when it has none).
+pub(super) fn run_job(
+    cfg: &Config,
+    name: &str,
+    last: bool,
+    rt: &tokio::runtime::Handle,
+    lake: Option<std::sync::Arc<crate::lake::Lake>>,
+) {
+    let opened = match lake {
+        Some(l) => Ok(l),
+        None => {
+            crate::lake::Lake::open(&cfg.warehouse, &cfg.state.path, rt).map(std::sync::Arc::new)
+        }
+    };
+    let lake = match opened {
         Ok(l) => l,
         Err(e) => {
             crate::telemetry::upkeep("compaction", false);
@@ -134,7 +148,7 @@ pub(super) fn run_job(cfg: &Config, name: &str, last: bool, rt: &tokio::runtime:
         min_files: cfg.compaction.min_files,
         dates: None,
     };
-    match crate::app::compact_one(cfg, name, &lake, &opts) {
+    match crate::app::compact_one(cfg, name, lake.as_ref(), &opts) {
         Ok(c) => {
             crate::telemetry::upkeep("compaction", true);
             if c.partitions > 0 {
@@ -146,7 +160,7 @@ pub(super) fn run_job(cfg: &Config, name: &str, last: bool, rt: &tokio::runtime:
             warn!(source = %name, error = format!("{e:#}"), "Compaction failed; trying again at its next tick.")
         }
     }
-    match most_files_in_a_past_partition(&lake, name) {
+    match most_files_in_a_past_partition(lake.as_ref(), name) {
         Ok(n) => crate::telemetry::partition_files_max(name, n),
         Err(e) => warn!(source = %name, error = %e, "Could not count the files of its partitions."),
     }

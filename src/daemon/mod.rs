@@ -173,6 +173,10 @@ struct Scheduler {
     last_ping: Instant,
     last_status: String,
     compactor: Option<compactor::Compactor>,
+    /// The lake, shared by every run and compaction of this daemon: its Delta tables' latest
+    /// snapshots are kept between runs and advanced from the version last read, instead of
+    /// read whole by each run. Opened at the first run; again when `[warehouse]` changes.
+    lake: Option<Arc<crate::lake::Lake>>,
 }
 
 impl Scheduler {
@@ -191,6 +195,7 @@ impl Scheduler {
             last_ping: Instant::now(),
             last_status: String::new(),
             compactor: compactor::Compactor::of(&cfg, Utc::now()),
+            lake: None,
         };
         s.apply(cfg, true);
         s
@@ -258,10 +263,26 @@ impl Scheduler {
         if !start {
             self.compactor = compactor::Compactor::reloaded(self.compactor.take(), &cfg);
         }
+        if !start && format!("{:?}", cfg.warehouse) != format!("{:?}", self.cfg.warehouse) {
+            // Runs in flight keep the lake they opened; the next ones open the new one.
+            self.lake = None;
+        }
         if !start && cfg.server.listen != self.cfg.server.listen {
             warn!("[server] listen changed; it takes effect at the next start.");
         }
         self.cfg = cfg;
+    }
+
+    /// The daemon's lake, opened on first use (`None` when it cannot be opened: each run then
+    /// opens its own and reports why).
+    pub(super) fn shared_lake(&mut self) -> Option<Arc<crate::lake::Lake>> {
+        if self.lake.is_none() {
+            match crate::lake::Lake::open(&self.cfg.warehouse, &self.cfg.state.path, &self.handle) {
+                Ok(l) => self.lake = Some(Arc::new(l)),
+                Err(e) => warn!(error = %e, "The lake did not open; each run tries again."),
+            }
+        }
+        self.lake.clone()
     }
 
     fn reload(&mut self) {
@@ -353,12 +374,14 @@ impl Scheduler {
     }
 
     fn start(&mut self, name: &str) {
+        let lake = self.shared_lake();
         let Some(slot) = self.slots.get_mut(name) else {
             return;
         };
         slot.waiting = None;
         slot.running = true;
-        let ctx = RunContext::of(&self.cfg);
+        let mut ctx = RunContext::of(&self.cfg);
+        ctx.lake = lake;
         let (name, scfg, stop, handle, tx) = (
             name.to_string(),
             slot.cfg.clone(),

@@ -15,11 +15,15 @@ use tracing::{info, warn};
 
 use super::LakeError;
 use super::delta::{DATASETS, DeltaTables, Outcome, Rewrite, settle_compaction};
+use super::sort::Sorter;
 use super::table::{ActiveFile, SourceCx};
 pub use super::table::{CompactOptions, Compacted};
 use super::writer::DataFile;
 use crate::schema::Dataset;
 use crate::state::compaction::{NewFile, PendingCompaction};
+
+/// Rows of a partition sorted in memory; a larger partition is sorted in spilled runs.
+const SORT_BUDGET_BYTES: usize = 64 << 20;
 
 /// Files below this share of the target are small (worth merging).
 fn is_small(f: &ActiveFile, target: u64) -> bool {
@@ -118,6 +122,8 @@ fn rewrite(
     let mut n = 0;
     let mut rows_in = 0u64;
     let result = (|| -> Result<(), LakeError> {
+        // The partition's rows in time order (bounded memory: sorted runs spill to $TMPDIR).
+        let mut sorter = Sorter::new(schema.clone(), ds.partition_column(), SORT_BUDGET_BYTES);
         for f in &files {
             let reader = ParquetRecordBatchReaderBuilder::try_new(storage.open(&f.path)?)?;
             if reader.schema().fields() != schema.fields() {
@@ -125,25 +131,28 @@ fn rewrite(
             }
             taken.push(f.path.clone());
             for batch in reader.with_batch_size(8192).build()? {
-                let batch = batch?;
-                let batch = batch.with_schema(schema.clone())?;
+                let batch = batch?.with_schema(schema.clone())?;
                 rows_in += batch.num_rows() as u64;
-                if current.is_none() {
-                    n += 1;
-                    current = Some(DataFile::create(
-                        storage,
-                        &format!("{dir}/part-{id}-{n}.parquet"),
-                        ds,
-                    )?);
-                }
-                let w = current.as_mut().expect("created above");
-                w.write(&batch)?;
-                if w.size() >= opts.target_bytes {
-                    let w = current.take().expect("present");
-                    added.push(seal(storage, w)?);
-                }
+                sorter.push(batch)?;
             }
         }
+        sorter.finish(|batch| {
+            if current.is_none() {
+                n += 1;
+                current = Some(DataFile::create_compacted(
+                    storage,
+                    &format!("{dir}/part-{id}-{n}.parquet"),
+                    ds,
+                )?);
+            }
+            let w = current.as_mut().expect("created above");
+            w.write(&batch)?;
+            if w.size() >= opts.target_bytes {
+                let w = current.take().expect("present");
+                added.push(seal(storage, w)?);
+            }
+            Ok(())
+        })?;
         if let Some(w) = current.take() {
             added.push(seal(storage, w)?);
         }

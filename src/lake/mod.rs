@@ -17,6 +17,7 @@ pub mod object;
 pub mod plain;
 mod recover;
 pub mod repair;
+mod sort;
 pub mod stats;
 pub mod storage;
 pub mod table;

@@ -30,9 +30,39 @@ const ROW_GROUP_MAX_BYTES: usize = 4 << 20;
 const MAX_OPEN_PARTITIONS: usize = 2;
 const MICROS_PER_DAY: i64 = 86_400_000_000;
 
+/// Rows per row group of a compacted file: whole row groups for readers to split work by
+/// (DuckDB's own default is 122,880).
+const COMPACTED_ROW_GROUP_ROWS: usize = 131_072;
+/// Encoded bytes a compacted file's row group may hold in memory before it is flushed early.
+const COMPACTED_ROW_GROUP_MAX_BYTES: usize = 48 << 20;
+
 /// Parquet writer settings for the calls table: zstd, no dictionary or min/max statistics on
 /// near-unique long text, bounded row groups, the schema version in the metadata.
 pub fn writer_properties(dataset: Dataset) -> WriterProperties {
+    properties(dataset).build()
+}
+
+/// The settings of a file compaction writes, its rows sorted by the partition's time column:
+/// larger row groups, that order declared (`sorting_columns`), and page-level statistics on
+/// that column, so the page index lets a time-range query skip pages, not just row groups.
+pub fn compacted_properties(dataset: Dataset) -> WriterProperties {
+    let time = dataset.partition_column();
+    let schema = dataset.schema();
+    let sorting = schema.index_of(time).ok().map(|i| {
+        vec![parquet::file::metadata::SortingColumn {
+            column_idx: i as i32,
+            descending: false,
+            nulls_first: false,
+        }]
+    });
+    properties(dataset)
+        .set_max_row_group_row_count(Some(COMPACTED_ROW_GROUP_ROWS))
+        .set_column_statistics_enabled(ColumnPath::from(time), EnabledStatistics::Page)
+        .set_sorting_columns(sorting)
+        .build()
+}
+
+fn properties(dataset: Dataset) -> parquet::file::properties::WriterPropertiesBuilder {
     let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         // Min/max statistics only where readers prune on them (below); on free text they
@@ -76,7 +106,7 @@ pub fn writer_properties(dataset: Dataset) -> WriterProperties {
         "item".into(),
         "text".into(),
     ]);
-    b.set_column_dictionary_enabled(text, false).build()
+    b.set_column_dictionary_enabled(text, false)
 }
 
 /// The partition day of each row of a batch of `dataset` (UTC days since the epoch): the day
@@ -111,6 +141,8 @@ pub struct DataFile {
     /// The file, sealed once the writer has written its footer.
     file: File,
     dataset: Dataset,
+    /// Encoded bytes a row group may hold before it is flushed early.
+    flush_bytes: usize,
     /// Rows written.
     pub rows: u64,
 }
@@ -118,25 +150,48 @@ pub struct DataFile {
 impl DataFile {
     /// Creates `rel` (through `Storage::create_staged`) for rows of `dataset`.
     pub fn create(storage: &dyn Storage, rel: &str, dataset: Dataset) -> Result<Self, LakeError> {
+        Self::with(
+            storage,
+            rel,
+            dataset,
+            writer_properties(dataset),
+            ROW_GROUP_MAX_BYTES,
+        )
+    }
+
+    /// Creates a file compaction writes (rows given in time order): `compacted_properties`.
+    pub fn create_compacted(
+        storage: &dyn Storage,
+        rel: &str,
+        dataset: Dataset,
+    ) -> Result<Self, LakeError> {
+        let props = compacted_properties(dataset);
+        Self::with(storage, rel, dataset, props, COMPACTED_ROW_GROUP_MAX_BYTES)
+    }
+
+    fn with(
+        storage: &dyn Storage,
+        rel: &str,
+        dataset: Dataset,
+        props: WriterProperties,
+        flush_bytes: usize,
+    ) -> Result<Self, LakeError> {
         let file = storage.create_staged(rel)?;
-        let writer = ArrowWriter::try_new(
-            file.try_clone()?,
-            dataset.schema(),
-            Some(writer_properties(dataset)),
-        )?;
+        let writer = ArrowWriter::try_new(file.try_clone()?, dataset.schema(), Some(props))?;
         Ok(DataFile {
             rel: rel.to_string(),
             writer,
             file,
             dataset,
+            flush_bytes,
             rows: 0,
         })
     }
 
-    /// Writes rows; a row group is flushed early once it holds `ROW_GROUP_MAX_BYTES`.
+    /// Writes rows; a row group is flushed early once it holds its byte bound.
     pub fn write(&mut self, rows: &RecordBatch) -> Result<(), LakeError> {
         self.writer.write(rows)?;
-        if self.writer.in_progress_size() > ROW_GROUP_MAX_BYTES {
+        if self.writer.in_progress_size() > self.flush_bytes {
             self.writer.flush()?;
         }
         self.rows += rows.num_rows() as u64;

@@ -30,6 +30,8 @@ pub struct RunContext {
     pub runs_retention_days: u64,
     /// Wraps the lake's stores (tests inject faults so); `None` in production.
     pub layer: Option<Arc<dyn StoreLayer>>,
+    /// A lake opened already and kept between runs (the daemon's); `None` opens one per run.
+    pub lake: Option<Arc<Lake>>,
 }
 
 impl std::fmt::Debug for RunContext {
@@ -50,6 +52,7 @@ impl RunContext {
             state_path: cfg.state.path.clone(),
             runs_retention_days: cfg.state.runs_retention_days,
             layer: None,
+            lake: None,
         }
     }
 
@@ -218,7 +221,10 @@ fn run_inner(
     // One connection of its own for what the source asks (it runs on the async runtime, the
     // exporter on its thread): exported keys, its inbox, its jobs.
     let asked = Arc::new(SourceState::open(&ctx.state_path, row.id)?);
-    let lake = ctx.open_lake(rt)?;
+    let lake = match &ctx.lake {
+        Some(l) => l.clone(),
+        None => Arc::new(ctx.open_lake(rt)?),
+    };
     let storage = lake.storage();
     // A source that hands calls to another for analysis records them in that one's jobs.
     let analysis_jobs = match cfg.analysis_target() {

@@ -2,7 +2,7 @@
 //! made, whether they are published, and the changes that make the state follow what the lake
 //! really holds (files adopted from the table, files gone whose calls are fetched again).
 
-use rusqlite::params;
+use rusqlite::{OptionalExtension, params};
 
 use super::{KEY_CHUNK, ManifestEntry, ManifestRow, State, StateError, insert_keys};
 use crate::shared::Cursor;
@@ -29,7 +29,110 @@ pub struct Adopted<'a> {
     pub stats: Option<&'a str>,
 }
 
+/// How far a source has checked a Delta table's log against the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TableCheck {
+    /// The table version the state was last found to agree with.
+    pub version: u64,
+    /// The highest app transaction `callsync/<source>` seen in the log up to it.
+    pub txn_seen: i64,
+    /// The highest commit sequence whose files were published to the table.
+    pub published_seq: i64,
+}
+
 impl State {
+    /// How far the source has checked the table of `dataset` (`None`: never, or forgotten).
+    pub fn table_check(
+        &self,
+        source_id: i64,
+        dataset: &str,
+    ) -> Result<Option<TableCheck>, StateError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT version, txn_seen, published_seq FROM table_checks WHERE source_id = ?1 AND dataset = ?2",
+            )?
+            .query_row(params![source_id, dataset], |r| {
+                Ok(TableCheck {
+                    version: r.get::<_, i64>(0)? as u64,
+                    txn_seen: r.get(1)?,
+                    published_seq: r.get(2)?,
+                })
+            })
+            .optional()?)
+    }
+
+    /// Records how far the source has checked the table of `dataset`.
+    pub fn set_table_check(
+        &self,
+        source_id: i64,
+        dataset: &str,
+        check: &TableCheck,
+    ) -> Result<(), StateError> {
+        self.conn
+            .prepare_cached(
+                "INSERT INTO table_checks (source_id, dataset, version, txn_seen, published_seq) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT(source_id, dataset) DO UPDATE SET version = excluded.version, txn_seen = excluded.txn_seen,
+                   published_seq = max(published_seq, excluded.published_seq)",
+            )?
+            .execute(params![
+                source_id,
+                dataset,
+                check.version as i64,
+                check.txn_seen,
+                check.published_seq
+            ])?;
+        Ok(())
+    }
+
+    /// Commit `seq` of the source was published to the table of `dataset`.
+    pub fn note_published_seq(
+        &self,
+        source_id: i64,
+        dataset: &str,
+        seq: i64,
+    ) -> Result<(), StateError> {
+        self.conn
+            .prepare_cached(
+                "UPDATE table_checks SET published_seq = max(published_seq, ?3) WHERE source_id = ?1 AND dataset = ?2",
+            )?
+            .execute(params![source_id, dataset, seq])?;
+        Ok(())
+    }
+
+    /// Forgets the source's table checks: the next run holds the whole table against the
+    /// state again (after the state was rebuilt, or changed to follow the lake).
+    pub fn clear_table_checks(&self, source_id: i64) -> Result<(), StateError> {
+        self.conn
+            .prepare_cached("DELETE FROM table_checks WHERE source_id = ?1")?
+            .execute([source_id])?;
+        Ok(())
+    }
+
+    /// Whether a manifest row of the source names `final_path`.
+    pub fn names(&self, source_id: i64, final_path: &str) -> Result<bool, StateError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM manifest WHERE source_id = ?1 AND final_path = ?2 LIMIT 1",
+            )?
+            .query_row(params![source_id, final_path], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
+    /// Whether the source has a published file below `dir/` (a dataset's folder).
+    pub fn has_published_in(&self, source_id: i64, dir: &str) -> Result<bool, StateError> {
+        Ok(self
+            .conn
+            .prepare_cached(
+                "SELECT 1 FROM manifest WHERE source_id = ?1 AND published = 1 AND final_path >= ?2 AND final_path < ?3 LIMIT 1",
+            )?
+            .query_row(params![source_id, format!("{dir}/"), format!("{dir}0")], |_| Ok(()))
+            .optional()?
+            .is_some())
+    }
+
     /// Every manifest row of a source, by final path.
     pub fn manifest(&self, source_id: i64) -> Result<Vec<ManifestEntry>, StateError> {
         let mut stmt = self.conn.prepare_cached(

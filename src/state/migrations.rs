@@ -158,4 +158,18 @@ pub const MIGRATIONS: &[&str] = &[
     ALTER TABLE compactions ADD COLUMN base_version INTEGER;
     CREATE INDEX manifest_by_path ON manifest (source_id, final_path);
     "#,
+    // 10: how far each source has checked each Delta table's log against the state: the
+    // version checked, the highest app transaction `callsync/<source>` seen up to it, and the
+    // highest commit sequence published to the table. A run reads only the log entries after
+    // the version checked, instead of every file of the table.
+    r#"
+    CREATE TABLE table_checks (
+        source_id     INTEGER NOT NULL,
+        dataset       TEXT NOT NULL,
+        version       INTEGER NOT NULL,
+        txn_seen      INTEGER NOT NULL DEFAULT 0,
+        published_seq INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (source_id, dataset)
+    );
+    "#,
 ];

@@ -12,7 +12,7 @@ mod rebuild;
 mod runs;
 mod status;
 
-pub use manifest::{Adopted, Forget};
+pub use manifest::{Adopted, Forget, TableCheck};
 pub use push::NewDelivery;
 pub use rebuild::Rebuild;
 pub use status::{BackfillInfo, InboxStatus, RunInfo, SourceStatus};

@@ -19,6 +19,7 @@ impl State {
         tx.execute("DELETE FROM commits WHERE source_id = ?1", [source_id])?;
         tx.execute("DELETE FROM rejected WHERE source_id = ?1", [source_id])?;
         tx.execute("DELETE FROM compactions WHERE source_id = ?1", [source_id])?;
+        tx.execute("DELETE FROM table_checks WHERE source_id = ?1", [source_id])?;
         tx.execute(
             "INSERT INTO runs (source_id, kind, started_at) VALUES (?1, 'repair', ?2)",
             params![source_id, now()],

@@ -2,7 +2,8 @@
 //! atomic commit per partition, and never changes a row: the row set and a per-partition hash
 //! of every row are the same before and after, also across a SIGKILL mid-compaction and two
 //! compactions started together; `vacuum` then deletes the replaced files; a plain lake is
-//! refused with the reason.
+//! refused with the reason. A compacted file's rows are in time order, declared so, with a
+//! page index on the time column (pyarrow reads it).
 
 use std::collections::BTreeMap;
 use std::process::Stdio;
@@ -117,6 +118,7 @@ fn compaction_cuts_files_and_keeps_every_row_across_kills_and_a_concurrent_compa
         "a partition holds more than one file: {files_after:?}"
     );
     let total_after: u64 = files_after.values().sum();
+    compacted_layout_is_for_readers(&env);
     eprintln!(
         "compaction: {total_before} files in {} partitions -> {total_after}",
         files_before.len()
@@ -158,6 +160,35 @@ fn compaction_cuts_files_and_keeps_every_row_across_kills_and_a_concurrent_compa
     env.sim.voicegain().add_calls(40);
     env.sync_ok();
     table_view(&env, &readers);
+}
+
+/// pyarrow's view of every file the table references: rows in `started_at` order (nulls
+/// last), that order declared in each row group's `sorting_columns`, and a page index
+/// (column and offset index) on `started_at`.
+fn compacted_layout_is_for_readers(env: &Env) {
+    let uri = env.warehouse().join("calls").display().to_string();
+    let script = format!(
+        "import deltalake, pyarrow.parquet as pq\n\
+         for u in deltalake.DeltaTable('{uri}').file_uris():\n\
+         \x20   f = pq.ParquetFile(u)\n\
+         \x20   t = f.read(columns=['started_at']).column(0).to_pylist()\n\
+         \x20   key = [(v is None, v or 0) for v in t]\n\
+         \x20   assert key == sorted(key), ('not in time order', u)\n\
+         \x20   i = f.schema_arrow.get_field_index('started_at')\n\
+         \x20   for g in range(f.metadata.num_row_groups):\n\
+         \x20       rg = f.metadata.row_group(g)\n\
+         \x20       sc = rg.sorting_columns\n\
+         \x20       assert len(sc) == 1 and sc[0].column_index == i and not sc[0].descending and not sc[0].nulls_first, (u, sc)\n\
+         \x20       c = rg.column(i)\n\
+         \x20       assert c.has_column_index and c.has_offset_index, ('no page index', u)\n\
+         print('ok')"
+    );
+    let out = std::process::Command::new(test_python().unwrap())
+        .arg("-c")
+        .arg(script)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", text(&out));
 }
 
 #[test]

@@ -17,7 +17,10 @@ use crate::object_store::{Moto, s3_warehouse};
 /// DuckDB 1.4.4 and its delta extension (`CALLSYNC_TEST_DUCKDB_PYTHON`).
 pub(crate) struct Readers {
     py: String,
-    duck: String,
+    /// `None`: DuckDB is not asked (a store its extensions cannot reach; the caller says why).
+    duck: Option<String>,
+    /// Environment every reader gets.
+    vars: Vec<(String, String)>,
 }
 
 impl Readers {
@@ -27,7 +30,20 @@ impl Readers {
             skip("CALLSYNC_TEST_DUCKDB_PYTHON is not set (DuckDB with duckdb-ext-delta)");
             return None;
         };
-        Some(Readers { py, duck })
+        Some(Readers {
+            py,
+            duck: Some(duck),
+            vars: Vec::new(),
+        })
+    }
+
+    /// The same readers without DuckDB, each with the environment `vars`.
+    pub(crate) fn without_duckdb(&self, vars: Vec<(String, String)>) -> Readers {
+        Readers {
+            py: self.py.clone(),
+            duck: None,
+            vars,
+        }
     }
 
     /// Every reader's view of the table at `uri`: one JSON object per reader.
@@ -50,13 +66,17 @@ impl Readers {
     ) -> Vec<serde_json::Value> {
         let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/delta_readers.py");
         let mut lines = Vec::new();
-        for (python, mode) in [(&self.py, "py"), (&self.duck, "duckdb")] {
+        let mut modes = vec![(&self.py, "py")];
+        modes.extend(self.duck.as_ref().map(|d| (d, "duckdb")));
+        let expected = 1 + modes.len();
+        for (python, mode) in modes {
             let mut c = Command::new(python);
             c.args([script, mode, uri, key]);
             if let Some(o) = options {
                 c.env("DELTA_STORAGE_OPTIONS", o.to_string());
             }
             c.envs(vars.iter().copied());
+            c.envs(self.vars.iter().map(|(k, v)| (k, v)));
             let out = c.output().unwrap();
             assert!(
                 out.status.success(),
@@ -67,7 +87,7 @@ impl Readers {
                 lines.push(serde_json::from_str(l).unwrap());
             }
         }
-        assert_eq!(lines.len(), 3, "{lines:?}");
+        assert_eq!(lines.len(), expected, "{lines:?}");
         lines
     }
 }
@@ -113,7 +133,7 @@ pub(crate) fn truth(env: &Env) -> BTreeSet<String> {
 /// after every kill, before any restart, every reader opens the table and sees no duplicate.
 /// Then a final sync: every reader holds the truth, and the history has one version per
 /// commit with its app transaction.
-fn kill_loop_then_exact(
+pub(crate) fn kill_loop_then_exact(
     env: &Env,
     readers: &Readers,
     uri: &str,
@@ -222,14 +242,7 @@ fn kill_loop_then_exact(
 
 /// The delta-rs storage options of the moto server, for the readers.
 fn s3_options(moto: &Moto) -> serde_json::Value {
-    serde_json::json!({
-        "aws_endpoint": moto.endpoint(),
-        "aws_allow_http": "true",
-        "aws_region": "us-east-1",
-        "aws_access_key_id": "testing",
-        "aws_secret_access_key": "testing",
-        "aws_conditional_put": "etag",
-    })
+    crate::object_store::Cloud::delta_table(moto, "", "").1
 }
 
 fn delta_env(seed: u64) -> Env {

@@ -6,6 +6,7 @@ mod helpers;
 mod alerts;
 mod analysis;
 mod backfill;
+mod clouds;
 
 mod commit_protocol;
 mod compaction;

@@ -119,28 +119,83 @@ pub(crate) fn s3_warehouse(moto: &Moto, prefix: &str, max_rows: usize) -> String
     )
 }
 
-/// Call ids of the lake as pyarrow's S3 filesystem reads them: (rows, distinct ids).
-fn pyarrow_ids(moto: &Moto, prefix: &str) -> (usize, BTreeSet<String>) {
-    pyarrow_ids_of(moto, prefix, "vg")
+/// An object store on loopback that a lake can live on (the moto S3 server, Azurite, the GCS
+/// emulator), with the bucket `lake`.
+pub(crate) trait Cloud {
+    /// Its name in messages.
+    fn name(&self) -> &'static str;
+    /// Creates the bucket `lake` (where the server does not start with it).
+    fn create_bucket(&self, env: &Env);
+    /// The `[warehouse]` table of a lake under `prefix` of the bucket.
+    fn warehouse(&self, prefix: &str, max_rows: usize) -> String;
+    /// The environment callsync needs with that table (the secrets it names by `_env`).
+    fn secrets(&self) -> Vec<(&'static str, String)>;
+    /// Every key under `prefix` of the bucket.
+    fn keys(&self, env: &Env, prefix: &str) -> Vec<String>;
+    /// Python lines that bind `fs` to pyarrow's filesystem of this store.
+    fn pyarrow_fs(&self) -> String;
+    /// The table URI of `<prefix>/<dataset>` and the delta-rs storage options readers need.
+    fn delta_table(&self, prefix: &str, dataset: &str) -> (String, serde_json::Value);
 }
 
-/// As `pyarrow_ids`, for the one source `source` the lake holds; also (call id, recording_ref)
-/// pairs when `with_refs`.
-fn pyarrow_ids_of(moto: &Moto, prefix: &str, source: &str) -> (usize, BTreeSet<String>) {
+impl Cloud for Moto {
+    fn name(&self) -> &'static str {
+        "s3 (moto)"
+    }
+    fn create_bucket(&self, env: &Env) {
+        self.bucket(env, BUCKET);
+    }
+    fn warehouse(&self, prefix: &str, max_rows: usize) -> String {
+        s3_warehouse(self, prefix, max_rows)
+    }
+    fn secrets(&self) -> Vec<(&'static str, String)> {
+        vec![("MOTO_SECRET", "testing".into())]
+    }
+    fn keys(&self, env: &Env, prefix: &str) -> Vec<String> {
+        Moto::keys(self, env, BUCKET, prefix)
+    }
+    fn pyarrow_fs(&self) -> String {
+        format!(
+            "fs = pafs.S3FileSystem(endpoint_override='127.0.0.1:{}', scheme='http', access_key='testing', secret_key='testing', region='us-east-1')\n",
+            self.port
+        )
+    }
+    fn delta_table(&self, prefix: &str, dataset: &str) -> (String, serde_json::Value) {
+        (
+            format!("s3://{BUCKET}/{prefix}/{dataset}"),
+            serde_json::json!({
+                "aws_endpoint": self.endpoint(),
+                "aws_allow_http": "true",
+                "aws_region": "us-east-1",
+                "aws_access_key_id": "testing",
+                "aws_secret_access_key": "testing",
+                "aws_conditional_put": "etag",
+            }),
+        )
+    }
+}
+
+/// Call ids of the lake as pyarrow reads them from the store: (rows, distinct ids), asserting
+/// every row is of the one source `source` the lake holds.
+pub(crate) fn pyarrow_ids_of(
+    cloud: &dyn Cloud,
+    prefix: &str,
+    source: &str,
+) -> (usize, BTreeSet<String>) {
     let python = test_python().unwrap();
     let script = format!(
-        "import pyarrow.dataset as ds, pyarrow.fs as fs\n\
-         s3 = fs.S3FileSystem(endpoint_override='127.0.0.1:{}', scheme='http', access_key='testing', secret_key='testing', region='us-east-1')\n\
-         t = ds.dataset('{BUCKET}/{prefix}/calls', filesystem=s3, format='parquet', partitioning='hive').to_table(columns=['call_id', 'source'])\n\
+        "import pyarrow.dataset as ds, pyarrow.fs as pafs\n{}\
+         t = ds.dataset('{BUCKET}/{prefix}/calls', filesystem=fs, format='parquet', partitioning='hive').to_table(columns=['call_id', 'source'])\n\
          ids = t.column('call_id').to_pylist()\n\
          assert set(t.column('source').to_pylist()) <= {{'{source}'}}, t.column('source').unique()\n\
          print(len(ids)); print(' '.join(ids))",
-        moto.port
+        cloud.pyarrow_fs()
     );
     let out = Command::new(python).arg("-c").arg(script).output().unwrap();
     assert!(
         out.status.success(),
-        "pyarrow could not read the lake: {}",
+        "pyarrow could not read the lake on {}: {}",
+        cloud.name(),
         text(&out)
     );
     let s = String::from_utf8_lossy(&out.stdout);
@@ -155,9 +210,9 @@ fn pyarrow_ids_of(moto: &Moto, prefix: &str, source: &str) -> (usize, BTreeSet<S
     (n, ids)
 }
 
-/// The lake on S3 as pyarrow reads it equals the simulator's Voicegain truth: every call once.
-/// Returns the rows.
-fn assert_exact_on_s3(env: &Env, moto: &Moto, prefix: &str) -> usize {
+/// The lake on the store as pyarrow reads it equals the simulator's Voicegain truth: every
+/// call once. Returns the rows.
+fn assert_exact_on(env: &Env, cloud: &dyn Cloud, prefix: &str) -> usize {
     let truth: BTreeSet<String> = env
         .sim
         .voicegain()
@@ -165,24 +220,24 @@ fn assert_exact_on_s3(env: &Env, moto: &Moto, prefix: &str) -> usize {
         .iter()
         .map(|c| c.id.to_string())
         .collect();
-    let (rows, ids) = pyarrow_ids(moto, prefix);
-    assert_eq!(rows, truth.len(), "rows (duplicates?)");
-    assert_eq!(ids, truth);
+    let (rows, ids) = pyarrow_ids_of(cloud, prefix, "vg");
+    assert_eq!(rows, truth.len(), "{}: rows (duplicates?)", cloud.name());
+    assert_eq!(ids, truth, "{}", cloud.name());
     rows
 }
 
-#[test]
-fn a_lake_on_s3_is_exact_after_kills_at_random_moments_and_holds_no_staged_object() {
-    let Some(moto) = Moto::start() else {
-        return;
-    };
-    let env = Env::new(VoicegainSim::new(301, 0).with_ratios(0.0, 0.01), 50);
+/// The kill test of a plain lake on `cloud`: syncs killed at the commit protocol's failpoints,
+/// at random moments and right after a new object appears; then one sync is exact as pyarrow
+/// reads it, nothing is left under `_staging/`, `verify` is clean, a lost state is refused and
+/// `repair` rebuilds it so that new calls land once.
+pub(crate) fn kills_then_exact(cloud: &dyn Cloud, seed: u64) {
+    let env = Env::new(VoicegainSim::new(seed, 0).with_ratios(0.0, 0.01), 50);
     env.sim.voicegain().add_calls(4000);
-    moto.bucket(&env, BUCKET);
-    let token = token_file(&env, "vg-s3", &env.sim.voicegain().token.clone());
+    cloud.create_bucket(&env);
+    let token = token_file(&env, "vg-cloud", &env.sim.voicegain().token.clone());
     let config = format!(
         "{}[state]\npath = \"{}\"\n{}",
-        s3_warehouse(&moto, PREFIX, 300),
+        cloud.warehouse(PREFIX, 300),
         env.state_path().display(),
         vg_table(
             "vg",
@@ -192,12 +247,15 @@ fn a_lake_on_s3_is_exact_after_kills_at_random_moments_and_holds_no_staged_objec
         )
     );
     std::fs::write(&env.config, config).unwrap();
+    let secrets = cloud.secrets();
+    let command = |args: &[&str]| {
+        let mut c = env.command(args);
+        c.envs(secrets.iter().map(|(k, v)| (k, v)));
+        c
+    };
     let run = |extra: &[(&str, &str)]| {
-        let mut c = env.command(&["sync"]);
-        c.env("MOTO_SECRET", "testing");
-        for (k, v) in extra {
-            c.env(k, v);
-        }
+        let mut c = command(&["sync"]);
+        c.envs(extra.iter().copied());
         c
     };
     // The commit protocol's own failpoints: a crash after staging, and after the commit.
@@ -222,9 +280,9 @@ fn a_lake_on_s3_is_exact_after_kills_at_random_moments_and_holds_no_staged_objec
         if round % 2 == 0 {
             std::thread::sleep(Duration::from_millis(rng.u64(50..600)));
         } else {
-            let before = moto.keys(&env, BUCKET, PREFIX).len();
+            let before = cloud.keys(&env, PREFIX).len();
             let t0 = Instant::now();
-            while moto.keys(&env, BUCKET, PREFIX).len() == before
+            while cloud.keys(&env, PREFIX).len() == before
                 && t0.elapsed() < Duration::from_secs(10)
                 && child.try_wait().unwrap().is_none()
             {
@@ -237,50 +295,53 @@ fn a_lake_on_s3_is_exact_after_kills_at_random_moments_and_holds_no_staged_objec
         let _ = child.kill();
         let _ = child.wait();
     }
-    assert!(kills >= 8, "only {kills} runs were killed mid-way");
+    assert!(
+        kills >= 8,
+        "{}: only {kills} runs were killed mid-way",
+        cloud.name()
+    );
     env.sim.set_faults(FaultPlan::default());
     let out = run(&[]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    // pyarrow reads the lake on S3: every call of the truth, once.
-    assert_exact_on_s3(&env, &moto, PREFIX);
-    let staged: Vec<String> = moto
-        .keys(&env, BUCKET, &format!("{PREFIX}/_staging/"))
-        .into_iter()
-        .collect();
+    // pyarrow reads the lake on the store: every call of the truth, once.
+    assert_exact_on(&env, cloud, PREFIX);
+    let staged = cloud.keys(&env, &format!("{PREFIX}/_staging/"));
     assert!(
         staged.is_empty(),
-        "objects left under _staging/: {staged:?}"
+        "{}: objects left under _staging/: {staged:?}",
+        cloud.name()
     );
     assert!(
-        !moto
-            .keys(&env, BUCKET, &format!("{PREFIX}/_callsync/vg.json"))
+        !cloud
+            .keys(&env, &format!("{PREFIX}/_callsync/vg.json"))
             .is_empty()
     );
     // verify and repair on the store.
-    let v = env
-        .command(&["verify"])
-        .env("MOTO_SECRET", "testing")
-        .output()
-        .unwrap();
+    let v = command(&["verify"]).output().unwrap();
     assert_eq!(v.status.code(), Some(0), "{}", text(&v));
     std::fs::remove_file(env.state_path()).unwrap();
     let refused = run(&[]).output().unwrap();
     assert_eq!(
         refused.status.code(),
         Some(1),
-        "a lost state is refused on S3 too"
+        "a lost state is refused on {} too",
+        cloud.name()
     );
-    let r = env
-        .command(&["repair"])
-        .env("MOTO_SECRET", "testing")
-        .output()
-        .unwrap();
+    let r = command(&["repair"]).output().unwrap();
     assert_eq!(r.status.code(), Some(0), "{}", text(&r));
     env.sim.voicegain().add_calls(300);
     let out = run(&[]).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let rows = assert_exact_on_s3(&env, &moto, PREFIX);
-    eprintln!("s3: {kills} kills, then exact: {rows} rows");
+    let rows = assert_exact_on(&env, cloud, PREFIX);
+    eprintln!("{}: {kills} kills, then exact: {rows} rows", cloud.name());
+}
+
+#[test]
+fn a_lake_on_s3_is_exact_after_kills_at_random_moments_and_holds_no_staged_object() {
+    let Some(moto) = Moto::start() else {
+        return;
+    };
+    kills_then_exact(&moto, 301);
 }
 
 #[test]
@@ -432,7 +493,7 @@ fn credentials_and_the_endpoint_come_from_the_aws_environment() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_exact_on_s3(&env, &moto, "from-env");
+    assert_exact_on(&env, &moto, "from-env");
     // Without the environment the store cannot be reached: the error names the lake and the
     // source, never a secret.
     let out = env

@@ -106,78 +106,31 @@ impl DeltaTables {
     ) -> Result<Outcome, DeltaError> {
         let mut attempt = 0u32;
         loop {
-            let mut table = self.latest(ds).await?;
-            let t = table.as_mut().expect("loaded");
-            self.check(ds, t)?;
-            let log_store = t.log_store();
-            let snap = t.snapshot().map_err(|e| self.err(ds, e))?;
-            let version = snap.version() + 1;
-            let actions: Vec<Action> = match &guard {
-                Guard::Txn { fresh: true, .. } => adds.iter().cloned().map(Action::Add).collect(),
-                Guard::Txn { app, seq, .. } => {
-                    let held = snap
-                        .transaction_version(log_store.as_ref(), *app)
-                        .await
-                        .map_err(|e| self.err(ds, e))?;
-                    if held.is_some_and(|v| v >= *seq) {
-                        return Ok(Outcome::Held);
-                    }
-                    adds.iter().cloned().map(Action::Add).collect()
-                }
-                Guard::Missing | Guard::Replace { .. } | Guard::Drop { .. } => {
-                    let views: Vec<_> = snap
-                        .snapshot()
-                        .file_views(log_store.as_ref(), None)
-                        .try_collect()
-                        .await
-                        .map_err(|e| self.err(ds, e))?;
-                    let active: HashMap<String, _> =
-                        views.iter().map(|v| (v.path().to_string(), v)).collect();
-                    match &guard {
-                        Guard::Missing => {
-                            let missing: Vec<Action> = adds
-                                .iter()
-                                .filter(|a| !active.contains_key(&a.path))
-                                .cloned()
-                                .map(Action::Add)
-                                .collect();
-                            if missing.is_empty() {
-                                return Ok(Outcome::Held);
-                            }
-                            missing
-                        }
-                        Guard::Replace { removes } => {
-                            if adds.first().is_some_and(|a| active.contains_key(&a.path)) {
-                                return Ok(Outcome::Held);
-                            }
-                            let wanted: HashSet<&str> =
-                                removes.iter().map(String::as_str).collect();
-                            let found: Vec<Action> = wanted
-                                .iter()
-                                .filter_map(|p| active.get(*p))
-                                .map(|v| Action::Remove(v.remove_action(false)))
-                                .collect();
-                            if found.len() != wanted.len() {
-                                return Ok(Outcome::Lost);
-                            }
-                            let mut actions = found;
-                            actions.extend(adds.iter().cloned().map(Action::Add));
-                            actions
-                        }
-                        Guard::Drop { paths } => {
-                            let found: Vec<Action> = paths
-                                .iter()
-                                .filter_map(|p| active.get(p))
-                                .map(|v| Action::Remove(v.remove_action(true)))
-                                .collect();
-                            if found.is_empty() {
-                                return Ok(Outcome::Held);
-                            }
-                            found
-                        }
-                        Guard::Txn { .. } => unreachable!("handled above"),
-                    }
-                }
+            // A fresh append needs only the latest version and the protocol: read without the
+            // table's files. Every other commit asks about files.
+            let fresh = matches!(guard, Guard::Txn { fresh: true, .. });
+            let log_store = self.log_store(ds)?;
+            let mut table = None;
+            let (version, actions): (u64, Vec<Action>) = if fresh {
+                let snap = self.lean(ds).await?;
+                self.check_protocol(ds, snap.protocol(), snap.schema().as_ref())?;
+                (
+                    snap.version() + 1,
+                    adds.iter().cloned().map(Action::Add).collect(),
+                )
+            } else {
+                let t_guard = self.latest(ds).await?;
+                let t = t_guard.as_ref().expect("loaded");
+                self.check(ds, t)?;
+                let snap = t.snapshot().map_err(|e| self.err(ds, e))?;
+                let version = snap.version() + 1;
+                let actions = match self.decide(ds, &guard, t, adds).await? {
+                    Decision::Go(a) => a,
+                    Decision::Held => return Ok(Outcome::Held),
+                    Decision::Lost => return Ok(Outcome::Lost),
+                };
+                table = Some(t_guard);
+                (version, actions)
             };
             let data = CommitData::new(
                 actions,
@@ -221,6 +174,11 @@ impl DeltaTables {
                 Put::Ours => {
                     fail_point_after_commit();
                     if (version + 1).is_multiple_of(self.checkpoint_interval) {
+                        let mut t_guard = match table {
+                            Some(g) => g,
+                            None => self.latest(ds).await?,
+                        };
+                        let t = t_guard.as_mut().expect("loaded");
                         match t.update_incremental(Some(version)).await {
                             Ok(()) => self.after_commit(ds, t, version).await,
                             Err(e) => {
@@ -251,6 +209,92 @@ impl DeltaTables {
                 }
             }
         }
+    }
+}
+
+/// What a guard says of a commit, against the table with its files.
+enum Decision {
+    Go(Vec<Action>),
+    Held,
+    Lost,
+}
+
+impl DeltaTables {
+    /// Asks the guard whether the commit of `adds` is still wanted, against `t`'s latest
+    /// version; returns its actions when it is.
+    async fn decide(
+        &self,
+        ds: Dataset,
+        guard: &Guard<'_>,
+        t: &deltalake::DeltaTable,
+        adds: &[Add],
+    ) -> Result<Decision, DeltaError> {
+        let log_store = t.log_store();
+        let snap = t.snapshot().map_err(|e| self.err(ds, e))?;
+        if let Guard::Txn { app, seq, .. } = guard {
+            let held = snap
+                .transaction_version(log_store.as_ref(), *app)
+                .await
+                .map_err(|e| self.err(ds, e))?;
+            if held.is_some_and(|v| v >= *seq) {
+                return Ok(Decision::Held);
+            }
+            return Ok(Decision::Go(
+                adds.iter().cloned().map(Action::Add).collect(),
+            ));
+        }
+        let views: Vec<_> = snap
+            .snapshot()
+            .file_views(log_store.as_ref(), None)
+            .try_collect()
+            .await
+            .map_err(|e| self.err(ds, e))?;
+        let active: HashMap<String, _> = views.iter().map(|v| (v.path().to_string(), v)).collect();
+        Ok(match guard {
+            Guard::Txn { .. } => unreachable!("answered above"),
+            Guard::Missing => {
+                let missing: Vec<Action> = adds
+                    .iter()
+                    .filter(|a| !active.contains_key(&a.path))
+                    .cloned()
+                    .map(Action::Add)
+                    .collect();
+                if missing.is_empty() {
+                    Decision::Held
+                } else {
+                    Decision::Go(missing)
+                }
+            }
+            Guard::Replace { removes } => {
+                if adds.first().is_some_and(|a| active.contains_key(&a.path)) {
+                    return Ok(Decision::Held);
+                }
+                let wanted: HashSet<&str> = removes.iter().map(String::as_str).collect();
+                let found: Vec<Action> = wanted
+                    .iter()
+                    .filter_map(|p| active.get(*p))
+                    .map(|v| Action::Remove(v.remove_action(false)))
+                    .collect();
+                if found.len() != wanted.len() {
+                    return Ok(Decision::Lost);
+                }
+                let mut actions = found;
+                actions.extend(adds.iter().cloned().map(Action::Add));
+                Decision::Go(actions)
+            }
+            Guard::Drop { paths } => {
+                let found: Vec<Action> = paths
+                    .iter()
+                    .filter_map(|p| active.get(p))
+                    .map(|v| Action::Remove(v.remove_action(true)))
+                    .collect();
+                if found.is_empty() {
+                    Decision::Held
+                } else {
+                    Decision::Go(found)
+                }
+            }
+        })
     }
 }
 

@@ -30,8 +30,9 @@ use std::sync::Arc;
 use std::sync::atomic::AtomicU64;
 use std::time::Duration;
 
-use deltalake::DeltaTable;
+use deltalake::kernel::Snapshot;
 use deltalake::logstore::{LogStoreRef, StorageConfig, default_logstore};
+use deltalake::{DeltaTable, DeltaTableError};
 use futures_util::TryStreamExt;
 use object_store::ObjectStore;
 use tokio::runtime::Handle;
@@ -81,7 +82,13 @@ pub struct DeltaTables {
     rt: Handle,
     checkpoint_interval: u64,
     log_retention_days: u64,
+    /// Each table with its files (loaded only for questions about files).
     tables: [tokio::sync::Mutex<Option<DeltaTable>>; 2],
+    /// Each table's latest snapshot without its files (version, protocol, schema): what an
+    /// append and recovery's common case need, whatever the table's size.
+    lean: [tokio::sync::Mutex<Option<Arc<Snapshot>>>; 2],
+    /// Tables known to exist (a table never ceases to).
+    known: [std::sync::atomic::AtomicBool; 2],
 }
 
 fn index(ds: Dataset) -> usize {
@@ -149,6 +156,11 @@ impl DeltaTables {
             checkpoint_interval: checkpoint_interval.max(1),
             log_retention_days,
             tables: [tokio::sync::Mutex::new(None), tokio::sync::Mutex::new(None)],
+            lean: [tokio::sync::Mutex::new(None), tokio::sync::Mutex::new(None)],
+            known: [
+                std::sync::atomic::AtomicBool::new(false),
+                std::sync::atomic::AtomicBool::new(false),
+            ],
         }
     }
 
@@ -200,10 +212,67 @@ impl DeltaTables {
         Ok(guard)
     }
 
+    /// The table's latest snapshot without its files, brought up to date from the version it
+    /// was last read at (the table is created, or evolved to this schema version, first).
+    async fn lean(&self, ds: Dataset) -> Result<Arc<Snapshot>, DeltaError> {
+        let mut guard = self.lean[index(ds)].lock().await;
+        let log_store = self.log_store(ds)?;
+        let snap = match guard.take() {
+            Some(s) => s
+                .update(log_store.engine(None), None)
+                .await
+                .map_err(|e| self.err(ds, e))?,
+            None => {
+                let loaded = match Snapshot::try_new(log_store.as_ref(), None).await {
+                    Ok(s) => Some(Arc::new(s)),
+                    Err(DeltaTableError::NotATable(_)) => None,
+                    Err(e) => return Err(self.err(ds, e)),
+                };
+                let fits = loaded
+                    .as_ref()
+                    .is_some_and(|s| self.fits_schema(ds, s.schema().as_ref()));
+                match loaded {
+                    Some(s) if fits => s,
+                    // No table yet, or one of an older schema version: create or evolve it
+                    // through the table with its files, once.
+                    _ => {
+                        drop(self.latest(ds).await?);
+                        Arc::new(
+                            Snapshot::try_new(log_store.as_ref(), None)
+                                .await
+                                .map_err(|e| self.err(ds, e))?,
+                        )
+                    }
+                }
+            }
+        };
+        self.known[index(ds)].store(true, std::sync::atomic::Ordering::Relaxed);
+        *guard = Some(snap.clone());
+        Ok(snap)
+    }
+
+    /// The table's latest version, read without its files (`None`: no table yet).
+    pub fn latest_version(&self, ds: Dataset) -> Result<Option<u64>, DeltaError> {
+        if !self.exists(ds)? {
+            return Ok(None);
+        }
+        self.block(async { Ok(Some(self.lean(ds).await?.version())) })
+    }
+
     /// Refuses a table whose protocol or schema callsync does not fully honour.
     fn check(&self, ds: Dataset, t: &DeltaTable) -> Result<(), DeltaError> {
         let snap = t.snapshot().map_err(|e| self.err(ds, e))?;
-        match protocol::unsupported(snap.protocol(), snap.schema().as_ref()) {
+        self.check_protocol(ds, snap.protocol(), snap.schema().as_ref())
+    }
+
+    /// Refuses a protocol and schema callsync does not fully honour.
+    fn check_protocol(
+        &self,
+        ds: Dataset,
+        protocol: &deltalake::kernel::Protocol,
+        schema: &deltalake::kernel::StructType,
+    ) -> Result<(), DeltaError> {
+        match protocol::unsupported(protocol, schema) {
             None => Ok(()),
             Some(reason) => Err(DeltaError::Unsupported {
                 table: self.table_url(ds).to_string(),
@@ -248,9 +317,17 @@ impl DeltaTables {
 
     /// Whether the table exists yet (nothing is created).
     pub fn exists(&self, ds: Dataset) -> Result<bool, DeltaError> {
+        if self.known[index(ds)].load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(true);
+        }
         let log_store = self.log_store(ds)?;
-        self.block(log_store.is_delta_table_location())
-            .map_err(|e| self.err(ds, e))
+        let exists = self
+            .block(log_store.is_delta_table_location())
+            .map_err(|e| self.err(ds, e))?;
+        if exists {
+            self.known[index(ds)].store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+        Ok(exists)
     }
 
     /// The files of the table's latest version, of one source or all.

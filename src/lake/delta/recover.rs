@@ -10,8 +10,8 @@ use crate::lake::LakeError;
 use crate::lake::files::{date_of, day_number, scan_keys};
 use crate::lake::recover::{clear_staging, finish_moves, forget, mark_done};
 use crate::lake::table::{ActiveFile, Recovered, SourceCx};
-use crate::state::ManifestEntry;
 use crate::state::compaction::PendingCompaction;
+use crate::state::{ManifestEntry, TableCheck};
 
 /// How the state and the table of one source differ, and what recovery does about it.
 #[derive(Debug, Default)]
@@ -188,13 +188,40 @@ pub(super) fn recover(tables: &DeltaTables, cx: &SourceCx<'_>) -> Result<Recover
     let moves = finish_moves(cx, cx.state.unpublished(cx.source_id)?)?;
     rec.rolled_forward = moves.rolled_forward;
     tables.append(cx.source, &moves.done, false)?;
-    let mut gone = mark_done(cx, &moves)?;
+    let gone = mark_done(cx, &moves)?;
     for c in cx.state.pending_compactions(cx.source_id)? {
         rec.compactions += 1;
         if settle_compaction(tables, cx, &c)? == Settled::Undone {
             rec.deleted += c.added.as_ref().map_or(0, Vec::len);
         }
     }
+    let checked = if gone.is_empty() {
+        unchanged_since_checked(tables, cx)?
+    } else {
+        None
+    };
+    match checked {
+        // The log since the last check holds nothing of this source the state does not
+        // know: the tables' files need not be read.
+        Some(checks) => {
+            for (ds, check) in checks {
+                cx.state.set_table_check(cx.source_id, ds.dir(), &check)?;
+            }
+        }
+        None => reconcile(tables, cx, &mut rec, gone)?,
+    }
+    rec.deleted += clear_staging(cx)?;
+    Ok(rec)
+}
+
+/// Step 4 in full: the state's published files held against the tables' (see `plan`), and
+/// each table's check recorded at its version after.
+fn reconcile(
+    tables: &DeltaTables,
+    cx: &SourceCx<'_>,
+    rec: &mut Recovered,
+    mut gone: Vec<String>,
+) -> Result<(), LakeError> {
     let plan = plan(tables, cx, &HashSet::new())?;
     if !plan.adopt.is_empty() {
         adopt(cx, &plan.adopt)?;
@@ -219,13 +246,102 @@ pub(super) fn recover(tables: &DeltaTables, cx: &SourceCx<'_>) -> Result<Recover
     let (forgotten, unexported) = forget(cx, &gone, false, &present)?;
     rec.forgotten = forgotten;
     rec.unexported += unexported;
+    let app = format!("callsync/{}", cx.source);
     for ds in DATASETS {
-        if let Some(v) = tables.txn_version(ds, &format!("callsync/{}", cx.source))? {
+        let Some(version) = tables.latest_version(ds)? else {
+            continue;
+        };
+        let txn = tables.txn_version(ds, &app)?;
+        if let Some(v) = txn {
             cx.state.raise_commit_seq(cx.source_id, v)?;
         }
+        cx.state.set_table_check(
+            cx.source_id,
+            ds.dir(),
+            &TableCheck {
+                version,
+                txn_seen: txn.unwrap_or(0),
+                published_seq: 0,
+            },
+        )?;
     }
-    rec.deleted += clear_staging(cx)?;
-    Ok(rec)
+    Ok(())
+}
+
+/// Whether the tables changed under this source since the state last checked them: reads
+/// the log entries after the version each check recorded, and answers the new checks when
+/// nothing in them touches the source's files in a way the state does not know. `None` asks
+/// for the full reconciliation: no check yet (a new, rebuilt or converted state), a gap or an
+/// emptied entry in the log, an entry adding a file the state does not name or removing one
+/// it still names (another process), or a commit the state published that no entry shows
+/// (a log entry lost after the state marked it published).
+fn unchanged_since_checked(
+    tables: &DeltaTables,
+    cx: &SourceCx<'_>,
+) -> Result<Option<Vec<(crate::schema::Dataset, TableCheck)>>, LakeError> {
+    let app = format!("callsync/{}", cx.source);
+    let ours = format!("source={}/", cx.source);
+    let mut checks = Vec::new();
+    for ds in DATASETS {
+        let published = cx.state.has_published_in(cx.source_id, ds.dir())?;
+        let Some(latest) = tables.latest_version(ds)? else {
+            if published {
+                return Ok(None);
+            }
+            continue;
+        };
+        let Some(check) = cx.state.table_check(cx.source_id, ds.dir())? else {
+            return Ok(None);
+        };
+        if check.version > latest {
+            return Ok(None);
+        }
+        let mut txn_seen = check.txn_seen;
+        for v in check.version + 1..=latest {
+            let Some(entry) = tables.block(tables.read_commit(ds, v))? else {
+                return Ok(None);
+            };
+            let mut actions = 0;
+            for line in entry.split(|b| *b == b'\n') {
+                let Ok(a) = serde_json::from_slice::<serde_json::Value>(line) else {
+                    continue;
+                };
+                actions += 1;
+                if let Some(t) = a.get("txn")
+                    && t["appId"].as_str() == Some(app.as_str())
+                {
+                    txn_seen = txn_seen.max(t["version"].as_i64().unwrap_or(0));
+                }
+                for (kind, named) in [("add", true), ("remove", false)] {
+                    let Some(path) = a.get(kind).and_then(|x| x["path"].as_str()) else {
+                        continue;
+                    };
+                    if !path.starts_with(&ours) {
+                        continue;
+                    }
+                    let path = format!("{}/{path}", ds.dir());
+                    if cx.state.names(cx.source_id, &path)? != named {
+                        return Ok(None);
+                    }
+                }
+            }
+            if actions == 0 {
+                return Ok(None);
+            }
+        }
+        if check.published_seq > txn_seen {
+            return Ok(None);
+        }
+        checks.push((
+            ds,
+            TableCheck {
+                version: latest,
+                txn_seen,
+                published_seq: check.published_seq,
+            },
+        ));
+    }
+    Ok(Some(checks))
 }
 
 /// Records adopted files and the keys they hold (each with its partition day).

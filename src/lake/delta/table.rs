@@ -75,6 +75,18 @@ impl DeltaTables {
         Ok(t)
     }
 
+    /// Whether a table's columns are exactly this schema version's (nothing to evolve, nothing
+    /// foreign to refuse).
+    pub(super) fn fits_schema(&self, ds: Dataset, have: &StructType) -> bool {
+        table_schema(ds).is_ok_and(|want| {
+            want.fields().count() == have.fields().count()
+                && want.fields().all(|f| {
+                    have.field(f.name())
+                        .is_some_and(|h| h.data_type() == f.data_type())
+                })
+        })
+    }
+
     /// Adds the columns a newer schema version brought (a Delta metadata change); refuses a
     /// table whose columns differ otherwise.
     async fn evolve(&self, ds: Dataset, t: &mut DeltaTable) -> Result<(), DeltaError> {
