@@ -2,8 +2,10 @@
 //! rows: (f) the 100k-call history (200 days) and recent (2 days) shapes into a local Delta
 //! table beside the plain layout: CPU of a one-commit run, and wall per commit in commits of
 //! 5,000; (g) the recent shape onto S3 (the moto server), plain beside Delta; (h) DuckDB's
-//! `delta_scan` over a month of daemon commits (a `GROUP BY source, date` and a `call_id`
-//! point lookup) before and after `callsync compact`, beside the same rows in one file.
+//! `delta_scan` and Polars' `scan_delta` over a month of daemon commits (a `GROUP BY source,
+//! date`, a one-day time range and a `call_id` lookup) before and after `callsync compact`,
+//! beside the anchor: the same rows written by `deltalake.write_deltalake(...,
+//! partition_by=["source", "date"])`.
 //!
 //! Environment: `CALLSYNC_BENCH_ROWS` (default 100000), `CALLSYNC_BENCH_REPS` (default 3),
 //! `CALLSYNC_BENCH_ONLY=local|s3|query`, `CALLSYNC_TEST_PYTHON` (deltalake, moto) and
@@ -134,27 +136,32 @@ fn py(python: &str, script: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-/// `(GROUP BY ms, point lookup ms, rows)` of DuckDB over `from` (a table expression), best
-/// of 5 each, in a fresh connection.
-fn duck_queries(from: &str, call_id: &str) -> (f64, f64, String) {
-    let script = format!(
-        "import duckdb, glob, os, time\n\
-         con = duckdb.connect(config={{'allow_unsigned_extensions': 'true', 'autoinstall_known_extensions': 'false', 'autoload_known_extensions': 'false'}})\n\
-         ext = glob.glob(os.path.join(os.path.dirname(duckdb.__file__), '..', 'duckdb_ext', 'extensions', '*', '*', 'delta.duckdb_extension'))[0]\n\
-         con.execute(f\"LOAD '{{ext}}'\")\n\
-         def best(q):\n    b = 1e9\n    for _ in range(5):\n        t = time.perf_counter(); r = con.execute(q).fetchall(); b = min(b, time.perf_counter() - t)\n    return b * 1000, r\n\
-         g, gr = best(\"SELECT source, date, count(*) FROM {from} GROUP BY ALL\")\n\
-         p, pr = best(\"SELECT call_id, duration_ms FROM {from} WHERE call_id = '{call_id}'\")\n\
-         assert len(pr) == 1, pr\n\
-         print(g, p, sum(r[2] for r in gr))"
+/// One reader's timings of the three layout queries over the Delta table at `uri`
+/// (`benches/query_readers.py`): a JSON object with `group`, `range`, `lookup` (ms, best of
+/// `reps`) and each query's result.
+fn reader_queries(
+    reader: &str,
+    uri: &str,
+    day: &str,
+    call_id: &str,
+    reps: usize,
+) -> serde_json::Value {
+    let python = if reader.starts_with("duckdb") {
+        duck_python()
+    } else {
+        python()
+    };
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/query_readers.py");
+    let out = Command::new(python)
+        .args([script, reader, uri, day, call_id, &reps.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
-    let out = py(&duck_python(), &script);
-    let v: Vec<&str> = out.split_whitespace().collect();
-    (
-        v[0].parse().unwrap(),
-        v[1].parse().unwrap(),
-        v[2].to_string(),
-    )
+    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 /// `(files, most files in a partition, partitions)` of the table, by the deltalake package.
@@ -169,11 +176,20 @@ fn table_files(uri: &str) -> (usize, usize, usize) {
     (v[0], v[1], v[2])
 }
 
-/// (h) A month of daemon commits (every 15 minutes: 2,880 commits), queried before and after
-/// `compact`, beside one file.
+/// A table's label, `table_files` and each reader's `reader_queries`.
+type Measured = (String, (usize, usize, usize), Vec<serde_json::Value>);
+
+/// (h) A month of daemon commits (every 15 minutes: 2,880 commits), queried by DuckDB's
+/// `delta_scan` and Polars' `scan_delta` before and after `compact`, beside the anchor: the
+/// same rows written in one go by delta-rs' own writer, partitioned alike.
 fn query_bench(rt: &tokio::runtime::Runtime, rows: usize) {
     let sim = generate(rows, 30, 11);
-    let call_id = sim.calls().nth(rows / 2).map(|c| c.id.to_string()).unwrap();
+    let middle = sim.calls().nth(rows / 2).unwrap();
+    let call_id = middle.id.to_string();
+    let day = chrono::DateTime::from_timestamp(middle.start_secs, 0)
+        .unwrap()
+        .format("%Y-%m-%d")
+        .to_string();
     let token = sim.token.clone();
     let sim = rt.block_on(Simulator::start(sim)).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -192,9 +208,17 @@ fn query_bench(rt: &tokio::runtime::Runtime, rows: usize) {
     .unwrap();
     let sync = sync_child(&config);
     let uri = dir.path().join("lake/calls").display().to_string();
-    let (files, most, parts) = table_files(&uri);
-    let delta = format!("delta_scan('{uri}')");
-    let (g0, p0, n0) = duck_queries(&delta, &call_id);
+    let readers = ["duckdb", "polars", "duckdb-files"];
+    let mut tables: Vec<Measured> = Vec::new();
+    let measure = |label: &str, uri: &str, reps: usize| {
+        let files = table_files(uri);
+        let got: Vec<serde_json::Value> = readers
+            .iter()
+            .map(|r| reader_queries(r, uri, &day, &call_id, reps))
+            .collect();
+        (label.to_string(), files, got)
+    };
+    tables.push(measure("before compact (daemon commits)", &uri, 3));
     let compact = run_child(
         Command::new(env!("CARGO_BIN_EXE_callsync"))
             .arg("--config")
@@ -203,56 +227,66 @@ fn query_bench(rt: &tokio::runtime::Runtime, rows: usize) {
             .env("RUST_LOG", "warn")
             .stdout(std::process::Stdio::null()),
     );
-    let (files1, most1, _) = table_files(&uri);
-    let (g1, p1, n1) = duck_queries(&delta, &call_id);
-    assert_eq!(n0, n1, "compaction changed the row count");
-    let one = dir.path().join("one.parquet");
-    py(
-        &duck_python(),
-        &format!(
-            "import duckdb, glob, os\n\
-             con = duckdb.connect(config={{'allow_unsigned_extensions': 'true', 'autoinstall_known_extensions': 'false', 'autoload_known_extensions': 'false'}})\n\
-             ext = glob.glob(os.path.join(os.path.dirname(duckdb.__file__), '..', 'duckdb_ext', 'extensions', '*', '*', 'delta.duckdb_extension'))[0]\n\
-             con.execute(f\"LOAD '{{ext}}'\")\n\
-             con.execute(\"COPY (SELECT * FROM {delta}) TO '{}' (FORMAT parquet, COMPRESSION zstd)\")",
-            one.display()
-        ),
-    );
-    let (g2, p2, _) = duck_queries(&format!("read_parquet('{}')", one.display()), &call_id);
-    // The same rows as a Delta table of one file (the log read the same way).
-    let one_delta = dir.path().join("one-delta").display().to_string();
+    tables.push(measure("after callsync compact", &uri, 5));
+    // The anchor: the same rows, one write by delta-rs' writer.
+    let anchor = dir.path().join("anchor").display().to_string();
     py(
         &python(),
         &format!(
             "import deltalake\n\
-             deltalake.write_deltalake('{one_delta}', deltalake.DeltaTable('{uri}').to_pyarrow_table())"
+             deltalake.write_deltalake('{anchor}', deltalake.DeltaTable('{uri}').to_pyarrow_table(), partition_by=['source', 'date'])"
         ),
     );
-    let (g3, p3, _) = duck_queries(&format!("delta_scan('{one_delta}')"), &call_id);
+    tables.push(measure(
+        "anchor: write_deltalake(partition_by=[source, date])",
+        &anchor,
+        5,
+    ));
+    // Every table answers every query alike.
+    for (i, r) in readers.iter().enumerate() {
+        for q in ["group", "range", "lookup"] {
+            let key = format!("{q}_result");
+            let first = &tables[0].2[i][&key];
+            for t in &tables[1..] {
+                assert_eq!(&t.2[i][&key], first, "{r} {q}: {} differs", t.0);
+            }
+        }
+    }
     println!(
-        "\n(h) {rows} calls over 30 days in {} commits ({per_commit} calls each, a daemon's 15-minute syncs; sync {:.1} s wall), DuckDB 1.4.4 delta_scan, best of 5\n",
-        files, sync.wall
+        "\n(h) {rows} calls over 30 days in {} commits ({per_commit} calls each, a daemon's 15-minute syncs; sync {:.1} s wall); best of 5 (3 before compact)\n",
+        tables[0].1.0, sync.wall
     );
     println!(
-        "| table | files | most files in a partition | GROUP BY source, date | call_id lookup |"
+        "| table | files | most in a partition | reader | GROUP BY source, date | one-day range on started_at | call_id lookup |"
     );
-    println!("|---|---|---|---|---|");
-    println!("| before compact | {files} | {most} | {g0:.1} ms | {p0:.1} ms |");
-    println!("| after compact | {files1} | {most1} | {g1:.1} ms | {p1:.1} ms |");
-    println!("| the same rows as a Delta table of one file | 1 | — | {g3:.1} ms | {p3:.1} ms |");
+    println!("|---|---|---|---|---|---|---|");
+    for (label, (files, most, _), got) in &tables {
+        for (i, r) in readers.iter().enumerate() {
+            println!(
+                "| {label} | {files} | {most} | {r} | {:.1} ms | {:.1} ms | {:.1} ms |",
+                got[i]["group"].as_f64().unwrap(),
+                got[i]["range"].as_f64().unwrap(),
+                got[i]["lookup"].as_f64().unwrap()
+            );
+        }
+    }
+    for (i, r) in readers.iter().enumerate() {
+        let ratio =
+            |q: &str| tables[1].2[i][q].as_f64().unwrap() / tables[2].2[i][q].as_f64().unwrap();
+        println!(
+            "\n{r}: after compact / anchor = {:.2}× (GROUP BY), {:.2}× (one-day range), {:.2}× (lookup); target ≤ 1.2×, < 1× on the range (duckdb-files: the same files by read_parquet, no log)",
+            ratio("group"),
+            ratio("range"),
+            ratio("lookup")
+        );
+    }
     println!(
-        "| the same rows in one Parquet file (read_parquet) | 1 | — | {g2:.1} ms | {p2:.1} ms |"
+        "\ncompact: {:.2} s wall, {:.2} s CPU, {:.1} MB peak RSS, {} partitions",
+        compact.wall, compact.cpu, compact.max_rss_mb, tables[0].1.2
     );
-    println!(
-        "\ncompact: {:.2} s wall, {:.2} s CPU, {:.1} MB peak RSS, {parts} partitions; after compact / one-file Delta table: {:.2}× (GROUP BY), {:.2}× (lookup); / one Parquet file: {:.2}×, {:.2}×",
-        compact.wall,
-        compact.cpu,
-        compact.max_rss_mb,
-        g1 / g3,
-        p1 / p3,
-        g1 / g2,
-        p1 / p2
-    );
+    if std::env::var_os("CALLSYNC_BENCH_KEEP").is_some() {
+        println!("kept: {}", dir.keep().display());
+    }
 }
 
 fn main() {

@@ -3,6 +3,8 @@
 //! 35,040 (a year of the default 15-minute schedule), plain and Delta; Delta both as a
 //! default daemon leaves it (every past day compacted to one file) and never compacted. Whole
 //! process: CPU, wall and peak RSS (VmHWM), the best of `TABLE_AGE_REPS` runs (default 5).
+//! Then the daemon (`callsync run`, the source on a one-second schedule): its own CPU per
+//! idle tick over `TABLE_AGE_DAEMON_SECS` seconds (default 30).
 //!
 //! The lake is synthetic, built in seconds: one real sync makes the state, the table and a
 //! data file; then N-1 more commits are written as a daemon would have left them: the file
@@ -281,6 +283,56 @@ fn best(reps: usize, mut f: impl FnMut() -> ChildRun) -> ChildRun {
     best.unwrap()
 }
 
+/// CPU seconds (user + system) a live process has used, from `/proc/<pid>/stat`.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command's closing parenthesis; utime and stime are 14th and 15th.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+    ticks / 100.0
+}
+
+/// The daemon's own CPU per idle tick: `callsync run` with the source on a one-second
+/// schedule, its CPU over `secs` seconds after a warm-up, divided by the runs it made (from
+/// the state's `runs` table). Returns (ms per tick, ticks).
+fn daemon_idle_tick(config: &Path, secs: u64) -> (f64, i64) {
+    let text = std::fs::read_to_string(config).unwrap();
+    let daemon_cfg = config.with_file_name("daemon.toml");
+    std::fs::write(
+        &daemon_cfg,
+        text.replace(
+            "[sources.vg]\n",
+            "[sources.vg]\nschedule = \"* * * * * *\"\n",
+        ) + "[server]\nlisten = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let state = config.with_file_name("state.db");
+    let runs = || -> i64 {
+        rusqlite::Connection::open(&state)
+            .and_then(|c| c.query_row("SELECT count(*) FROM runs", [], |r| r.get(0)))
+            .unwrap_or(0)
+    };
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_callsync"))
+        .arg("--config")
+        .arg(&daemon_cfg)
+        .arg("run")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(5));
+    let (cpu0, runs0) = (cpu_secs(child.id()), runs());
+    std::thread::sleep(std::time::Duration::from_secs(secs));
+    let (cpu1, runs1) = (cpu_secs(child.id()), runs());
+    let _ = child.kill();
+    let _ = child.wait();
+    let ticks = (runs1 - runs0).max(1);
+    ((cpu1 - cpu0) * 1e3 / ticks as f64, ticks)
+}
+
 fn main() {
     let reps = env_usize("TABLE_AGE_REPS", 5);
     let sizes: Vec<usize> = std::env::var("TABLE_AGE_COMMITS")
@@ -293,9 +345,9 @@ fn main() {
         .build()
         .unwrap();
     println!(
-        "| lake | commits | build | idle sync CPU | wall | peak RSS | one-call sync CPU | wall | peak RSS |"
+        "| lake | commits | build | idle sync CPU | wall | peak RSS | one-call sync CPU | wall | peak RSS | daemon CPU per idle tick |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     for shape in [Shape::Plain, Shape::DeltaCompacted, Shape::DeltaUncompacted] {
         for &n in &sizes {
             let sim = generate(1, 1, 41);
@@ -315,11 +367,13 @@ fn main() {
                 sim.voicegain().add_calls(1);
                 sync_child(&config)
             });
+            let (tick_ms, ticks) =
+                daemon_idle_tick(&config, env_usize("TABLE_AGE_DAEMON_SECS", 30) as u64);
             if std::env::var("TABLE_AGE_KEEP").is_ok() {
                 std::mem::forget(dir);
             }
             println!(
-                "| {} | {n} | {built:.0} s | {:.1} ms | {:.1} ms | {:.0} MB | {:.1} ms | {:.1} ms | {:.0} MB |",
+                "| {} | {n} | {built:.0} s | {:.1} ms | {:.1} ms | {:.0} MB | {:.1} ms | {:.1} ms | {:.0} MB | {tick_ms:.1} ms ({ticks} ticks) |",
                 shape.name(),
                 idle.cpu * 1e3,
                 idle.wall * 1e3,

@@ -223,10 +223,20 @@ impl DeltaTables {
                 .await
                 .map_err(|e| self.err(ds, e))?,
             None => {
-                let loaded = match Snapshot::try_new(log_store.as_ref(), None).await {
-                    Ok(s) => Some(Arc::new(s)),
-                    Err(DeltaTableError::NotATable(_)) => None,
-                    Err(e) => return Err(self.err(ds, e)),
+                // Asked first: the kernel logs an ERROR when asked for a table with no log.
+                let present = self.known[index(ds)].load(std::sync::atomic::Ordering::Relaxed)
+                    || log_store
+                        .is_delta_table_location()
+                        .await
+                        .map_err(|e| self.err(ds, e))?;
+                let loaded = if !present {
+                    None
+                } else {
+                    match Snapshot::try_new(log_store.as_ref(), None).await {
+                        Ok(s) => Some(Arc::new(s)),
+                        Err(DeltaTableError::NotATable(_)) => None,
+                        Err(e) => return Err(self.err(ds, e)),
+                    }
                 };
                 let fits = loaded
                     .as_ref()
