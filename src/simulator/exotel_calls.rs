@@ -112,6 +112,9 @@ pub struct CallLog {
     pub refused: u64,
     /// Answer every list page with the same `After` cursor (a broken pager).
     pub stuck_cursor: bool,
+    /// The last page still carries an `After` (its last call's cursor, or the one it was
+    /// given when empty) beside `"NextPageUri": null`, as some API versions answer.
+    pub after_on_last_page: bool,
 }
 
 impl Default for CallLog {
@@ -131,6 +134,7 @@ impl CallLog {
             list_requests: 0,
             refused: 0,
             stuck_cursor: false,
+            after_on_last_page: false,
         }
     }
 
@@ -343,6 +347,14 @@ fn list_or_refuse(
     } else {
         None
     };
+    // The last page's `After`, where this API version sends one: never a next page.
+    let after_field = if next_after.is_none() && log.after_on_last_page {
+        hits.last()
+            .map(|c| cursor_of(c))
+            .or_else(|| q.get("After").cloned())
+    } else {
+        next_after.clone()
+    };
     let base_query = |after: Option<&str>| {
         let mut s = form_urlencoded::Serializer::new(String::new());
         for (k, v) in q.iter().filter(|(k, _)| k.as_str() != "After") {
@@ -360,7 +372,7 @@ fn list_or_refuse(
             "FirstPageUri": base_query(None),
             "PrevPageUri": null,
             "NextPageUri": next_after.as_deref().map(|a| base_query(Some(a))),
-            "After": next_after,
+            "After": after_field,
         },
         "Calls": hits.iter().map(|c| c.json(account_sid)).collect::<Vec<_>>(),
     }))

@@ -311,6 +311,25 @@ fn a_cursor_that_stops_advancing_fails_the_run_naming_its_window() {
 }
 
 #[test]
+fn a_last_page_that_still_carries_after_ends_its_window_and_the_sync_is_exact() {
+    let env = setup(300, 2, "window_days = 1\npage_size = 10\n");
+    // NextPageUri null on the last page, After still set (echoed when the page is empty):
+    // followed, it would be asked again and again, and the run would fail as stuck.
+    env.sim.exotel().calls.after_on_last_page = true;
+    let out = env.run(&["sync"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exact(&env, &listed(&env, 0, now_us() - 300_000_000));
+    let first = env.sim.exotel().calls.list_requests;
+    // An idle resync lists each window's pages once more, and no page past the last.
+    env.sync_ok();
+    let again = env.sim.exotel().calls.list_requests - first;
+    assert!(
+        again <= first,
+        "{again} list requests on an idle resync, {first} on the first"
+    );
+}
+
+#[test]
 fn check_passes_with_good_credentials_and_names_a_rejected_one() {
     let env = setup(10, 1, "");
     let out = env.run(&["check"]);

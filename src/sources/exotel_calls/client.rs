@@ -108,15 +108,25 @@ impl CallsClient {
     /// The query of the page after `answer`, `None` on the last page. `NextPageUri` is
     /// relative to the vendor's host: only its query is taken, on our own path (so a
     /// `base_url` with a path prefix, a proxy, keeps working), over the current query (a
-    /// filter it leaves out stays); without one, an `After` cursor is added to the current
-    /// query.
+    /// filter it leaves out stays); without the field, an `After` cursor is added to the
+    /// current query. An explicit `"NextPageUri": null` ends the window (the vendor's word
+    /// that this is the last page), whatever `After` holds.
     pub fn next_query(
         &self,
         current: &[(String, String)],
         answer: &CallsAnswer,
     ) -> Option<Vec<(String, String)>> {
         let m = &answer.metadata;
-        if let Some(uri) = m.next_page_uri.as_deref().filter(|u| !u.trim().is_empty()) {
+        // An explicit `"NextPageUri": null` is the last page, whatever `After` holds.
+        if m.next_page_uri == Some(None) {
+            return None;
+        }
+        if let Some(uri) = m
+            .next_page_uri
+            .as_ref()
+            .and_then(|u| u.as_deref())
+            .filter(|u| !u.trim().is_empty())
+        {
             let query = uri.split_once('?').map_or("", |(_, q)| q);
             let pairs: Vec<(String, String)> = form_urlencoded::parse(query.as_bytes())
                 .map(|(k, v)| (k.into_owned(), v.into_owned()))
@@ -190,16 +200,22 @@ mod tests {
             "the date filter is kept: {next:?}"
         );
         assert_eq!(next.iter().filter(|(k, _)| k == "PageSize").count(), 1);
+        // Without `NextPageUri` the `After` cursor leads on...
         let by_after = c
-            .next_query(
-                &next,
-                &answer(serde_json::json!({"NextPageUri": null, "After": "def"})),
-            )
+            .next_query(&next, &answer(serde_json::json!({"After": "def"})))
             .unwrap();
         assert_eq!(by_after.iter().filter(|(k, _)| k == "After").count(), 1);
         assert!(by_after.contains(&("After".into(), "def".into())));
         assert_eq!(
             c.next_query(&first, &answer(serde_json::json!({"NextPageUri": null}))),
+            None
+        );
+        // ...and an explicit `null` ends the window even when the last page carries one.
+        assert_eq!(
+            c.next_query(
+                &next,
+                &answer(serde_json::json!({"NextPageUri": null, "After": "def"}))
+            ),
             None
         );
     }

@@ -47,12 +47,19 @@ pub struct CallsAnswer {
     pub calls: Vec<serde_json::Value>,
 }
 
+/// A field that is present, `null` or not (an absent one is `None` by `default`).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Option<String>>, D::Error> {
+    Option::<String>::deserialize(d).map(Some)
+}
+
 /// The paging part of the bulk answer.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Metadata {
-    /// The next page: a URI relative to the API host, `null` on the last page.
-    #[serde(rename = "NextPageUri", default)]
-    pub next_page_uri: Option<String>,
+    /// The next page: a URI relative to the API host, `null` on the last page. `None`: the
+    /// field is absent; `Some(None)`: an explicit `null`, which ends the window whatever
+    /// `After` says (a last page may still carry the cursor of its last call).
+    #[serde(rename = "NextPageUri", default, deserialize_with = "present")]
+    pub next_page_uri: Option<Option<String>>,
     /// The cursor of the next page (also inside `NextPageUri`).
     #[serde(rename = "After", default)]
     pub after: Option<serde_json::Value>,
