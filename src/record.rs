@@ -78,6 +78,49 @@ pub struct Reject {
     pub error: String,
     /// The record as received (JSON object for CSV rows).
     pub raw: String,
+    /// What makes it the same record, where the raw text has parts the vendor re-issues on
+    /// every response (`stable_fingerprint`); `None`: the raw text itself.
+    pub fingerprint: Option<u64>,
+}
+
+/// A part of a vendor record that changes between two listings of the same record, left out
+/// of its reject's fingerprint. Paths are field names, dotted into nested objects.
+#[derive(Debug, Clone, Copy)]
+pub enum Volatile {
+    /// A URL signed afresh on every response (a recording link that expires): its query (the
+    /// signature, the expiry) is left out, the rest of the URL kept.
+    SignedUrl(&'static str),
+    /// A field the vendor stamps at response time (a request id, a fetch time): left out.
+    Stamp(&'static str),
+}
+
+/// The fingerprint of a record without its volatile parts: xxHash64 (seed 0) of its JSON
+/// with those parts taken out (object keys in sorted order).
+pub fn stable_fingerprint(record: &serde_json::Value, volatile: &[Volatile]) -> u64 {
+    let mut v = record.clone();
+    for part in volatile {
+        let (path, signed) = match part {
+            Volatile::SignedUrl(p) => (*p, true),
+            Volatile::Stamp(p) => (*p, false),
+        };
+        let mut segments: Vec<&str> = path.split('.').collect();
+        let Some(last) = segments.pop() else { continue };
+        let mut at = Some(&mut v);
+        for seg in segments {
+            at = at.and_then(|o| o.get_mut(seg));
+        }
+        let Some(obj) = at.and_then(|o| o.as_object_mut()) else {
+            continue;
+        };
+        if !signed {
+            obj.remove(last);
+        } else if let Some(serde_json::Value::String(url)) = obj.get_mut(last)
+            && let Some((base, _query)) = url.split_once('?')
+        {
+            *url = base.to_string();
+        }
+    }
+    twox_hash::XxHash64::oneshot(0, v.to_string().as_bytes())
 }
 
 impl Reject {
@@ -85,8 +128,9 @@ impl Reject {
     /// a repair) is not rejected again: its key (the call id, or for a record without one a
     /// hash of its raw text) and a hash of its raw text (a changed record is judged again).
     /// xxHash64 with seed 0: stable across builds, so a state and a lake of another build agree.
-    pub fn identity(call_id: Option<&str>, raw: &str) -> (String, i64) {
-        let hash = twox_hash::XxHash64::oneshot(0, raw.as_bytes());
+    /// With a `fingerprint` (a record with volatile parts) that is the hash instead.
+    pub fn identity(call_id: Option<&str>, raw: &str, fingerprint: Option<u64>) -> (String, i64) {
+        let hash = fingerprint.unwrap_or_else(|| twox_hash::XxHash64::oneshot(0, raw.as_bytes()));
         let key = match call_id {
             Some(id) => id.to_string(),
             None => format!("raw:{hash:016x}"),
@@ -336,6 +380,33 @@ pub fn recording_path(source: &str, started_at_us: i64, call_id: &str, ext: &str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fingerprint_ignores_signatures_and_stamps_and_sees_every_other_change() {
+        let vol = [Volatile::SignedUrl("a.url"), Volatile::Stamp("fetched")];
+        let f = |v: serde_json::Value| stable_fingerprint(&v, &vol);
+        let base =
+            f(serde_json::json!({"id": "1", "a": {"url": "https://x/r.mp3?sig=1"}, "fetched": 5}));
+        assert_eq!(
+            base,
+            f(serde_json::json!({"fetched": 9, "a": {"url": "https://x/r.mp3?sig=2"}, "id": "1"}))
+        );
+        assert_ne!(
+            base,
+            f(
+                serde_json::json!({"id": "1", "a": {"url": "https://x/other.mp3?sig=1"}, "fetched": 5})
+            )
+        );
+        assert_ne!(
+            base,
+            f(serde_json::json!({"id": "2", "a": {"url": "https://x/r.mp3?sig=1"}, "fetched": 5}))
+        );
+        // A record without the parts is fingerprinted whole.
+        assert_eq!(
+            f(serde_json::json!({"id": "1"})),
+            f(serde_json::json!({"id": "1"}))
+        );
+    }
 
     #[test]
     fn recording_names_are_the_call_id_only_when_safe() {

@@ -108,7 +108,12 @@ pub fn rebuild(
                     note_id(id);
                 }
                 if let Some(raw) = v.get("raw").and_then(|r| r.as_str()) {
-                    let (key, hash) = crate::record::Reject::identity(id, raw);
+                    // A record with volatile parts carries its fingerprint in the line.
+                    let fingerprint = v
+                        .get("fingerprint")
+                        .and_then(|f| f.as_str())
+                        .and_then(|f| u64::from_str_radix(f, 16).ok());
+                    let (key, hash) = crate::record::Reject::identity(id, raw, fingerprint);
                     rebuild.add_rejected(&key, hash)?;
                 }
             }

@@ -384,12 +384,17 @@ impl<'a> CommitWriter<'a> {
             });
         }
         let rf = self.rejects.as_mut().expect("created above");
-        let line = serde_json::json!({
+        let mut line = serde_json::json!({
             "source": self.source,
             "call_id": r.call_id,
             "error": r.error,
             "raw": r.raw,
         });
+        if let Some(f) = r.fingerprint {
+            // What makes it the same record (its raw text has volatile parts): a repair
+            // reads it back to know the reject.
+            line["fingerprint"] = serde_json::Value::from(format!("{f:016x}"));
+        }
         serde_json::to_writer(&mut rf.out, &line).map_err(std::io::Error::other)?;
         rf.out.write_all(b"\n")?;
         rf.rows += 1;

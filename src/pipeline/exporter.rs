@@ -201,7 +201,7 @@ impl<'a> Exporter<'a> {
             let ids: Vec<(String, i64)> = page
                 .rejects
                 .iter()
-                .map(|r| Reject::identity(r.call_id.as_deref(), &r.raw))
+                .map(|r| Reject::identity(r.call_id.as_deref(), &r.raw, r.fingerprint))
                 .collect();
             let known = self
                 .state

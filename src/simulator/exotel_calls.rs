@@ -115,6 +115,8 @@ pub struct CallLog {
     /// The last page still carries an `After` (its last call's cursor, or the one it was
     /// given when empty) beside `"NextPageUri": null`, as some API versions answer.
     pub after_on_last_page: bool,
+    /// Sign each `RecordingUrl` afresh on every answer (its query changes), as Exotel does.
+    pub signed_urls: bool,
 }
 
 impl Default for CallLog {
@@ -135,6 +137,7 @@ impl CallLog {
             refused: 0,
             stuck_cursor: false,
             after_on_last_page: false,
+            signed_urls: false,
         }
     }
 
@@ -374,7 +377,16 @@ fn list_or_refuse(
             "NextPageUri": next_after.as_deref().map(|a| base_query(Some(a))),
             "After": after_field,
         },
-        "Calls": hits.iter().map(|c| c.json(account_sid)).collect::<Vec<_>>(),
+        "Calls": hits.iter().map(|c| {
+            let mut v = c.json(account_sid);
+            if log.signed_urls
+                && let Some(Value::String(url)) = v.get_mut("RecordingUrl")
+            {
+                let n = log.list_requests;
+                *url = format!("{url}?Expires={n}&Signature={:016x}", n.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+            }
+            v
+        }).collect::<Vec<_>>(),
     }))
 }
 

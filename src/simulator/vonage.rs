@@ -87,6 +87,8 @@ pub struct VonageSim {
     pub deep_refusals: u64,
     /// Queries answered.
     pub searches: u64,
+    /// Sign each session's `audio_url` afresh on every answer (a query that changes).
+    pub signed_urls: bool,
 }
 
 impl Default for VonageSim {
@@ -106,6 +108,7 @@ impl VonageSim {
             arrivals_per_request: 0,
             deep_refusals: 0,
             searches: 0,
+            signed_urls: false,
         }
     }
 
@@ -278,6 +281,18 @@ async fn search(
             .take(size as usize)
             .map(|s| s.hit())
             .collect();
+        let mut page_hits = page_hits;
+        if sim.signed_urls {
+            let nonce = sim.searches;
+            for h in &mut page_hits {
+                if let Some(Value::String(url)) = h.pointer_mut("/channel_data/audio_url") {
+                    *url = format!(
+                        "{url}?Expires={nonce}&Signature={:016x}",
+                        nonce.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                    );
+                }
+            }
+        }
         let arrivals = sim.arrivals_per_request;
         if arrivals > 0 {
             let now = chrono::Utc::now().timestamp_micros();

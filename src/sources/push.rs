@@ -223,6 +223,7 @@ impl InboxPages {
 /// A delivery that could not be used, as a reject (its body as raw text).
 pub fn reject(d: &Delivery, error: String, id: Option<String>) -> Reject {
     Reject {
+        fingerprint: None,
         call_id: id,
         error,
         raw: String::from_utf8_lossy(&d.body).into_owned(),

@@ -5,7 +5,7 @@
 use arrow_array::RecordBatch;
 use serde::de::DeserializeOwned;
 
-use crate::record::{CallBatchBuilder, Reject};
+use crate::record::{CallBatchBuilder, Reject, Volatile};
 
 use super::{Cursor, OpenContext, Page, SourceError};
 
@@ -39,12 +39,17 @@ impl JsonRecords {
     /// parsed; any other is parsed as `T` (else a reject: "not a {what}: …") and handed to
     /// `take` with its JSON text, which appends it to the batch, skips it (`Ok` without a row)
     /// or rejects it (`Err` is the reason).
+    /// `volatile` names the parts of a record the vendor re-issues on every response: a
+    /// reject's fingerprint leaves them out, so a re-listed malformed record whose only change
+    /// is one of them is the same reject.
+    #[allow(clippy::too_many_arguments)]
     pub fn read<T: DeserializeOwned>(
         ctx: &OpenContext,
         source_name: &str,
         records: &[serde_json::Value],
         id_field: &str,
         what: &str,
+        volatile: &[Volatile],
         mut take: impl FnMut(&mut CallBatchBuilder, &T, &str) -> Result<(), String>,
     ) -> Result<JsonRecords, SourceError> {
         fn id<'a>(r: &'a serde_json::Value, field: &str) -> Option<&'a str> {
@@ -75,6 +80,8 @@ impl JsonRecords {
                 call_id: call_id.map(str::to_string),
                 error,
                 raw,
+                fingerprint: (!volatile.is_empty())
+                    .then(|| crate::record::stable_fingerprint(record, volatile)),
             });
         }
         Ok(out)

@@ -52,7 +52,7 @@ fn ex_table(env: &Env, start_date: &str, extra: &str) -> String {
 
 /// A simulator whose account made `n` calls over the `days` days before the last hour, and
 /// a config with the source `ex` from the day before them.
-fn setup(n: usize, days: i64, extra: &str) -> Env {
+pub(crate) fn setup(n: usize, days: i64, extra: &str) -> Env {
     let env = Env::new(VoicegainSim::new(1, 0), 100);
     let now = now_us();
     env.sim

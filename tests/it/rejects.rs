@@ -1,6 +1,7 @@
 //! Promise: a reject is written once. A malformed record that the lookback lists again on
 //! every sync (or a repair reads again) writes and counts nothing more; a record the vendor
 //! corrects is exported, and one that changes but stays malformed is judged (rejected) again.
+//! A part the vendor re-issues on every response (a signed recording URL) is no change.
 
 use std::collections::BTreeSet;
 
@@ -83,4 +84,104 @@ fn a_malformed_record_listed_again_by_the_lookback_is_rejected_once() {
         "no reject written again after a repair"
     );
     let _ = rows_by_id(&env, "vn");
+}
+
+/// Syncs three times and returns the reject lines after each, and the rejects counted.
+fn three_syncs(env: &Env, source: &str) -> (Vec<usize>, serde_json::Value) {
+    let mut lines = Vec::new();
+    for _ in 0..3 {
+        env.sync_ok();
+        lines.push(reject_ids(env).len());
+    }
+    (lines, source_status(env, source)["rejects_total"].clone())
+}
+
+#[test]
+fn exotel_calls_whose_recording_url_is_signed_anew_are_rejected_once() {
+    // Calls of the last day: the one-day lookback lists them again on every sync.
+    let env = crate::exotel_calls::setup(200, 1, "");
+    let bad: BTreeSet<String> = {
+        let mut ex = env.sim.exotel();
+        ex.calls.signed_urls = true;
+        ex.calls
+            .calls_mut()
+            .iter_mut()
+            .filter(|c| c.recording_url.is_some())
+            .take(8)
+            .map(|c| {
+                c.malformed_duration = true;
+                c.sid.clone()
+            })
+            .collect()
+    };
+    assert_eq!(bad.len(), 8);
+    let (lines, counted) = three_syncs(&env, "ex");
+    assert_eq!(lines, [8, 8, 8], "reject lines after each of three syncs");
+    assert_eq!(counted, 8);
+    let raws: Vec<String> = rejects(&env.warehouse())
+        .iter()
+        .map(|r| r["raw"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        raws.iter().all(|r| r.contains("Signature=")),
+        "the rejected records carry signed URLs"
+    );
+    let got: BTreeSet<String> = reject_ids(&env).into_iter().collect();
+    assert_eq!(got, bad);
+    // A real change is judged again; a repair knows the rejects by their fingerprint.
+    let changed = bad.iter().next().unwrap().clone();
+    {
+        let mut ex = env.sim.exotel();
+        let c = ex
+            .calls
+            .calls_mut()
+            .iter_mut()
+            .find(|c| c.sid == changed)
+            .unwrap();
+        c.status = "failed".into();
+    }
+    env.sync_ok();
+    env.sync_ok();
+    assert_eq!(
+        reject_ids(&env).len(),
+        9,
+        "only the changed call is rejected again"
+    );
+    let out = env.run(&["repair", "--source", "ex", "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    env.sync_ok();
+    assert_eq!(
+        reject_ids(&env).len(),
+        9,
+        "no reject written again after a repair"
+    );
+}
+
+#[test]
+fn a_vonage_session_whose_audio_url_is_signed_anew_is_rejected_once() {
+    let env = setup(300, 1, 0.0, 100, 11);
+    let bad: BTreeSet<String> = {
+        let mut vn = env.sim.vonage();
+        vn.signed_urls = true;
+        vn.sessions_mut()
+            .iter_mut()
+            .filter(|s| s.is_final())
+            .step_by(30)
+            .take(6)
+            .map(|s| {
+                s.malformed_duration = true;
+                s.id.clone()
+            })
+            .collect()
+    };
+    assert_eq!(bad.len(), 6);
+    let (lines, counted) = three_syncs(&env, "vn");
+    assert_eq!(lines, [6, 6, 6], "reject lines after each of three syncs");
+    assert_eq!(counted, 6);
+    assert!(
+        rejects(&env.warehouse())
+            .iter()
+            .all(|r| r["raw"].as_str().unwrap_or_default().contains("Signature=")),
+        "the rejected sessions carry signed URLs"
+    );
 }

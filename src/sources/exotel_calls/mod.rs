@@ -34,6 +34,10 @@ use crate::sources::{
     validate_secret,
 };
 
+/// Parts of a call record Exotel re-issues on every listing: `RecordingUrl` is signed afresh
+/// (its query carries the signature and expiry), so a reject is known by the rest.
+const VOLATILE: &[crate::record::Volatile] = &[crate::record::Volatile::SignedUrl("RecordingUrl")];
+
 use analysis::AutoAnalysis;
 use client::CallsClient;
 use model::Call;
@@ -440,6 +444,7 @@ impl ExotelCallsSource {
             &answer.calls,
             "Sid",
             "call",
+            VOLATILE,
             |builder, call: &Call, raw| {
                 normalize::append(builder, tz, call, raw)?;
                 if analysis.as_ref().is_some_and(|a| a.wanted(call)) {

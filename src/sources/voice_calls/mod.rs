@@ -231,6 +231,7 @@ impl VoiceCallsSource {
             .to_string();
         let Some(body) = client.detail(&id).await? else {
             return Ok(Err(Reject {
+                fingerprint: None,
                 call_id: Some(id),
                 error: "the call is listed but its detail answers 404".into(),
                 raw: item.to_string(),
@@ -241,6 +242,7 @@ impl VoiceCallsSource {
             Ok(c) => c,
             Err(e) => {
                 return Ok(Err(Reject {
+                    fingerprint: None,
                     call_id: Some(id),
                     error: format!("the call detail is not a voice call object: {e}"),
                     raw,
@@ -287,6 +289,7 @@ impl VoiceCallsSource {
                 .and_then(parse_time);
             let (Some(_), Some(start)) = (id, start) else {
                 rejects.push(Reject {
+                    fingerprint: None,
                     call_id: id.map(str::to_string),
                     error: "list item without an id or a valid startTime".into(),
                     raw: item.to_string(),
@@ -334,6 +337,7 @@ impl VoiceCallsSource {
                     fetched_files.extend(f.recording.clone());
                     if let Err(error) = normalize::append(&mut builder, &f) {
                         rejects.push(Reject {
+                            fingerprint: None,
                             call_id: f.call.id.clone(),
                             error,
                             raw: f.raw,

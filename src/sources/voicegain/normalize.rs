@@ -76,6 +76,7 @@ pub fn parse_page(
             Err(e) => {
                 page.rows += 1;
                 page.rejects.push(Reject {
+                    fingerprint: None,
                     call_id: None,
                     error: format!("unreadable CSV row: {e}"),
                     raw: String::new(),
@@ -91,6 +92,7 @@ pub fn parse_page(
                 .collect();
             let raw = raw_json(&keys, lossy.iter().map(String::as_str), &mut raw);
             page.rejects.push(Reject {
+                fingerprint: None,
                 call_id: lossy.get(id_col).map(|s| s.trim().to_string()),
                 error: "row is not valid UTF-8".into(),
                 raw: raw.to_string(),
@@ -116,6 +118,7 @@ pub fn parse_page(
         let raw = raw_json(&keys, rec.iter(), &mut raw);
         if rec.len() != names.len() {
             page.rejects.push(Reject {
+                fingerprint: None,
                 call_id: call_id.map(|_| id_text.to_string()),
                 error: format!("expected {} fields, found {}", names.len(), rec.len()),
                 raw: raw.to_string(),
@@ -124,6 +127,7 @@ pub fn parse_page(
             match normalize_row(&cols, &rec, call_id, id_text, raw, &mut lower) {
                 Ok(row) => builder.append(&row),
                 Err(error) => page.rejects.push(Reject {
+                    fingerprint: None,
                     call_id: (!id_text.is_empty()).then(|| id_text.to_string()),
                     error,
                     raw: raw.to_string(),

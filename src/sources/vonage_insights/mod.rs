@@ -21,6 +21,12 @@ use crate::sources::{
     validate_secret,
 };
 
+/// Parts of a session Vonage may re-issue on every search: the recording link
+/// (`channel_data.audio_url`), when the account serves it signed (assumed: the docs do not
+/// say; a query on it is taken as a signature). A reject is known by the rest.
+const VOLATILE: &[crate::record::Volatile] =
+    &[crate::record::Volatile::SignedUrl("channel_data.audio_url")];
+
 use client::VonageClient;
 use model::Session;
 
@@ -240,6 +246,7 @@ impl VonageInsightsSource {
                 &answer.hits,
                 "id",
                 "session",
+                VOLATILE,
                 |builder, session: &Session, raw| {
                     let start = session.session_start_time.as_deref().and_then(parse_time);
                     if let Some(start) = start {
