@@ -153,12 +153,17 @@ pub fn exotel_analyze(
         .with_context(|| format!("opening state {}", cfg.state.path.display()))?;
     let id = state.source(source, scfg.kind())?.id;
     let jobs = crate::pipeline::SourceState::open(&cfg.state.path, id)?;
-    let known: std::collections::HashMap<String, String> = state
-        .jobs(id, None)?
-        .into_iter()
-        .map(|j| (j.call_sid, j.status))
-        .collect();
     let analyzer = Analyzer::new(source, acfg)?;
+    // What may be submitted again; checked and recorded in one state transaction per call,
+    // so the daemon's automatic submissions (or another `exotel analyze`) never take the
+    // same call at the same time.
+    let again_statuses: &[&str] = if again.force {
+        &["queued", "submitting", "failed", "timed_out"]
+    } else if again.retry_failed {
+        &["failed", "timed_out"]
+    } else {
+        &[]
+    };
     let (mut submitted, mut skipped, mut failed_kept, mut refused, mut analysed) = (0, 0, 0, 0, 0);
     let mut errors = 0;
     let mut seen = std::collections::HashSet::new();
@@ -166,30 +171,31 @@ pub fn exotel_analyze(
         if !seen.insert(call.clone()) {
             continue;
         }
-        match known.get(call).map(String::as_str) {
-            None => {}
-            Some("done") => {
-                if again.force || again.retry_failed {
-                    analysed += 1;
-                    writeln!(
-                        out,
-                        "{source}: call {call} is already analysed and its row is in the lake (one row per call): not submitted again; for a second analysis configure another exotel_analyze source"
-                    )?;
+        use crate::sources::Jobs;
+        let task_id = match jobs
+            .claim(call, again_statuses)
+            .map_err(|e| anyhow::anyhow!("{source}: the state's jobs: {e}"))?
+        {
+            Ok(task_id) => task_id,
+            Err(status) => {
+                match status.as_str() {
+                    "done" => {
+                        if again.force || again.retry_failed {
+                            analysed += 1;
+                            writeln!(
+                                out,
+                                "{source}: call {call} is already analysed and its row is in the lake (one row per call): not submitted again; for a second analysis configure another exotel_analyze source"
+                            )?;
+                        }
+                        skipped += 1;
+                    }
+                    "failed" | "timed_out" => failed_kept += 1,
+                    _ => skipped += 1,
                 }
-                skipped += 1;
                 continue;
             }
-            Some("failed" | "timed_out") if !(again.force || again.retry_failed) => {
-                failed_kept += 1;
-                continue;
-            }
-            Some("queued" | "submitting") if !again.force => {
-                skipped += 1;
-                continue;
-            }
-            Some(_) => {}
-        }
-        match rt.block_on(analyzer.submit(call, &jobs)) {
+        };
+        match rt.block_on(analyzer.send(call, &task_id, &jobs)) {
             Ok(Submitted::Queued { .. }) => submitted += 1,
             Ok(Submitted::Refused(msg)) => {
                 refused += 1;

@@ -94,4 +94,17 @@ impl Jobs for SourceState {
     fn first_submitted_since(&self, since_us: i64) -> Result<u64, String> {
         self.ask(|s| s.jobs_first_submitted_since(self.source_id, since_us))
     }
+
+    fn claim_waiting(
+        &self,
+        max_per_day: u64,
+        day_start_us: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, String> {
+        self.ask(|s| s.jobs_claim_waiting(self.source_id, max_per_day, day_start_us, limit))
+    }
+
+    fn claim(&self, call_sid: &str, again: &[&str]) -> Result<Result<String, String>, String> {
+        self.ask(|s| s.job_claim(self.source_id, call_sid, again))
+    }
 }

@@ -72,6 +72,17 @@ pub trait Jobs: Send + Sync {
     fn waiting(&self, limit: usize) -> Result<Vec<String>, String>;
     /// How many calls were first submitted at or after `since_us`.
     fn first_submitted_since(&self, since_us: i64) -> Result<u64, String>;
+    /// Takes up to `limit` waiting calls within the day's budget, atomically (see
+    /// `State::jobs_claim_waiting`): (call sid, task id) pairs, each now `submitting`.
+    fn claim_waiting(
+        &self,
+        max_per_day: u64,
+        day_start_us: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, String>;
+    /// Takes one call for submission by hand, atomically (`State::job_claim`): its task id,
+    /// or the status that kept it.
+    fn claim(&self, call_sid: &str, again: &[&str]) -> Result<Result<String, String>, String>;
 }
 
 /// The stored cursor of a push source: the last inbox sequence number exported.

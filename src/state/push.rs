@@ -108,6 +108,95 @@ impl State {
         Ok(added)
     }
 
+    /// Takes up to `limit` waiting calls for submission, the longest waiting first, within the
+    /// UTC day's budget: in one write transaction that first counts the calls first submitted
+    /// since `day_start_us` (by any source or process, by hand or not), at most `max_per_day`
+    /// less that many are taken. A taken call is `submitting` with a new task id; a claim by
+    /// another process finds it no longer waiting, so no call is submitted twice and the cap
+    /// holds. Returns (call sid, task id) pairs.
+    pub fn jobs_claim_waiting(
+        &self,
+        source_id: i64,
+        max_per_day: u64,
+        day_start_us: i64,
+        limit: usize,
+    ) -> Result<Vec<(String, String)>, StateError> {
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )?;
+        let spent: i64 = tx.query_row(
+            "SELECT count(*) FROM jobs WHERE source_id = ?1 AND first_submitted_at >= ?2",
+            params![source_id, day_start_us],
+            |r| r.get(0),
+        )?;
+        let budget = (max_per_day as i64 - spent).clamp(0, limit as i64);
+        let now = chrono::Utc::now().timestamp_micros();
+        let taken = {
+            let mut stmt = tx.prepare_cached(
+                "UPDATE jobs SET status = 'submitting', task_id = lower(hex(randomblob(16))),
+                   job_id = NULL, submissions = submissions + 1, submitted_at = ?3,
+                   updated_at = ?3, reason = NULL, first_submitted_at = COALESCE(first_submitted_at, ?3)
+                 WHERE source_id = ?1 AND status = 'waiting' AND call_sid IN (
+                   SELECT call_sid FROM jobs WHERE source_id = ?1 AND status = 'waiting'
+                   ORDER BY submitted_at, call_sid LIMIT ?2)
+                 RETURNING call_sid, task_id",
+            )?;
+            stmt.query_map(params![source_id, budget, now], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))
+            })?
+            .collect::<Result<Vec<_>, _>>()?
+        };
+        tx.commit()?;
+        Ok(taken)
+    }
+
+    /// Takes one call for submission by hand: recorded `submitting` with a new task id only
+    /// when it has no job yet, is waiting, or is in one of `again` (statuses an operator asked
+    /// to submit again), checked and written in one write transaction, so a concurrent claim
+    /// (another process, the automatic submission) takes it once. `None`: not taken, with the
+    /// job's status.
+    pub fn job_claim(
+        &self,
+        source_id: i64,
+        call_sid: &str,
+        again: &[&str],
+    ) -> Result<Result<String, String>, StateError> {
+        let tx = rusqlite::Transaction::new_unchecked(
+            &self.conn,
+            rusqlite::TransactionBehavior::Immediate,
+        )?;
+        let status: Option<String> = tx
+            .query_row(
+                "SELECT status FROM jobs WHERE source_id = ?1 AND call_sid = ?2",
+                params![source_id, call_sid],
+                |r| r.get(0),
+            )
+            .map(Some)
+            .or_else(|e| match e {
+                rusqlite::Error::QueryReturnedNoRows => Ok(None),
+                e => Err(e),
+            })?;
+        if let Some(st) = status.as_deref()
+            && st != "waiting"
+            && !again.contains(&st)
+        {
+            return Ok(Err(st.to_string()));
+        }
+        let task_id = uuid::Uuid::now_v7().simple().to_string();
+        let now = chrono::Utc::now().timestamp_micros();
+        tx.execute(
+            "INSERT INTO jobs (source_id, call_sid, task_id, job_id, status, submissions, submitted_at, updated_at, first_submitted_at)
+             VALUES (?1, ?2, ?3, NULL, 'submitting', 1, ?4, ?4, ?4)
+             ON CONFLICT(source_id, call_sid) DO UPDATE SET task_id = ?3, job_id = NULL, status = 'submitting',
+               submissions = submissions + 1, submitted_at = ?4, updated_at = ?4, reason = NULL,
+               first_submitted_at = COALESCE(first_submitted_at, ?4)",
+            params![source_id, call_sid, task_id, now],
+        )?;
+        tx.commit()?;
+        Ok(Ok(task_id))
+    }
+
     /// Up to `limit` waiting calls, the longest waiting first.
     pub fn jobs_waiting(&self, source_id: i64, limit: usize) -> Result<Vec<String>, StateError> {
         let mut stmt = self.conn.prepare_cached(

@@ -497,3 +497,83 @@ fn the_daily_analysis_cap_holds_calls_back_and_sends_the_longest_waiting_first()
         text(&s)
     );
 }
+
+#[test]
+fn two_sources_sharing_an_analyzer_and_a_hand_analyze_submit_each_call_once_within_the_cap() {
+    const CAP: usize = 15;
+    let (env, _) = analysis_setup(
+        150,
+        &format!("analyze_max_per_day = {CAP}\nwindow_days = 2\n"),
+    );
+    // A second source over the same account, analysed by the same `insights`.
+    let mut cfg = std::fs::read_to_string(&env.config).unwrap();
+    let now = now_us();
+    cfg.push_str(
+        &ex_table(
+            &env,
+            &day(now - 6 * DAY_US),
+            &format!("analyze_with = \"insights\"\nanalyze_max_per_day = {CAP}\nwindow_days = 2\n"),
+        )
+        .replace("[sources.ex]", "[sources.ex2]")
+        .replace("[sources.ex.http]", "[sources.ex2.http]"),
+    );
+    std::fs::write(&env.config, cfg).unwrap();
+    let want = eligible(&env);
+    assert!(want.len() > 2 * CAP, "{}", want.len());
+    // Slow answers widen the window in which the three read the same waiting calls.
+    env.sim.set_faults(FaultPlan::every(
+        1,
+        vec![FaultKind::Slow(Duration::from_millis(15))],
+    ));
+    // The hand run names calls the automatic ones want too.
+    let hand: Vec<String> = want.iter().take(8).cloned().collect();
+    let list = env.dir.path().join("hand.txt");
+    std::fs::write(&list, hand.join("\n")).unwrap();
+    let mut children: Vec<std::process::Child> = ["ex", "ex2"]
+        .iter()
+        .map(|s| env.command(&["sync", "--source", s]).spawn().unwrap())
+        .collect();
+    let hand_out = env
+        .command(&["exotel", "analyze", "--source", "insights", "--from-file"])
+        .arg(&list)
+        .output()
+        .unwrap();
+    for c in &mut children {
+        assert!(c.wait().unwrap().success());
+    }
+    let said = text(&hand_out);
+    assert_eq!(hand_out.status.code(), Some(0), "{said}");
+    let by_hand: usize = said
+        .split("insights: ")
+        .filter_map(|l| l.split(" submitted,").next()?.trim().parse().ok())
+        .next()
+        .unwrap_or_else(|| panic!("{said}"));
+    env.sim.set_faults(FaultPlan::default());
+    // Once more each: the day's cap is spent.
+    env.sync_ok();
+    let subs = submitted(&env);
+    assert!(
+        subs.values().all(|&n| n == 1),
+        "a call was submitted twice: {:?}",
+        subs.iter().filter(|(_, n)| **n > 1).collect::<Vec<_>>()
+    );
+    assert!(subs.keys().all(|k| want.contains(k)));
+    // The automatic submissions stay within the cap whatever the hand run took; the hand run
+    // is the operator's own and is counted against the same day.
+    assert!(
+        subs.len() <= CAP + by_hand && subs.len() >= CAP,
+        "{} submitted, {by_hand} by hand, cap {CAP}",
+        subs.len()
+    );
+    let s = source_status(&env, "insights");
+    assert_eq!(
+        s["waiting_jobs"].as_u64().unwrap() as usize,
+        want.len() - subs.len(),
+        "{s}"
+    );
+    eprintln!(
+        "shared analyzer: {} calls submitted once each ({by_hand} by hand, cap {CAP}), {} waiting",
+        subs.len(),
+        want.len() - subs.len()
+    );
+}

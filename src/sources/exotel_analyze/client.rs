@@ -58,14 +58,25 @@ impl Analyzer {
         call_sid: &str,
         jobs: &dyn crate::sources::Jobs,
     ) -> Result<Submitted, SourceError> {
+        let task_id = uuid::Uuid::now_v7().simple().to_string();
+        jobs.submitting(call_sid, &task_id)
+            .map_err(|e| jobs_error(&self.source_name, e))?;
+        self.send(call_sid, &task_id, jobs).await
+    }
+
+    /// Sends a call already recorded `submitting` with `task_id` (a claim took it).
+    pub async fn send(
+        &self,
+        call_sid: &str,
+        task_id: &str,
+        jobs: &dyn crate::sources::Jobs,
+    ) -> Result<Submitted, SourceError> {
         let path = format!(
             "/v1/Accounts/{}/Calls/{}/ExoVoiceAnalyze.json",
             self.cfg.account_sid, call_sid
         );
         let url = self.http.url(&self.cfg.base_url, &path)?;
-        let task_id = uuid::Uuid::now_v7().simple().to_string();
         let err = |e| jobs_error(&self.source_name, e);
-        jobs.submitting(call_sid, &task_id).map_err(err)?;
         let mut body = serde_json::json!({
             "callback_url": self.callback_url,
             "insight_tasks": self.cfg.insight_tasks,
@@ -111,8 +122,11 @@ impl Analyzer {
                 source_name: self.source_name.clone(),
                 reason: format!("ExoVoiceAnalyze queued call {call_sid} without a job_id"),
             })?;
-        jobs.queued(&task_id, &job_id).map_err(err)?;
-        Ok(Submitted::Queued { task_id, job_id })
+        jobs.queued(task_id, &job_id).map_err(err)?;
+        Ok(Submitted::Queued {
+            task_id: task_id.to_string(),
+            job_id,
+        })
     }
 
     /// Resubmits the jobs whose result is overdue; gives up on those submitted

@@ -110,30 +110,32 @@ impl AutoAnalysis {
             .and_time(chrono::NaiveTime::MIN)
             .and_utc()
             .timestamp_micros();
-        let spent = self
-            .jobs
-            .first_submitted_since(day_start)
-            .map_err(|e| self.jobs_error(e))?;
-        let budget = self.max_per_day.saturating_sub(spent) as usize;
-        if budget == 0 {
-            let any = !self
-                .jobs
-                .waiting(1)
-                .map_err(|e| self.jobs_error(e))?
-                .is_empty();
-            if any && !self.capped {
-                self.capped = true;
-                warn!(source = %self.source_name, analyze_with = %self.target, max_per_day = self.max_per_day, "Daily analysis cap reached; waiting calls go on the next UTC day.");
-            }
-            return Ok(());
-        }
-        let waiting = self
-            .jobs
-            .waiting(budget.min(1_000))
-            .map_err(|e| self.jobs_error(e))?;
+        // Each call is taken with the day's budget in one state transaction: two sources
+        // sharing this analyzer, or a hand `exotel analyze`, never take a call twice nor
+        // together pass the cap. One at a time, so a failed send leaves the rest waiting.
         let (mut queued, mut refused) = (0, 0);
-        for call in &waiting {
-            match self.analyzer.submit(call, self.jobs.as_ref()).await {
+        loop {
+            let claimed = self
+                .jobs
+                .claim_waiting(self.max_per_day, day_start, 1)
+                .map_err(|e| self.jobs_error(e))?;
+            let Some((call, task_id)) = claimed.into_iter().next() else {
+                let any = !self
+                    .jobs
+                    .waiting(1)
+                    .map_err(|e| self.jobs_error(e))?
+                    .is_empty();
+                if any && !self.capped {
+                    self.capped = true;
+                    warn!(source = %self.source_name, analyze_with = %self.target, max_per_day = self.max_per_day, "Daily analysis cap reached; waiting calls go on the next UTC day.");
+                }
+                break;
+            };
+            match self
+                .analyzer
+                .send(&call, &task_id, self.jobs.as_ref())
+                .await
+            {
                 Ok(Submitted::Queued { .. }) => queued += 1,
                 Ok(Submitted::Refused(msg)) => {
                     refused += 1;
