@@ -577,3 +577,70 @@ fn two_sources_sharing_an_analyzer_and_a_hand_analyze_submit_each_call_once_with
         want.len() - subs.len()
     );
 }
+
+#[test]
+fn a_resumed_backfill_past_the_six_months_continues_from_the_oldest_day_listed() {
+    let env = Env::new(VoicegainSim::new(1, 0), 100);
+    let now = now_us();
+    env.sim
+        .exotel()
+        .calls
+        .add_calls(1200, now - 200 * DAY_US, now - HOUR_US);
+    env.write_config(
+        &ex_table(&env, &day(now - 2 * DAY_US), "window_days = 5\n"),
+        100_000,
+    );
+    let (d1, d2) = (day(now - 170 * DAY_US), day(now - 150 * DAY_US));
+    // Interrupted after its first commit: the backfill keeps its position.
+    let out = env
+        .command(&["backfill", "--source", "ex", "--from", &d1, "--to", &d2])
+        .env("CALLSYNC_FAILPOINT", "after_commit")
+        .output()
+        .unwrap();
+    assert_ne!(out.status.code(), Some(0), "{}", text(&out));
+    // Months pass (as the state would look): the backfill began 200 days ago and stands 195
+    // days back, older than the API lists now.
+    let d0 = day(now - 200 * DAY_US);
+    let pos = chrono::DateTime::from_timestamp_micros(now - 195 * DAY_US)
+        .unwrap()
+        .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let db = rusqlite::Connection::open(env.state_path()).unwrap();
+    let n = db
+        .execute(
+            "UPDATE backfills SET from_day = ?1, cursor = json_set(cursor, '$.from', ?2)",
+            rusqlite::params![d0, pos],
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    drop(db);
+    let refused = env.sim.exotel().calls.refused;
+    let out = env.run(&["backfill", "--source", "ex", "--from", &d0, "--to", &d2]);
+    let said = text(&out);
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert!(said.contains("cannot be fetched any more"), "{said}");
+    assert!(said.contains(&pos), "the lost span is named: {said}");
+    assert_eq!(
+        env.sim.exotel().calls.refused,
+        refused,
+        "a refused range was asked for"
+    );
+    // Every call from the oldest time listed to the end of the range is in the lake.
+    let oldest =
+        callsync::sources::exotel_calls::oldest_listed(chrono::Utc::now()).timestamp_micros();
+    let end = chrono::NaiveDate::parse_from_str(&d2, "%Y-%m-%d")
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_micros()
+        + DAY_US;
+    let want = listed(&env, oldest + HOUR_US, end);
+    assert!(want.len() > 100, "{}", want.len());
+    let rows = rows_by_id(&env, "ex");
+    let missing: Vec<&String> = want.keys().filter(|k| !rows.contains_key(*k)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} calls of the served span missing",
+        missing.len()
+    );
+}

@@ -344,7 +344,10 @@ impl ExotelCallsSource {
         Self::with_clock(source_name, cfg, clock, ctx)
     }
 
-    /// A run over `[from, to)` (backfill), refused when `from` is older than the API lists.
+    /// A run over `[from, to)` (backfill). A new one older than the API lists is refused. A
+    /// resumed one whose position has since fallen past the limit (it was interrupted, and
+    /// time went on) continues from the oldest time still listed, and says which calls it
+    /// could not fetch: a backfill is never refused for good for what it already began.
     pub fn range(
         source_name: &str,
         cfg: &ExotelCallsConfig,
@@ -354,13 +357,23 @@ impl ExotelCallsSource {
         ctx: &OpenContext,
     ) -> Result<Self, SourceError> {
         let oldest = oldest_listed(Utc::now());
-        let clock = WindowClock::range(source_name, from, to, cursor, cfg.window_settings())?;
+        let mut clock = WindowClock::range(source_name, from, to, cursor, cfg.window_settings())?;
         if clock.pos < oldest {
-            return Err(too_old(
-                source_name,
-                format!("the backfill from {}", from.format("%Y-%m-%d")),
-                oldest,
-            ));
+            if cursor.is_none() {
+                return Err(too_old(
+                    source_name,
+                    format!("the backfill from {}", from.format("%Y-%m-%d")),
+                    oldest,
+                ));
+            }
+            let resume = whole_second(oldest).min(to);
+            warn!(
+                source = %source_name,
+                lost_from = %rfc3339(clock.pos),
+                lost_to = %rfc3339(resume),
+                "The resumed backfill's position is older than the {MAX_AGE_MONTHS} months Exotel lists; calls created in that span cannot be fetched any more. Continuing from the oldest time still listed."
+            );
+            clock.pos = resume;
         }
         Self::with_clock(source_name, cfg, clock, ctx)
     }
