@@ -48,6 +48,12 @@ pub struct UpkeepLabels {
     pub outcome: String,
 }
 
+/// `{outcome}` of a config reload.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: String,
+}
+
 /// `{task}` of the lake's upkeep.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TaskLabels {
@@ -114,6 +120,7 @@ pub struct Metrics {
     commit_retries: Family<TableLabels, Counter>,
     compaction_conflicts: Family<SourceLabels, Counter>,
     partition_files: Family<SourceLabels, Gauge>,
+    reloads: Family<OutcomeLabels, Counter>,
     /// Where each source's cursor stands in time (µs), for the lag computed at each scrape.
     cursor_at: Mutex<HashMap<String, i64>>,
 }
@@ -149,6 +156,7 @@ impl Metrics {
             commit_retries: Family::default(),
             compaction_conflicts: Family::default(),
             partition_files: Family::default(),
+            reloads: Family::default(),
             cursor_at: Mutex::new(HashMap::new()),
         };
         for task in UPKEEP_TASKS {
@@ -160,6 +168,11 @@ impl Metrics {
             }
             let _ = m.upkeep_last_success.get_or_create(&TaskLabels {
                 task: task.to_string(),
+            });
+        }
+        for outcome in ["ok", "failed"] {
+            let _ = m.reloads.get_or_create(&OutcomeLabels {
+                outcome: outcome.to_string(),
             });
         }
         for table in TABLES {
@@ -261,6 +274,11 @@ impl Metrics {
             "callsync_partition_files_max",
             "The most files one past day's partition of the source holds (readers pay for each), as of the last compaction",
             m.partition_files.clone(),
+        );
+        registry.register(
+            "callsync_config_reloads",
+            "SIGHUP reloads of the config by outcome: ok, or failed (the running config stays; the log says why)",
+            m.reloads.clone(),
         );
         registry.register(
             "callsync_build",
@@ -480,6 +498,17 @@ pub fn upkeep(task: &str, ok: bool) {
                 })
                 .set(chrono::Utc::now().timestamp_micros() as f64 / 1e6);
         }
+    }
+}
+
+/// A SIGHUP reload ended: applied, or not (the running config stays).
+pub fn config_reload(ok: bool) {
+    if let Some(m) = get() {
+        m.reloads
+            .get_or_create(&OutcomeLabels {
+                outcome: if ok { "ok" } else { "failed" }.to_string(),
+            })
+            .inc();
     }
 }
 

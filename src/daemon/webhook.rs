@@ -24,6 +24,9 @@ use crate::state::{NewDelivery, State};
 /// Deliveries persisted per transaction at most.
 const MAX_BATCH: usize = 2048;
 
+/// The webhook endpoints of a config, by source name (made off the scheduler's thread).
+pub struct Endpoints(HashMap<String, Arc<Endpoint>>);
+
 /// One push source's endpoint.
 struct Endpoint {
     source_id: i64,
@@ -89,14 +92,20 @@ impl Intake {
     /// Takes the push sources of `cfg` (at start and on reload). A source whose token cannot
     /// be read has no endpoint (404) and is logged.
     pub fn configure(&self, cfg: &Config) {
+        match Self::endpoints_for(cfg, false) {
+            Ok(map) => self.set_endpoints(map),
+            Err(e) => error!(error = %e, "Cannot open the state for the webhook endpoints."),
+        }
+    }
+
+    /// The endpoints of `cfg`'s push sources, each registered in the state (the state work of
+    /// `configure`, which a reload runs off the scheduler's thread). A source whose token or
+    /// registration fails is left out (its webhook answers 404) and logged; `Err`: the state
+    /// did not open, or, when `all_or_none` (a reload, which keeps the running endpoints
+    /// rather than drop one), a source could not be registered.
+    pub fn endpoints_for(cfg: &Config, all_or_none: bool) -> Result<Endpoints, String> {
         let mut map = HashMap::new();
-        let state = match State::open(&cfg.state.path) {
-            Ok(s) => s,
-            Err(e) => {
-                error!(error = %e, "Cannot open the state for the webhook endpoints.");
-                return;
-            }
-        };
+        let state = State::open(&cfg.state.path).map_err(|e| e.to_string())?;
         for (name, scfg) in &cfg.sources {
             let Some(spec) = scfg.webhook() else {
                 continue;
@@ -110,6 +119,9 @@ impl Intake {
             };
             let source_id = match state.source(name, scfg.kind()) {
                 Ok(r) => r.id,
+                Err(e) if all_or_none => {
+                    return Err(format!("registering the push source {name}: {e}"));
+                }
                 Err(e) => {
                     error!(source = %name, error = %e, "Cannot register the push source.");
                     continue;
@@ -125,7 +137,12 @@ impl Intake {
                 }),
             );
         }
-        *self.endpoints.write().unwrap_or_else(|p| p.into_inner()) = map;
+        Ok(Endpoints(map))
+    }
+
+    /// Serves these endpoints from now on.
+    pub fn set_endpoints(&self, map: Endpoints) {
+        *self.endpoints.write().unwrap_or_else(|p| p.into_inner()) = map.0;
     }
 
     /// Push sources and their ids (for the inbox gauges).

@@ -296,15 +296,32 @@ impl State {
 
     /// The row of `name`, created on first use; refuses a changed kind.
     pub fn source(&self, name: &str, kind: &str) -> Result<SourceRow, StateError> {
-        self.conn.execute(
-            "INSERT INTO sources (name, kind) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
-            params![name, kind],
-        )?;
-        let (id, stored, cursor): (i64, String, Option<String>) = self.conn.query_row(
-            "SELECT id, kind, cursor FROM sources WHERE name = ?1",
-            [name],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-        )?;
+        let read = |conn: &rusqlite::Connection| {
+            conn.query_row(
+                "SELECT id, kind, cursor FROM sources WHERE name = ?1",
+                [name],
+                |r| {
+                    Ok((
+                        r.get::<_, i64>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Option<String>>(2)?,
+                    ))
+                },
+            )
+        };
+        // A known source is only read: no write lock is waited for (a daemon's reload must
+        // not queue behind a long transaction for what it already has).
+        let (id, stored, cursor) = match read(&self.conn) {
+            Ok(row) => row,
+            Err(rusqlite::Error::QueryReturnedNoRows) => {
+                self.conn.execute(
+                    "INSERT INTO sources (name, kind) VALUES (?1, ?2) ON CONFLICT(name) DO NOTHING",
+                    params![name, kind],
+                )?;
+                read(&self.conn)?
+            }
+            Err(e) => return Err(e.into()),
+        };
         if stored != kind {
             return Err(StateError::KindChanged {
                 name: name.to_string(),

@@ -1002,3 +1002,100 @@ impl PreExecUmask for Command {
         }
     }
 }
+
+#[test]
+fn a_reload_waits_for_a_busy_state_off_the_scheduler_and_the_watchdog_keeps_hearing() {
+    let env = Env::new(VoicegainSim::new(93, 0), 100);
+    let port = crate::exotel::free_port();
+    crate::exotel::analyze_config(&env, port, "");
+    let sock_path = env.dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut d = Daemon::start(
+        &env,
+        &[
+            ("NOTIFY_SOCKET", sock_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "1000000"),
+        ],
+        false,
+    );
+    let mut buf = [0u8; 4096];
+    let mut recv = |until: Instant, pings: &mut Vec<Instant>| {
+        while Instant::now() < until {
+            if let Ok(n) = sock.recv(&mut buf)
+                && String::from_utf8_lossy(&buf[..n]).contains("WATCHDOG=1")
+            {
+                pings.push(Instant::now());
+            }
+        }
+    };
+    let mut pings = Vec::new();
+    recv(Instant::now() + Duration::from_secs(2), &mut pings);
+    assert!(
+        !pings.is_empty(),
+        "no watchdog ping before the reload: {}",
+        d.log_text()
+    );
+    // The reload adds a push source: registering it needs the state's write lock, which
+    // another process holds for 40 s.
+    let cfg = std::fs::read_to_string(&env.config).unwrap();
+    let table = &cfg[cfg.find("[sources.insights]").unwrap()..];
+    std::fs::write(
+        &env.config,
+        format!(
+            "{cfg}{}",
+            table
+                .replace("[sources.insights]", "[sources.insights2]")
+                .replace("[sources.insights.http]", "[sources.insights2.http]")
+        ),
+    )
+    .unwrap();
+    let holder = rusqlite::Connection::open(env.state_path()).unwrap();
+    holder.execute_batch("BEGIN IMMEDIATE").unwrap();
+    let locked_at = Instant::now();
+    d.signal(libc::SIGHUP);
+    let mut held = Vec::new();
+    recv(locked_at + Duration::from_secs(40), &mut held);
+    holder.execute_batch("COMMIT").unwrap();
+    let released = Instant::now();
+    let gaps: Vec<Duration> = held.windows(2).map(|w| w[1] - w[0]).collect();
+    let worst = gaps.iter().max().copied().unwrap_or(Duration::MAX);
+    eprintln!(
+        "reload under a held lock: {} watchdog pings in 40 s, the longest gap {worst:?}",
+        held.len()
+    );
+    assert!(
+        held.len() >= 60,
+        "{} pings while the lock was held",
+        held.len()
+    );
+    assert!(
+        worst < Duration::from_secs(1),
+        "a gap of {worst:?} between pings"
+    );
+    let log = d.log_text();
+    assert!(log.contains("Config reload waits for the state"), "{log}");
+    assert!(
+        !log.contains("Config reloaded."),
+        "applied before the lock was released: {log}"
+    );
+    // Released: the reload finishes and the new source is registered.
+    assert!(
+        wait_until(20, || d.log_text().contains("Config reloaded.")),
+        "{}",
+        d.log_text()
+    );
+    eprintln!("reload applied {:?} after the release", released.elapsed());
+    let db = rusqlite::Connection::open(env.state_path()).unwrap();
+    let n: i64 = db
+        .query_row(
+            "SELECT count(*) FROM sources WHERE name = 'insights2'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 1);
+    d.signal(libc::SIGTERM);
+    assert_eq!(d.wait_exit(20).0, Some(0), "{}", d.log_text());
+}
