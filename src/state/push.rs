@@ -5,6 +5,14 @@ use rusqlite::params;
 
 use super::{Job, State, StateError};
 
+/// Records a call as `submitting` with a task id (?3) at ?4: a new job, or the next
+/// submission of its job.
+const SUBMITTING: &str = "INSERT INTO jobs (source_id, call_sid, task_id, job_id, status, submissions, submitted_at, updated_at, first_submitted_at)
+     VALUES (?1, ?2, ?3, NULL, 'submitting', 1, ?4, ?4, ?4)
+     ON CONFLICT(source_id, call_sid) DO UPDATE SET task_id = ?3, job_id = NULL, status = 'submitting',
+       submissions = submissions + 1, submitted_at = ?4, updated_at = ?4, reason = NULL,
+       first_submitted_at = COALESCE(first_submitted_at, ?4)";
+
 /// A webhook delivery to store in the inbox.
 #[derive(Debug, Clone)]
 pub struct NewDelivery {
@@ -78,14 +86,8 @@ impl State {
         task_id: &str,
     ) -> Result<(), StateError> {
         let now = chrono::Utc::now().timestamp_micros();
-        self.conn.execute(
-            "INSERT INTO jobs (source_id, call_sid, task_id, job_id, status, submissions, submitted_at, updated_at, first_submitted_at)
-             VALUES (?1, ?2, ?3, NULL, 'submitting', 1, ?4, ?4, ?4)
-             ON CONFLICT(source_id, call_sid) DO UPDATE SET task_id = ?3, job_id = NULL, status = 'submitting',
-               submissions = submissions + 1, submitted_at = ?4, updated_at = ?4, reason = NULL,
-               first_submitted_at = COALESCE(first_submitted_at, ?4)",
-            params![source_id, call_sid, task_id, now],
-        )?;
+        self.conn
+            .execute(SUBMITTING, params![source_id, call_sid, task_id, now])?;
         Ok(())
     }
 
@@ -185,14 +187,7 @@ impl State {
         }
         let task_id = uuid::Uuid::now_v7().simple().to_string();
         let now = chrono::Utc::now().timestamp_micros();
-        tx.execute(
-            "INSERT INTO jobs (source_id, call_sid, task_id, job_id, status, submissions, submitted_at, updated_at, first_submitted_at)
-             VALUES (?1, ?2, ?3, NULL, 'submitting', 1, ?4, ?4, ?4)
-             ON CONFLICT(source_id, call_sid) DO UPDATE SET task_id = ?3, job_id = NULL, status = 'submitting',
-               submissions = submissions + 1, submitted_at = ?4, updated_at = ?4, reason = NULL,
-               first_submitted_at = COALESCE(first_submitted_at, ?4)",
-            params![source_id, call_sid, task_id, now],
-        )?;
+        tx.execute(SUBMITTING, params![source_id, call_sid, task_id, now])?;
         tx.commit()?;
         Ok(Ok(task_id))
     }
