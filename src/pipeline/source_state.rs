@@ -91,10 +91,6 @@ impl Jobs for SourceState {
         self.ask(|s| s.jobs_waiting(self.source_id, limit))
     }
 
-    fn first_submitted_since(&self, since_us: i64) -> Result<u64, String> {
-        self.ask(|s| s.jobs_first_submitted_since(self.source_id, since_us))
-    }
-
     fn claim_waiting(
         &self,
         max_per_day: u64,

@@ -70,8 +70,6 @@ pub trait Jobs: Send + Sync {
     fn wait(&self, call_sids: &[&str]) -> Result<usize, String>;
     /// Up to `limit` waiting calls, the longest waiting first.
     fn waiting(&self, limit: usize) -> Result<Vec<String>, String>;
-    /// How many calls were first submitted at or after `since_us`.
-    fn first_submitted_since(&self, since_us: i64) -> Result<u64, String>;
     /// Takes up to `limit` waiting calls within the day's budget, atomically (see
     /// `State::jobs_claim_waiting`): (call sid, task id) pairs, each now `submitting`.
     fn claim_waiting(

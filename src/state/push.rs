@@ -213,19 +213,6 @@ impl State {
         )? as u64)
     }
 
-    /// Calls first submitted at or after `since_us` (by hand or automatically).
-    pub fn jobs_first_submitted_since(
-        &self,
-        source_id: i64,
-        since_us: i64,
-    ) -> Result<u64, StateError> {
-        Ok(self.conn.query_row(
-            "SELECT count(*) FROM jobs WHERE source_id = ?1 AND first_submitted_at >= ?2",
-            params![source_id, since_us],
-            |r| r.get::<_, i64>(0),
-        )? as u64)
-    }
-
     /// The vendor queued submission `task_id` as `job_id`; a job whose result already came
     /// keeps its status.
     pub fn job_queued(

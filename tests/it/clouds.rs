@@ -31,7 +31,7 @@ use std::process::{Child, Command, Stdio};
 use callsync::simulator::VoicegainSim;
 use futures_util::TryStreamExt;
 
-use crate::delta::{Readers, ids_once, truth, use_delta};
+use crate::delta::{Readers, truth, use_delta};
 use crate::helpers::*;
 use crate::object_store::{Cloud, kills_then_exact};
 
@@ -579,24 +579,7 @@ fn delta_appended_compacted_vacuumed(cloud: &dyn Cloud, readers: &Readers, seed:
         let out = cmd(&["sync"]).output().unwrap();
         assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     }
-    let view = || {
-        let want = truth(&env);
-        let mut files = BTreeMap::<String, u64>::new();
-        let mut hash = BTreeMap::<String, String>::new();
-        for line in readers.read(&uri, "call_id", Some(&options)) {
-            assert_eq!(
-                ids_once(&line),
-                want,
-                "{} differs from the truth",
-                line["reader"]
-            );
-            if line["reader"] == "deltalake" {
-                files = serde_json::from_value(line["files_by_partition"].clone()).unwrap();
-                hash = serde_json::from_value(line["rows_hash"].clone()).unwrap();
-            }
-        }
-        (files, hash)
-    };
+    let view = || crate::compaction::table_view_at(&env, readers, &uri, Some(&options));
     let (files_before, hash_before) = view();
     for point in ["compact_before_commit", "compact_after_commit"] {
         let mut c = cmd(&["compact"]);

@@ -31,9 +31,19 @@ fn many_small_commits(seed: u64, syncs: usize, per_sync: usize) -> Env {
 /// checking every reader holds exactly the truth.
 fn table_view(env: &Env, readers: &Readers) -> (BTreeMap<String, u64>, BTreeMap<String, String>) {
     let uri = env.warehouse().join("calls").display().to_string();
+    table_view_at(env, readers, &uri, None)
+}
+
+/// As `table_view`, for the table at `uri` with these storage options.
+pub(crate) fn table_view_at(
+    env: &Env,
+    readers: &Readers,
+    uri: &str,
+    options: Option<&serde_json::Value>,
+) -> (BTreeMap<String, u64>, BTreeMap<String, String>) {
     let want = truth(env);
     let mut view = None;
-    for line in readers.read(&uri, "call_id", None) {
+    for line in readers.read(uri, "call_id", options) {
         assert_eq!(
             ids_once(&line),
             want,

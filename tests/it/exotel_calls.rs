@@ -64,6 +64,16 @@ pub(crate) fn setup(n: usize, days: i64, extra: &str) -> Env {
     env
 }
 
+/// The first microsecond of a UTC day `YYYY-MM-DD`.
+fn day_start_us(d: &str) -> i64 {
+    chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
+        .unwrap()
+        .and_hms_opt(0, 0, 0)
+        .unwrap()
+        .and_utc()
+        .timestamp_micros()
+}
+
 /// The calls the account lists now that were created before `before_us` and at or after
 /// `from_us`.
 fn listed(env: &Env, from_us: i64, before_us: i64) -> BTreeMap<String, ExCall> {
@@ -218,14 +228,7 @@ fn a_40_day_backfill_crosses_the_31_day_limit_and_a_range_past_six_months_is_ref
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     assert_eq!(env.sim.exotel().calls.refused, 0, "{}", text(&out));
     assert!(counters(&env).0 - lists >= 2);
-    let start = |d: &str| {
-        chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d")
-            .unwrap()
-            .and_hms_opt(0, 0, 0)
-            .unwrap()
-            .and_utc()
-            .timestamp_micros()
-    };
+    let start = day_start_us;
     let mut want = listed(&env, start(&from), start(&to) + DAY_US);
     want.extend(listed(
         &env,
@@ -627,13 +630,7 @@ fn a_resumed_backfill_past_the_six_months_continues_from_the_oldest_day_listed()
     // Every call from the oldest time listed to the end of the range is in the lake.
     let oldest =
         callsync::sources::exotel_calls::oldest_listed(chrono::Utc::now()).timestamp_micros();
-    let end = chrono::NaiveDate::parse_from_str(&d2, "%Y-%m-%d")
-        .unwrap()
-        .and_hms_opt(0, 0, 0)
-        .unwrap()
-        .and_utc()
-        .timestamp_micros()
-        + DAY_US;
+    let end = day_start_us(&d2) + DAY_US;
     let want = listed(&env, oldest + HOUR_US, end);
     assert!(want.len() > 100, "{}", want.len());
     let rows = rows_by_id(&env, "ex");
