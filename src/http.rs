@@ -8,8 +8,8 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue, RETRY_AFTER};
 use reqwest::{StatusCode, Url};
 use tracing::{debug, warn};
 
-use crate::config::HttpConfig;
 use crate::secret::Secret;
+use crate::settings::HttpConfig;
 
 /// A failed request, after retries where retrying made sense.
 #[derive(Debug, thiserror::Error)]

@@ -14,6 +14,7 @@ pub mod progress;
 pub mod record;
 pub mod schema;
 pub mod secret;
+pub mod settings;
 pub mod shared;
 pub mod simulator;
 pub mod sources;

@@ -1,12 +1,11 @@
 //! TOML configuration: typed, defaulted, validated once, every problem named by file, table and key.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::settings::{Problem, Problems, typed};
 use crate::sources::SourceConfig;
 
 mod warehouse;
@@ -105,114 +104,6 @@ impl Default for StateConfig {
     }
 }
 
-/// `[sources.<name>.http]`: the HTTP behaviour of one source.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Seconds allowed to open a connection.
-    #[serde(default = "default_connect_timeout_secs")]
-    pub connect_timeout_secs: u64,
-    /// Seconds allowed for one whole request, body included.
-    #[serde(default = "default_timeout_secs")]
-    pub timeout_secs: u64,
-    /// Attempts per request (first try included) before the source fails.
-    #[serde(default = "default_max_attempts")]
-    pub max_attempts: u32,
-    /// First retry delay in milliseconds; doubles per attempt, with jitter.
-    #[serde(default = "default_backoff_initial_ms")]
-    pub backoff_initial_ms: u64,
-    /// Longest retry delay in milliseconds (also caps a vendor's `Retry-After`).
-    #[serde(default = "default_backoff_max_ms")]
-    pub backoff_max_ms: u64,
-}
-
-fn default_connect_timeout_secs() -> u64 {
-    10
-}
-fn default_timeout_secs() -> u64 {
-    60
-}
-fn default_max_attempts() -> u32 {
-    6
-}
-fn default_backoff_initial_ms() -> u64 {
-    500
-}
-fn default_backoff_max_ms() -> u64 {
-    60_000
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        HttpConfig {
-            connect_timeout_secs: default_connect_timeout_secs(),
-            timeout_secs: default_timeout_secs(),
-            max_attempts: default_max_attempts(),
-            backoff_initial_ms: default_backoff_initial_ms(),
-            backoff_max_ms: default_backoff_max_ms(),
-        }
-    }
-}
-
-impl HttpConfig {
-    /// Reports out-of-range values under `table`.
-    pub fn validate(&self, table: &str, problems: &mut Problems) {
-        let t = format!("{table}.http");
-        if self.connect_timeout_secs == 0 {
-            problems.push(&t, Some("connect_timeout_secs"), "must be at least 1");
-        }
-        if self.timeout_secs == 0 {
-            problems.push(&t, Some("timeout_secs"), "must be at least 1");
-        }
-        if !(1..=100).contains(&self.max_attempts) {
-            problems.push(&t, Some("max_attempts"), "must be between 1 and 100");
-        }
-        if self.backoff_max_ms < self.backoff_initial_ms {
-            problems.push(
-                &t,
-                Some("backoff_max_ms"),
-                "must be at least backoff_initial_ms",
-            );
-        }
-    }
-
-    /// Connect timeout as a `Duration`.
-    pub fn connect_timeout(&self) -> Duration {
-        Duration::from_secs(self.connect_timeout_secs)
-    }
-
-    /// Request timeout as a `Duration`.
-    pub fn timeout(&self) -> Duration {
-        Duration::from_secs(self.timeout_secs)
-    }
-}
-
-/// One problem found in a config file.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// The TOML table, e.g. `sources.voicegain`.
-    pub table: String,
-    /// The key inside the table, when the problem is about one key.
-    pub key: Option<String>,
-    /// What is wrong.
-    pub message: String,
-}
-
-/// Every problem found while loading one file.
-#[derive(Debug, Default)]
-pub struct Problems(pub Vec<Problem>);
-
-impl Problems {
-    /// Records a problem.
-    pub fn push(&mut self, table: &str, key: Option<&str>, message: impl Into<String>) {
-        self.0.push(Problem {
-            table: table.to_string(),
-            key: key.map(str::to_string),
-            message: message.into(),
-        });
-    }
-}
-
 /// A config file that cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -240,15 +131,6 @@ fn render(file: &Path, problems: &[Problem]) -> String {
         out.push_str(&format!("\n  {p}"));
     }
     out
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match &self.key {
-            Some(k) => write!(f, "[{}] key `{}`: {}", self.table, k, self.message),
-            None => write!(f, "[{}]: {}", self.table, self.message),
-        }
-    }
 }
 
 /// Whether `name` is a valid source name: `[a-z0-9_-]{1,64}`. Source names become path
@@ -387,51 +269,6 @@ impl Config {
             Err(invalid(problems.0))
         }
     }
-}
-
-/// Deserializes one table, turning a serde error into a problem that names the key.
-pub fn typed<T: serde::de::DeserializeOwned>(
-    table: &str,
-    value: toml::Value,
-    problems: &mut Problems,
-) -> Option<T> {
-    match serde_path_to_error::deserialize::<_, T>(value) {
-        Ok(v) => Some(v),
-        Err(e) => {
-            let path = e.path().to_string();
-            let inner = e.into_inner().to_string();
-            let inner = inner.trim().to_string();
-            // Unknown/missing keys name themselves in the message; the path then points at
-            // the table that holds them.
-            let named = between_backticks(&inner);
-            let mut segments: Vec<&str> = if path == "." || path.is_empty() {
-                Vec::new()
-            } else {
-                path.split('.').collect()
-            };
-            let key = if inner.starts_with("unknown field") || inner.starts_with("missing field") {
-                // The message names the key; the path may or may not end with it.
-                if segments.last().copied() == named.as_deref() {
-                    segments.pop();
-                }
-                named
-            } else {
-                segments.pop().map(str::to_string)
-            };
-            let table = std::iter::once(table)
-                .chain(segments)
-                .collect::<Vec<_>>()
-                .join(".");
-            problems.push(&table, key.as_deref(), inner);
-            None
-        }
-    }
-}
-
-fn between_backticks(s: &str) -> Option<String> {
-    let start = s.find('`')? + 1;
-    let len = s[start..].find('`')?;
-    Some(s[start..start + len].to_string())
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use super::Problems;
+use crate::settings::Problems;
 
 /// `[warehouse]`
 #[derive(Debug, Clone, Deserialize)]
@@ -125,7 +125,7 @@ impl CompactionConfig {
                     "compaction needs [warehouse] format = \"delta\": a plain Parquet lake has no atomic swap, so its readers would see rows twice or not at all",
                 );
             }
-            crate::sources::validate_schedule("compaction", s, problems);
+            crate::settings::validate_schedule("compaction", s, problems);
         }
         if self.min_files < 2 {
             problems.push("compaction", Some("min_files"), "must be at least 2");

@@ -4,6 +4,8 @@
 
 use std::time::Duration;
 
+use super::exotel_calls::KOLKATA_OFFSET_SECS;
+
 /// One monitor leg's terminal callback.
 #[derive(Debug, Clone, PartialEq)]
 pub struct MonitorLeg {
@@ -171,9 +173,6 @@ pub struct CallDetail {
     pub from: String,
     pub to: String,
 }
-
-/// Exotel's default account zone, Asia/Kolkata, is 5 h 30 min east of UTC (no DST).
-pub const KOLKATA_OFFSET_SECS: i64 = 19_800;
 
 /// The details of `sid` (`None` for the ones the API does not know).
 pub fn call_detail(sid: &str) -> Option<CallDetail> {

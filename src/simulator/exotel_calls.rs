@@ -12,8 +12,8 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
-use super::exotel::KOLKATA_OFFSET_SECS;
-
+/// Exotel's default account zone, Asia/Kolkata, is 5 h 30 min east of UTC (no DST).
+pub const KOLKATA_OFFSET_SECS: i64 = 19_800;
 /// At most this many days between `gte` and `lte`.
 pub const MAX_QUERY_DAYS: i64 = 31;
 /// Nothing created more than this many months ago is listed.

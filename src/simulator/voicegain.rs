@@ -16,50 +16,8 @@ use axum::routing::get;
 use super::Shared;
 use super::faults::{apply, dropped_body};
 pub use super::voicegain_rows::HEADER;
+pub use super::voicegain_rows::VgCall;
 use super::voicegain_rows::{AGENTS, QUEUES, SENTENCES, TAGS, TOPICS, uuid};
-
-/// One simulated call: the columns callsync maps (an empty string is an empty CSV cell),
-/// and a seed from which the other documented columns are rendered.
-#[derive(Debug, Clone, PartialEq)]
-pub struct VgCall {
-    pub id: u64,
-    /// Start, seconds since the epoch (UTC).
-    pub start_secs: i64,
-    pub duration_secs: u32,
-    pub direction: String,
-    pub external: String,
-    pub internal: String,
-    /// Empty on voice-bot calls that never reached an agent.
-    pub agent_id: String,
-    pub agent_name: String,
-    pub queue_name: String,
-    /// Absent on some calls.
-    pub sentiment: Option<f64>,
-    /// Multi-line, with quotes and commas; empty on some calls.
-    pub notes: String,
-    pub tags: Vec<String>,
-    pub topics: Vec<String>,
-    /// DONE, ERROR, or an unfinished phase (TRANSCRIBING, ANALYZING).
-    pub phase: String,
-    pub language: String,
-    pub recording: String,
-    /// A row whose startTime is not a time: must land in rejects.
-    pub malformed: bool,
-    /// Seed of the columns callsync does not map (rendered, not stored).
-    pub seed: u64,
-}
-
-impl VgCall {
-    /// Whether the call is finished (DONE or ERROR).
-    pub fn is_final(&self) -> bool {
-        self.phase == "DONE" || self.phase == "ERROR"
-    }
-
-    /// Whether a voice bot handled the call without an agent.
-    pub fn is_bot_only(&self) -> bool {
-        self.agent_id.is_empty()
-    }
-}
 
 /// The simulated account: its calls and its token.
 pub struct VoicegainSim {
@@ -275,13 +233,6 @@ impl VoicegainSim {
         }
         String::from_utf8(w.into_inner().unwrap_or_default()).unwrap_or_default()
     }
-}
-
-/// `MM-DD-YYYY h:mm:ss AM/PM`, UTC.
-pub fn fmt_time(secs: i64) -> String {
-    chrono::DateTime::from_timestamp(secs, 0)
-        .map(|t| t.format("%m-%d-%Y %-I:%M:%S %p").to_string())
-        .unwrap_or_default()
 }
 
 /// The Voicegain routes, under `/voicegain/v1`.

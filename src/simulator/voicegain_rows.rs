@@ -2,7 +2,55 @@
 //! exports are (many empty; UUIDs, random session ids, phone numbers, notes with quotes and new
 //! lines, word clouds, keywords and markers on some calls).
 
-use super::voicegain::{VgCall, fmt_time};
+/// One simulated call: the columns callsync maps (an empty string is an empty CSV cell),
+/// and a seed from which the other documented columns are rendered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VgCall {
+    pub id: u64,
+    /// Start, seconds since the epoch (UTC).
+    pub start_secs: i64,
+    pub duration_secs: u32,
+    pub direction: String,
+    pub external: String,
+    pub internal: String,
+    /// Empty on voice-bot calls that never reached an agent.
+    pub agent_id: String,
+    pub agent_name: String,
+    pub queue_name: String,
+    /// Absent on some calls.
+    pub sentiment: Option<f64>,
+    /// Multi-line, with quotes and commas; empty on some calls.
+    pub notes: String,
+    pub tags: Vec<String>,
+    pub topics: Vec<String>,
+    /// DONE, ERROR, or an unfinished phase (TRANSCRIBING, ANALYZING).
+    pub phase: String,
+    pub language: String,
+    pub recording: String,
+    /// A row whose startTime is not a time: must land in rejects.
+    pub malformed: bool,
+    /// Seed of the columns callsync does not map (rendered, not stored).
+    pub seed: u64,
+}
+
+impl VgCall {
+    /// Whether the call is finished (DONE or ERROR).
+    pub fn is_final(&self) -> bool {
+        self.phase == "DONE" || self.phase == "ERROR"
+    }
+
+    /// Whether a voice bot handled the call without an agent.
+    pub fn is_bot_only(&self) -> bool {
+        self.agent_id.is_empty()
+    }
+}
+
+/// `MM-DD-YYYY h:mm:ss AM/PM`, UTC.
+pub fn fmt_time(secs: i64) -> String {
+    chrono::DateTime::from_timestamp(secs, 0)
+        .map(|t| t.format("%m-%d-%Y %-I:%M:%S %p").to_string())
+        .unwrap_or_default()
+}
 
 pub(super) const AGENTS: &[(&str, &str, &str)] = &[
     ("436828", "Joe Shmoe", "joe"),

@@ -14,7 +14,7 @@ impl SourceConfig {
         Box::pin(async move {
             let to = chrono::Utc::now();
             let from = to - chrono::Duration::hours(1);
-            let quick = |h: &crate::config::HttpConfig| crate::config::HttpConfig {
+            let quick = |h: &crate::settings::HttpConfig| crate::settings::HttpConfig {
                 max_attempts: h.max_attempts.min(2),
                 backoff_max_ms: h.backoff_max_ms.min(1000),
                 backoff_initial_ms: h.backoff_initial_ms.min(1000),

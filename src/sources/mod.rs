@@ -8,7 +8,6 @@ pub mod exotel_calls;
 pub mod exotel_monitor;
 pub mod push;
 pub mod records;
-mod validate;
 
 pub use push::{
     Delivery, FLUSH_CHECK_SECS, FlushPolicy, Inbox, InboxCursor, Job, JobResult, Jobs, Received,
@@ -20,7 +19,7 @@ pub mod voicegain;
 pub mod vonage_insights;
 pub mod window;
 
-pub use validate::{validate_base_url, validate_schedule, validate_secret};
+use crate::settings::validate_schedule;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -28,8 +27,8 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use crate::config::{Problems, typed};
 use crate::http::HttpError;
+use crate::settings::{Problems, typed};
 use arrow_array::RecordBatch;
 
 use crate::record::{KeySet, Reject};

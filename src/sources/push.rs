@@ -4,9 +4,9 @@
 //! reject of an unusable delivery.
 
 use super::{Cursor, OpenContext, SourceError, decode_cursor};
-use crate::config::Problems;
 use crate::record::Reject;
 use crate::secret::SecretRef;
+use crate::settings::Problems;
 pub use crate::shared::{Delivery, Job, JobResult};
 
 /// What a push source reads its pages from: the webhook inbox (SQLite, behind the pipeline).

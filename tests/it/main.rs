@@ -22,6 +22,7 @@ mod export;
 mod faults;
 mod kill9;
 mod lake_state;
+mod layers;
 mod lookback;
 mod object_store;
 mod operations;

@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use callsync::config::HttpConfig;
 use callsync::secret::Secret;
+use callsync::settings::HttpConfig;
 use callsync::simulator::{FaultKind, FaultPlan, VnSession, VoicegainSim};
 use callsync::sources::vonage_insights::client::VonageClient;
 

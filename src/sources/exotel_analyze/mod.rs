@@ -23,12 +23,12 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::{HttpConfig, Problems};
 use crate::record::{CallBatchBuilder, CallRow, Turn};
+use crate::settings::{HttpConfig, Problems, validate_secret};
 use crate::sources::exotel_calls::normalize::optional_local;
 use crate::sources::push::{InboxPages, reject};
 use crate::sources::{
-    BoxFuture, Cursor, JobResult, OpenContext, Page, Received, Source, SourceError, validate_secret,
+    BoxFuture, Cursor, JobResult, OpenContext, Page, Received, Source, SourceError,
 };
 
 use model::AnalyzeResult;
@@ -116,7 +116,7 @@ fn default_max_submissions() -> u32 {
 impl ExotelAnalyzeConfig {
     /// Reports every problem of this table.
     pub fn validate(&self, table: &str, problems: &mut Problems) {
-        crate::sources::exotel_calls::validate_account(
+        crate::sources::exotel_calls::client::validate_account(
             table,
             &self.account_sid,
             &self.base_url,

@@ -10,9 +10,28 @@ use reqwest::header::{AUTHORIZATION, HeaderName};
 
 use crate::http::{HttpClient, excerpt};
 use crate::secret::Secret;
+use crate::settings::{Problems, validate_base_url, validate_secret};
 use crate::sources::{SourceError, secret_from};
 
 use super::model::CallsAnswer;
+
+/// Checks the keys of an Exotel account that every Exotel pull kind has: `account_sid`,
+/// `base_url`, and the API key and token as `<name>_env` or `<name>_file`.
+pub fn validate_account(
+    table: &str,
+    account_sid: &str,
+    base_url: &str,
+    key: (&Option<String>, &Option<PathBuf>),
+    token: (&Option<String>, &Option<PathBuf>),
+    problems: &mut Problems,
+) {
+    validate_base_url(table, base_url, problems);
+    validate_secret(table, "api_key", key.0, key.1, problems);
+    validate_secret(table, "api_token", token.0, token.1, problems);
+    if account_sid.trim().is_empty() {
+        problems.push(table, Some("account_sid"), "must not be empty");
+    }
+}
 
 /// The `Authorization: Basic …` header of an Exotel API key and token.
 pub fn basic_auth(
@@ -50,7 +69,7 @@ impl CallsClient {
         source_name: &str,
         base_url: &str,
         account_sid: &str,
-        http: &crate::config::HttpConfig,
+        http: &crate::settings::HttpConfig,
         auth: (HeaderName, Secret),
         tz: Tz,
     ) -> Result<Self, SourceError> {
@@ -162,7 +181,7 @@ mod tests {
 
     fn client() -> CallsClient {
         let auth = (AUTHORIZATION, Secret::new("Basic x"));
-        let http = crate::config::HttpConfig::default();
+        let http = crate::settings::HttpConfig::default();
         CallsClient::new(
             "ex",
             "http://127.0.0.1:9/exotel",

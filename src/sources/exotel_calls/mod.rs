@@ -25,14 +25,11 @@ use chrono_tz::Tz;
 use serde::Deserialize;
 use tracing::warn;
 
-use crate::config::{HttpConfig, Problems};
+use crate::settings::{HttpConfig, Problems};
 use crate::sources::exotel_analyze::ExotelAnalyzeConfig;
 use crate::sources::records::JsonRecords;
 use crate::sources::window::{WindowClock, WindowSettings, parse_day, rfc3339, whole_second};
-use crate::sources::{
-    BoxFuture, Cursor, OpenContext, Page, Source, SourceConfig, SourceError, validate_base_url,
-    validate_secret,
-};
+use crate::sources::{BoxFuture, Cursor, OpenContext, Page, Source, SourceConfig, SourceError};
 
 /// Parts of a call record Exotel re-issues on every listing: `RecordingUrl` is signed afresh
 /// (its query carries the signature and expiry), so a reject is known by the rest.
@@ -154,24 +151,6 @@ fn first_day_from(t: DateTime<Utc>) -> String {
     day.format("%Y-%m-%d").to_string()
 }
 
-/// Checks the keys of an Exotel account that every Exotel pull kind has: `account_sid`,
-/// `base_url`, and the API key and token as `<name>_env` or `<name>_file`.
-pub fn validate_account(
-    table: &str,
-    account_sid: &str,
-    base_url: &str,
-    key: (&Option<String>, &Option<PathBuf>),
-    token: (&Option<String>, &Option<PathBuf>),
-    problems: &mut Problems,
-) {
-    validate_base_url(table, base_url, problems);
-    validate_secret(table, "api_key", key.0, key.1, problems);
-    validate_secret(table, "api_token", token.0, token.1, problems);
-    if account_sid.trim().is_empty() {
-        problems.push(table, Some("account_sid"), "must not be empty");
-    }
-}
-
 impl ExotelCallsConfig {
     /// The window timing of this source. A listed call has ended, so nothing holds the
     /// cursor; a state rebuilt from the lake re-lists `lookback_secs` before its latest call.
@@ -190,7 +169,7 @@ impl ExotelCallsConfig {
 
     /// Reports every problem of this table.
     pub fn validate(&self, table: &str, problems: &mut Problems) {
-        validate_account(
+        client::validate_account(
             table,
             &self.account_sid,
             &self.base_url,

@@ -16,10 +16,10 @@ use std::path::PathBuf;
 use chrono_tz::Tz;
 use serde::Deserialize;
 
-use crate::config::Problems;
 use crate::schema::Dataset;
+use crate::settings::{Problems, validate_secret};
 use crate::sources::push::{InboxPages, reject};
-use crate::sources::{BoxFuture, Cursor, OpenContext, Page, Source, SourceError, validate_secret};
+use crate::sources::{BoxFuture, Cursor, OpenContext, Page, Source, SourceError};
 
 use model::LegCallback;
 use normalize::LegBatch;

@@ -22,7 +22,7 @@ impl VoiceCallsClient {
     pub fn new(
         source_name: &str,
         base_url: &str,
-        http: &crate::config::HttpConfig,
+        http: &crate::settings::HttpConfig,
         token: &Secret,
     ) -> Result<Self, SourceError> {
         let bearer = Secret::new(format!("Bearer {}", token.expose()));

@@ -19,13 +19,12 @@ use futures_util::StreamExt;
 use serde::Deserialize;
 use tracing::debug;
 
-use crate::config::{HttpConfig, Problems};
 use crate::http::{Download, HttpClient};
 use crate::record::{CallBatchBuilder, Reject};
+use crate::settings::{HttpConfig, Problems, validate_base_url, validate_secret};
 use crate::sources::window::{WindowClock, WindowSettings, parse_day, parse_time, rfc3339};
-use crate::sources::{Attachment, OpenContext};
 use crate::sources::{
-    BoxFuture, Cursor, Page, Source, SourceError, secret_from, validate_base_url, validate_secret,
+    Attachment, BoxFuture, Cursor, OpenContext, Page, Source, SourceError, secret_from,
 };
 
 use client::VoiceCallsClient;

@@ -13,10 +13,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::config::{HttpConfig, Problems};
+use crate::settings::{HttpConfig, Problems, validate_base_url, validate_secret};
 use crate::sources::{
     BoxFuture, Cursor, LakeFacts, Page, Source, SourceError, decode_cursor, secret_from,
-    validate_base_url, validate_secret,
 };
 
 use chrono::{DateTime, Utc};

@@ -25,7 +25,7 @@ impl VonageClient {
     pub fn new(
         source_name: &str,
         base_url: &str,
-        http: &crate::config::HttpConfig,
+        http: &crate::settings::HttpConfig,
         key: Secret,
     ) -> Result<Self, SourceError> {
         Ok(VonageClient {

@@ -13,13 +13,10 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use tracing::{debug, warn};
 
-use crate::config::{HttpConfig, Problems};
+use crate::settings::{HttpConfig, Problems, validate_base_url, validate_secret};
 use crate::sources::records::JsonRecords;
 use crate::sources::window::{WindowClock, WindowSettings, parse_day, parse_time};
-use crate::sources::{
-    BoxFuture, Cursor, OpenContext, Page, Source, SourceError, secret_from, validate_base_url,
-    validate_secret,
-};
+use crate::sources::{BoxFuture, Cursor, OpenContext, Page, Source, SourceError, secret_from};
 
 /// Parts of a session Vonage may re-issue on every search: the recording link
 /// (`channel_data.audio_url`), when the account serves it signed (assumed: the docs do not

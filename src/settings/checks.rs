@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::str::FromStr;
 
-use crate::config::Problems;
+use super::Problems;
 
 /// Checks a cron expression (`sec min hour day month weekday [year]`).
 pub fn validate_schedule(table: &str, schedule: &str, problems: &mut Problems) {
