@@ -20,3 +20,4 @@ pub mod simulator;
 pub mod sources;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
