@@ -155,7 +155,6 @@ enum Command {
 
 fn main() -> ExitCode {
     callsync::alloc::tune();
-    callsync::tls::install_ring();
     let cli = Cli::parse();
     let json = cli.log_format == "json";
     logs::init(json);

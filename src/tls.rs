@@ -2,7 +2,8 @@
 //!
 //! reqwest 0.12 (vendor APIs, object_store) picks ring itself. deltalake's kernel engine
 //! builds reqwest 0.13 clients that take the process default, so the patched engine (see
-//! `vendor/README.md`) compiles rustls without aws-lc-rs and ring is installed here.
+//! `vendor/README.md`) compiles rustls without aws-lc-rs and ring is installed here, by
+//! `Lake::open_with`: the engine is reached only through a lake.
 
 /// Makes ring the process-wide rustls provider. Idempotent: a provider already installed
 /// (by an earlier call or by an embedding program) stays.
@@ -18,10 +19,18 @@ mod tests {
         super::install_ring();
         super::install_ring();
         let provider = rustls::crypto::CryptoProvider::get_default();
-        assert!(provider.is_some(), "no process default provider after install_ring");
+        assert!(
+            provider.is_some(),
+            "no process default provider after install_ring"
+        );
         // ring's cipher suites are the ones installed.
         let ring = rustls::crypto::ring::default_provider();
-        let got: Vec<_> = provider.unwrap().cipher_suites.iter().map(|s| s.suite()).collect();
+        let got: Vec<_> = provider
+            .unwrap()
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .collect();
         let want: Vec<_> = ring.cipher_suites.iter().map(|s| s.suite()).collect();
         assert_eq!(got, want);
     }

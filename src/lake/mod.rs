@@ -98,7 +98,8 @@ impl Lake {
         rt: &tokio::runtime::Handle,
         layer: Option<&dyn StoreLayer>,
     ) -> Result<Lake, LakeError> {
-        // Delta's engine builds TLS clients from the process default provider.
+        // Delta's engine builds TLS clients from the process default provider, and
+        // callsync reaches that engine only through a `Lake`.
         crate::tls::install_ring();
         let wrap = |s: Arc<dyn object_store::ObjectStore>| match layer {
             Some(l) => l.object_store(s),

@@ -52,7 +52,11 @@ fn reaches(part: &str, forbidden: &[&str]) -> Vec<String> {
 #[test]
 fn config_building_blocks_stand_below_config_sources_and_http() {
     let found = reaches("settings", &["config", "sources", "http"]);
-    assert!(found.is_empty(), "settings reaches up:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "settings reaches up:\n{}",
+        found.join("\n")
+    );
 }
 
 #[test]
@@ -64,5 +68,9 @@ fn the_http_client_stands_on_settings_alone() {
 #[test]
 fn no_source_reaches_up_into_config() {
     let found = reaches("sources", &["config"]);
-    assert!(found.is_empty(), "sources reach config:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "sources reach config:\n{}",
+        found.join("\n")
+    );
 }
